@@ -1,0 +1,96 @@
+"""Structural checks of an arena that need no execution: the part of validation that is pure data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gym_server.schemas import SchemaError, compile_validator
+
+if TYPE_CHECKING:
+    from gym_server.models import Arena
+
+
+def dependency_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in `node -> depends_on` edges, as a list of nodes, or None when the graph is a DAG."""
+    white, grey, black = 0, 1, 2
+    colour = {node: white for node in edges}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        stack.append(node)
+        for dep in edges.get(node, []):
+            if colour.get(dep) == grey:
+                return stack[stack.index(dep):] + [dep]
+            if colour.get(dep) == white:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        colour[node] = black
+        return None
+
+    for node in edges:
+        if colour[node] == white:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def topological_order(edges: dict[str, list[str]]) -> list[str]:
+    """Nodes so that each comes after everything it depends on; ties keep the input order."""
+    done: set[str] = set()
+    order: list[str] = []
+
+    def visit(node: str) -> None:
+        if node in done:
+            return
+        done.add(node)
+        for dep in edges.get(node, []):
+            visit(dep)
+        order.append(node)
+
+    for node in edges:
+        visit(node)
+    return order
+
+
+def structural_problems(arena: Arena) -> list[str]:
+    problems: list[str] = []
+    tool_names = [t.name for t in arena.tools]
+    duplicates = sorted({n for n in tool_names if tool_names.count(n) > 1})
+    if duplicates:
+        problems.append(f"duplicate tool names: {duplicates}")
+    validators = {}
+    for tool in arena.tools:
+        try:
+            validators[tool.name] = compile_validator(tool.input_schema)
+        except SchemaError as exc:
+            problems.append(f"tool {tool.name!r}: inputSchema does not compile: {exc}")
+    ids = [s.id for s in arena.subtasks]
+    if not ids:
+        problems.append("no sub-tasks")
+    dup_ids = sorted({i for i in ids if ids.count(i) > 1})
+    if dup_ids:
+        problems.append(f"duplicate sub-task ids: {dup_ids}")
+    known = set(ids)
+    for sub in arena.subtasks:
+        missing = [d for d in sub.depends_on if d not in known]
+        if missing:
+            problems.append(f"sub-task {sub.id!r} depends on unknown sub-tasks {missing}")
+        if sub.gold_call is None:
+            continue
+        if sub.gold_call.tool not in validators:
+            if sub.gold_call.tool not in tool_names:
+                problems.append(f"sub-task {sub.id!r}: gold call names unknown tool {sub.gold_call.tool!r}")
+            continue
+        error = validators[sub.gold_call.tool].first_error(sub.gold_call.arguments)
+        if error:
+            problems.append(f"sub-task {sub.id!r}: gold arguments do not match the schema: {error}")
+    cycle = dependency_cycle({s.id: [d for d in s.depends_on if d in known] for s in arena.subtasks})
+    if cycle:
+        problems.append(f"dependency cycle: {' -> '.join(cycle)}")
+    if arena.subtasks and not any(s.gold_call for s in arena.subtasks):
+        problems.append("no sub-task has a gold call: nothing to score")
+    return problems

@@ -1,0 +1,244 @@
+"""Wire and on-disk formats of the gym: arenas, episodes, call logs, rewards.
+
+Everything that crosses a process, a socket or a file boundary is one of these models. Servers, clients,
+synthesis and training import them from here and never define their own copies.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ARENA_FORMAT_VERSION = 1
+
+JSONValue = Any
+"""A JSON-serializable value (what tools take and return)."""
+
+
+class ScenarioType(str, Enum):
+    """ASTRA's four shapes of sub-question dependency graph."""
+
+    single_hop = "single_hop"
+    parallel_single_hop = "parallel_single_hop"
+    multi_hop = "multi_hop"
+    parallel_multi_hop = "parallel_multi_hop"
+
+
+class ToolSpec(BaseModel):
+    """An MCP tool definition as the arena ships it (names follow MCP's wire casing)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    description: str = ""
+    input_schema: dict[str, Any] = Field(alias="inputSchema")
+    output_schema: dict[str, Any] | None = Field(default=None, alias="outputSchema")
+
+    @field_validator("input_schema")
+    @classmethod
+    def _object_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if schema.get("type") != "object":
+            raise ValueError("inputSchema must be a JSON Schema with type 'object'")
+        return schema
+
+
+class GoldCall(BaseModel):
+    """The call that solves a sub-task: what the oracle plays and what validation executes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str
+    arguments: dict[str, JSONValue] = Field(default_factory=dict)
+
+
+class SubTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str
+    answer: JSONValue
+    depends_on: list[str] = Field(default_factory=list)
+    gold_call: GoldCall | None = None
+    """None for a sub-task answered by reasoning alone (no tool); it then does not count toward n."""
+
+
+class InitialState(BaseModel):
+    """The world an episode starts from: SQLite DDL, then rows per table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ddl: list[str] = Field(default_factory=list)
+    rows: dict[str, list[dict[str, JSONValue]]] = Field(default_factory=dict)
+
+
+class Provenance(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    source: str = "hand-written"
+    generator: str | None = None
+    seed: int | None = None
+    notes: str | None = None
+
+
+class Arena(BaseModel):
+    """One verifiable environment: a main question, its sub-task DAG, the tools and their code and data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1] = ARENA_FORMAT_VERSION
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    domain: str
+    language: str = "en"
+    scenario_type: ScenarioType
+    question: str
+    final_answer: JSONValue
+    subtasks: list[SubTask]
+    tools: list[ToolSpec]
+    implementation: str
+    """Python source defining one function per tool: `def tool_name(db, **arguments)`; `db` is the episode's
+    SQLite connection (rows as dicts)."""
+    initial_state: InitialState = Field(default_factory=InitialState)
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    @model_validator(mode="after")
+    def _structure(self) -> Arena:
+        from gym_server.arena_checks import structural_problems
+
+        problems = structural_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tool_by_name(self) -> dict[str, ToolSpec]:
+        return {t.name: t for t in self.tools}
+
+    @property
+    def scored_subtasks(self) -> list[SubTask]:
+        return [s for s in self.subtasks if s.gold_call is not None]
+
+
+class ArenaSummary(BaseModel):
+    """The row `GET /api/arenas` returns."""
+
+    id: str
+    domain: str
+    scenario_type: ScenarioType
+    n_subtasks: int
+    n_tools: int
+    language: str = "en"
+
+
+class ArenaPage(BaseModel):
+    items: list[ArenaSummary]
+    total: int
+    offset: int
+    limit: int
+
+
+class FailureKind(str, Enum):
+    timeout = "timeout"
+    unavailable = "unavailable"
+    error_result = "error_result"
+
+
+class FailurePolicy(BaseModel):
+    """Which calls fail on purpose. The same seed yields the same failures at the same call indices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    kinds: list[FailureKind] = Field(default_factory=lambda: list(FailureKind), min_length=1)
+    timeout_delay_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    """How long an injected timeout stalls before answering (0 answers at once)."""
+
+
+class DistractorRef(BaseModel):
+    """A tool of another arena served in this episode as an irrelevant (but real, callable) tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arena_id: str
+    tool: str
+
+
+class EpisodeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arena_id: str
+    seed: int | None = None
+    failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    failure_kinds: list[FailureKind] | None = None
+    distractors: list[DistractorRef] = Field(default_factory=list)
+
+
+class EpisodeCreated(BaseModel):
+    episode_id: str
+    mcp_url: str
+    prompt: str
+    tools: list[dict[str, Any]]
+    """MCP tool definitions (name, description, inputSchema, outputSchema), distractors included."""
+
+
+class CallStatus(str, Enum):
+    ok = "ok"
+    tool_error = "tool_error"
+    """The tool ran and raised (or returned an error); the agent's fault or the world's answer."""
+    invalid_arguments = "invalid_arguments"
+    unknown_tool = "unknown_tool"
+    sandbox_error = "sandbox_error"
+    """The sandbox stopped the code: time, memory, a forbidden operation, a dead worker."""
+    injected_failure = "injected_failure"
+
+
+class CallLogEntry(BaseModel):
+    index: int
+    tool: str
+    arguments: JSONValue
+    status: CallStatus
+    result: JSONValue = None
+    error: str | None = None
+    injected: FailureKind | None = None
+    source_arena: str | None = None
+    """Set when the tool is a distractor from another arena."""
+    started_at: float
+    latency_ms: float
+
+
+class EpisodeLog(BaseModel):
+    episode_id: str
+    arena_id: str
+    seed: int
+    failure: FailurePolicy
+    created_at: float
+    calls: list[CallLogEntry]
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    final_answer: JSONValue = None
+
+
+class RewardBreakdown(BaseModel):
+    """ASTRA's F1 trajectory reward and its parts."""
+
+    reward: float
+    recall: float
+    precision: float
+    solved: int
+    """Sub-tasks solved (n_hat)."""
+    n_subtasks: int
+    tool_calls: int
+    """Every call the agent made, injected failures included (c)."""
+    solved_subtasks: list[str] = Field(default_factory=list)
+    final_answer_correct: bool | None = None
+    """Whether the submitted final answer matches the arena's, under the same normalization; None if none
+    was submitted. Reported, not part of the reward."""
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None
