@@ -125,7 +125,7 @@ class ArenaSummary(BaseModel):
 
     id: str
     domain: str
-    scenario_type: ScenarioType
+    scenario_type: str
     n_subtasks: int
     n_tools: int
     language: str = "en"

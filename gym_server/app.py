@@ -1,0 +1,206 @@
+"""The gym's ASGI app: REST contract of ../shared/DESIGN.md plus every episode's MCP endpoint.
+
+`create_app(config)` builds everything from the config alone (no globals), so tests start as many
+independent gyms as they like. The lifespan owns the sandbox pool, the MCP session manager and the
+idle-episode reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gym_server.config import ServeConfig
+from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
+from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
+from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
+from gym_server.scoring import score_episode
+from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
+
+logger = logging.getLogger(__name__)
+
+
+def error(status: int, message: str, detail: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def ok(model: BaseModel | list[Any] | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    if isinstance(model, BaseModel):
+        return Response(model.model_dump_json(by_alias=True), status, headers, media_type="application/json")
+    return JSONResponse(model, status, headers)
+
+
+class BearerAuth:
+    """Every path but /healthz needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                response = error(401, "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _HTTPError(413, f"request body is {declared} bytes; the limit is {limit}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def _parse(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise _HTTPError(422, f"invalid {model.__name__} body", detail) from None
+
+
+def create_app(config: ServeConfig | None = None) -> Starlette:
+    config = config or ServeConfig()
+    store = ArenaStore(config.arenas)
+    pool = SandboxPool(config.sandbox)
+    limits = EpisodeLimits(
+        ttl_s=config.episode_ttl_s,
+        max_episodes=config.max_episodes,
+        max_argument_bytes=config.max_argument_bytes,
+        default_failure=FailurePolicy(rate=config.failure_rate, kinds=config.failure_kinds, timeout_delay_s=config.timeout_delay_s),
+    )
+    manager = EpisodeManager(store, pool, limits)
+    sessions = StreamableHTTPSessionManager(
+        app=build_mcp_server(manager), json_response=True, stateless=True, max_request_body_size=config.max_request_bytes
+    )
+
+    def handled(fn: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except _HTTPError as exc:
+                return error(exc.status, exc.message, exc.detail)
+            except EpisodeNotFound as exc:
+                return error(404, f"episode {exc.args[0]!r} does not exist (ended or expired)")
+            except ArenaNotFound as exc:
+                return error(404, f"arena {exc.args[0]!r} is not in this gym's store")
+            except InvalidArena as exc:
+                return error(422, str(exc))
+            except EpisodeRejected as exc:
+                return error(exc.status, str(exc))
+            except SandboxUnavailable as exc:
+                return error(503, f"the sandbox is unavailable: {exc}")
+
+        return endpoint
+
+    async def healthz(request: Request) -> Response:
+        return ok({"status": "ok", "arenas": len(store), "episodes": len(manager), "sandbox": pool.health()})
+
+    async def list_arenas(request: Request) -> Response:
+        q = request.query_params
+        try:
+            offset = max(0, int(q.get("offset", 0)))
+            limit = min(1000, max(1, int(q.get("limit", 100))))
+            items, total = store.summaries(offset, limit, q.get("domain"), q.get("scenario_type"), q.get("prefix"))
+        except ValueError as exc:
+            raise _HTTPError(400, f"bad query: {exc}") from None
+        headers = {"X-Total-Count": str(total)}
+        if offset + len(items) < total:
+            headers["Link"] = f'<{request.url.include_query_params(offset=offset + limit, limit=limit)}>; rel="next"'
+        return ok([i.model_dump(mode="json") for i in items], headers=headers)
+
+    async def show_arena(request: Request) -> Response:
+        return ok(store.get(request.path_params["arena_id"]))
+
+    async def create_episode(request: Request) -> Response:
+        body = _parse(EpisodeCreate, await _json_body(request, config.max_request_bytes))
+        episode = await manager.create(body)
+        base = (config.public_url or str(request.base_url)).rstrip("/")
+        created = EpisodeCreated(
+            episode_id=episode.id,
+            mcp_url=f"{base}/episodes/{episode.id}/mcp",
+            prompt=episode.arena.question,
+            tools=[t.definition() for t in episode.tools.values()],
+        )
+        return ok(created, 201)
+
+    async def episode_log(request: Request) -> Response:
+        return ok(manager.get(request.path_params["episode_id"]).log())
+
+    async def score(request: Request) -> Response:
+        episode = manager.get(request.path_params["episode_id"])
+        body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
+        async with episode.lock:  # a score never sees half of a call
+            calls = list(episode.calls)
+        return ok(score_episode(episode.arena, calls, body.final_answer))
+
+    async def delete_episode(request: Request) -> Response:
+        manager.delete(request.path_params["episode_id"])
+        return Response(status_code=204)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await pool.start()
+        reaper = asyncio.create_task(manager.run_expiry(min(30.0, config.episode_ttl_s / 4)))
+        try:
+            async with sessions.run():
+                yield {"manager": manager, "store": store, "pool": pool}
+        finally:
+            reaper.cancel()
+            await pool.close()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/arenas", handled(list_arenas), methods=["GET"]),
+        Route("/api/arenas/{arena_id:path}", handled(show_arena), methods=["GET"]),
+        Route("/api/episodes", handled(create_episode), methods=["POST"]),
+        Route("/api/episodes/{episode_id}", handled(episode_log), methods=["GET"]),
+        Route("/api/episodes/{episode_id}", handled(delete_episode), methods=["DELETE"]),
+        Route("/api/episodes/{episode_id}/score", handled(score), methods=["POST"]),
+        Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.config = config
+    app.state.manager = manager
+    app.state.store = store
+    app.state.pool = pool
+    if config.token:
+        app.add_middleware(BearerAuth, token=config.token)
+    return app

@@ -1,0 +1,180 @@
+"""`astra-gym`: the command line. Each verb builds its pydantic config from flags (or `--config FILE`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gym_server.config import ServeConfig
+from gym_server.models import FailureKind
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="astra-gym: an MCP-native agent gym.")
+arenas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate arena stores.")
+app.add_typer(arenas_app, name="arenas")
+console = Console()
+err = Console(stderr=True)
+
+ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="Arena sources: 'builtin', files, directories (repeatable).")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with ServeConfig fields.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to bind (0: a free one).")] = None,
+    arenas: ArenasOpt = None,
+    token: Annotated[Optional[str], typer.Option(help="Bearer token (default: $ASTRA_GYM_TOKEN).")] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="Base URL used in episode MCP URLs.")] = None,
+    failure_rate: Annotated[Optional[float], typer.Option(help="Default injected failure rate.")] = None,
+    failure_kinds: Annotated[Optional[list[FailureKind]], typer.Option(help="Injected failure kinds (repeatable).")] = None,
+    episode_ttl_s: Annotated[Optional[float], typer.Option(help="Idle episode lifetime.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Sandbox worker processes.")] = None,
+    sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
+    call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
+) -> None:
+    """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp."""
+    from gym_server.serve import serve as run
+
+    sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s}.items() if v is not None}
+    try:
+        cfg = ServeConfig.load(
+            config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
+            failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None,
+        )  # fmt: skip
+        from gym_server.store import ArenaStore
+
+        n = len(ArenaStore(cfg.arenas))
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    auth = " (bearer token required)" if cfg.token else ""
+
+    def ready(url: str) -> None:
+        console.print(f"[bold green]astra-gym[/] serving {n} arenas at [bold]{url}[/]{auth}")
+        console.print(f"  arenas:   GET  {url}/api/arenas")
+        console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
+
+    try:
+        run(cfg, on_ready=ready)
+    except OSError as exc:
+        _fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
+
+
+@arenas_app.command("list")
+def arenas_list(
+    arenas: ArenasOpt = None,
+    domain: Annotated[Optional[str], typer.Option(help="Only this domain.")] = None,
+    scenario_type: Annotated[Optional[str], typer.Option(help="Only this scenario type.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List the arenas of a store."""
+    from gym_server.store import ArenaStore
+
+    try:
+        store = ArenaStore(arenas or ["builtin"])
+        items, total = store.summaries(0, limit, domain, scenario_type)
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        for item in items:
+            print(item.model_dump_json())
+        return
+    table = Table(title=f"{total} arenas" + (f" (first {len(items)})" if total > len(items) else ""))
+    for col in ("id", "domain", "scenario_type", "n_subtasks", "n_tools"):
+        table.add_column(col)
+    for i in items:
+        table.add_row(i.id, i.domain, i.scenario_type, str(i.n_subtasks), str(i.n_tools))
+    console.print(table)
+
+
+@arenas_app.command("show")
+def arenas_show(arena_id: str, arenas: ArenasOpt = None) -> None:
+    """Print one arena as JSON (gold calls included)."""
+    from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
+
+    try:
+        arena = ArenaStore(arenas or ["builtin"]).get(arena_id)
+    except ArenaNotFound:
+        _fail(f"no arena {arena_id!r} in the store")
+    except (InvalidArena, ValueError) as exc:
+        _fail(str(exc))
+    print(arena.model_dump_json(by_alias=True, indent=2))
+
+
+@arenas_app.command("validate")
+def arenas_validate(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="Stores to validate (default: builtin).")] = None,
+    workers: Annotated[int, typer.Option(help="Sandbox workers.")] = 2,
+) -> None:
+    """Check a store: schema, DAG, unique tool names, and every gold call run in the sandbox."""
+    from gym_server.sandbox.pool import SandboxConfig, SandboxPool
+    from gym_server.store import ArenaStore
+    from gym_server.validation import validate_store
+
+    try:
+        store = ArenaStore(paths or ["builtin"])
+    except ValueError as exc:
+        _fail(str(exc))
+
+    async def run() -> list:
+        async with SandboxPool(SandboxConfig(workers=workers)) as pool:
+            return await validate_store(store, pool)
+
+    reports = asyncio.run(run())
+    bad = [r for r in reports if not r.ok]
+    for r in bad:
+        console.print(f"[red]✗[/] {r.arena_id}")
+        for p in r.problems:
+            console.print(f"    {p}")
+    console.print(f"{len(reports) - len(bad)}/{len(reports)} arenas valid")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def episode(
+    arena_id: str,
+    gym: Annotated[str, typer.Option(help="The gym's base URL.")] = "http://127.0.0.1:8000",
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    failure_rate: Annotated[Optional[float], typer.Option()] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="ASTRA_GYM_TOKEN", help="Bearer token.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole episode as JSON.")] = False,
+) -> None:
+    """Start an episode on a running gym and print its MCP URL, for any MCP client."""
+    import httpx2
+
+    body = {"arena_id": arena_id, "seed": seed, "failure_rate": failure_rate}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx2.post(f"{gym.rstrip('/')}/api/episodes", json={k: v for k, v in body.items() if v is not None}, headers=headers, timeout=30)
+    except httpx2.HTTPError as exc:
+        _fail(f"cannot reach the gym at {gym}: {exc}. Is `astra-gym serve` running?")
+    if response.status_code != 201:
+        _fail(f"the gym answered {response.status_code}: {response.text}")
+    data = response.json()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    print(data["mcp_url"])
+    err.print(f"[dim]task:[/] {data['prompt']}")
+    err.print(f"[dim]score:[/] curl -X POST {gym.rstrip('/')}/api/episodes/{data['episode_id']}/score")
+
+
+def main() -> None:
+    app(prog_name="astra-gym")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`ServeConfig`: everything `astra-gym serve` reads. CLI flags map 1:1 onto its fields; YAML loads the same."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from gym_server.models import FailureKind
+from gym_server.sandbox.pool import SandboxConfig
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Interface to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources: 'builtin', JSON/JSONL files, directories.")
+    token: str | None = Field(default_factory=lambda: os.environ.get("ASTRA_GYM_TOKEN") or None, description="Bearer token required on every path but /healthz.")
+    public_url: str | None = Field(default=None, description="Base URL put into episode MCP URLs (default: the URL the request came to).")
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Default share of calls that fail on purpose (arenas: 0).")
+    failure_kinds: list[FailureKind] = Field(default_factory=lambda: list(FailureKind), min_length=1)
+    timeout_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, description="How long an injected timeout stalls.")
+    episode_ttl_s: float = Field(default=1800.0, gt=0, description="Idle episodes are deleted after this long.")
+    max_episodes: int = Field(default=10_000, ge=1)
+    max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    log_level: str = "info"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+        """YAML file (optional) first, then explicit overrides (CLI flags that were given)."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: a config file must be a YAML mapping")
+            data.update(loaded)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "sandbox" and isinstance(value, dict):
+                data["sandbox"] = {**data.get("sandbox", {}), **value}
+            else:
+                data[key] = value
+        return cls.model_validate(data)

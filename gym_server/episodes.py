@@ -1,0 +1,241 @@
+"""Episodes: an arena's tools bound to a private copy of its state, a call log and a failure policy.
+
+Creating an episode copies nothing but a reference: an arena's initial SQLite image is built once (in the
+sandbox, since its DDL is untrusted too) and shared as immutable bytes; the first write of an episode
+replaces its own reference with the image the sandbox returns. Calls within one episode run one at a time
+in arrival order, so parallel tool calls see a consistent state and failure injection stays reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from gym_server.failures import MESSAGES, injected_failure
+from gym_server.models import (
+    Arena,
+    CallLogEntry,
+    CallStatus,
+    EpisodeCreate,
+    EpisodeLog,
+    FailureKind,
+    FailurePolicy,
+    ToolSpec,
+)
+from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
+from gym_server.schemas import ArgumentValidator, compile_validator
+from gym_server.store import ArenaStore
+
+logger = logging.getLogger(__name__)
+
+
+class EpisodeNotFound(KeyError):
+    pass
+
+
+class EpisodeRejected(ValueError):
+    """The request cannot make an episode (bad distractor, broken arena state, too many episodes)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class ArenaRuntime:
+    """What serving an arena needs, computed once per arena: validators and the initial state image."""
+
+    arena: Arena
+    validators: dict[str, ArgumentValidator]
+    template: bytes
+
+
+@dataclass(slots=True)
+class ServedTool:
+    spec: ToolSpec
+    runtime: ArenaRuntime
+    distractor: bool
+
+    def definition(self) -> dict[str, Any]:
+        return self.spec.model_dump(by_alias=True, exclude_none=True)
+
+
+@dataclass(eq=False)
+class Episode:
+    id: str
+    arena: Arena
+    seed: int
+    failure: FailurePolicy
+    tools: dict[str, ServedTool]
+    states: dict[str, bytes]
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+    calls: list[CallLogEntry] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def log(self) -> EpisodeLog:
+        return EpisodeLog(
+            episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
+            created_at=self.created_at, calls=list(self.calls),
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class EpisodeLimits:
+    ttl_s: float = 1800.0
+    max_episodes: int = 10_000
+    max_argument_bytes: int = 64 * 1024
+    default_failure: FailurePolicy = field(default_factory=FailurePolicy)
+
+
+class EpisodeManager:
+    def __init__(self, store: ArenaStore, pool: SandboxPool, limits: EpisodeLimits | None = None) -> None:
+        self.store = store
+        self.pool = pool
+        self.limits = limits or EpisodeLimits()
+        self._episodes: dict[str, Episode] = {}
+        self._runtimes: OrderedDict[str, ArenaRuntime] = OrderedDict()
+        self._building: dict[str, asyncio.Future[ArenaRuntime]] = {}
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    # -- arenas ------------------------------------------------------------------------------
+    async def runtime(self, arena_id: str) -> ArenaRuntime:
+        cached = self._runtimes.get(arena_id)
+        if cached is not None:
+            self._runtimes.move_to_end(arena_id)
+            return cached
+        pending = self._building.get(arena_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ArenaRuntime] = asyncio.get_running_loop().create_future()
+        self._building[arena_id] = future
+        try:
+            arena = await asyncio.to_thread(self.store.get, arena_id)
+            try:
+                template = await self.pool.build_state(arena.initial_state)
+            except ValueError as exc:
+                raise EpisodeRejected(f"arena {arena_id!r}: {exc}") from None
+            runtime = ArenaRuntime(arena, {t.name: compile_validator(t.input_schema) for t in arena.tools}, template)
+            self._runtimes[arena_id] = runtime
+            if len(self._runtimes) > 4096:
+                self._runtimes.popitem(last=False)
+            future.set_result(runtime)
+            return runtime
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here so a build nobody else awaited logs no warning
+            raise
+        finally:
+            del self._building[arena_id]
+
+    # -- episodes ----------------------------------------------------------------------------
+    async def create(self, request: EpisodeCreate) -> Episode:
+        if len(self._episodes) >= self.limits.max_episodes:
+            raise EpisodeRejected(f"the gym already runs {len(self._episodes)} episodes (the limit); delete some", 503)
+        runtime = await self.runtime(request.arena_id)
+        tools = {t.name: ServedTool(t, runtime, distractor=False) for t in runtime.arena.tools}
+        states = {runtime.arena.id: runtime.template}
+        for ref in request.distractors:
+            other = await self.runtime(ref.arena_id)
+            spec = other.arena.tool_by_name.get(ref.tool)
+            if spec is None:
+                raise EpisodeRejected(f"distractor {ref.arena_id}/{ref.tool}: that arena has no such tool")
+            if spec.name in tools:
+                if tools[spec.name].runtime is other:
+                    continue
+                raise EpisodeRejected(f"distractor {ref.arena_id}/{ref.tool}: a tool named {spec.name!r} is already served")
+            tools[spec.name] = ServedTool(spec, other, distractor=True)
+            states.setdefault(other.arena.id, other.template)
+        default = self.limits.default_failure
+        failure = FailurePolicy(
+            rate=default.rate if request.failure_rate is None else request.failure_rate,
+            kinds=request.failure_kinds or default.kinds,
+            timeout_delay_s=default.timeout_delay_s,
+        )
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states)
+        self._episodes[episode.id] = episode
+        return episode
+
+    def get(self, episode_id: str) -> Episode:
+        episode = self._episodes.get(episode_id)
+        if episode is None:
+            raise EpisodeNotFound(episode_id)
+        episode.last_used = time.monotonic()
+        return episode
+
+    def delete(self, episode_id: str) -> None:
+        if self._episodes.pop(episode_id, None) is None:
+            raise EpisodeNotFound(episode_id)
+
+    def expire_idle(self) -> int:
+        cutoff = time.monotonic() - self.limits.ttl_s
+        stale = [eid for eid, ep in self._episodes.items() if ep.last_used < cutoff]
+        for eid in stale:
+            del self._episodes[eid]
+        return len(stale)
+
+    async def run_expiry(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            if n := self.expire_idle():
+                logger.info("expired %d idle episodes", n)
+
+    # -- calls -------------------------------------------------------------------------------
+    async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
+        async with episode.lock:
+            started, t0 = time.time(), time.perf_counter()
+            index = len(episode.calls)
+            served = episode.tools.get(name)
+            status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            entry = CallLogEntry(
+                index=index, tool=name, arguments=arguments, status=status, result=result, error=error,
+                injected=injected, source_arena=served.runtime.arena.id if served and served.distractor else None,
+                started_at=started, latency_ms=(time.perf_counter() - t0) * 1000,
+            )  # fmt: skip
+            episode.calls.append(entry)
+            episode.last_used = time.monotonic()
+            return entry
+
+    async def _execute(
+        self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
+    ) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
+        if served is None:
+            available = ", ".join(sorted(episode.tools))
+            return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None
+        if not isinstance(arguments, dict):
+            return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None
+        size = len(json.dumps(arguments, ensure_ascii=False, default=str))
+        if size > self.limits.max_argument_bytes:
+            return (
+                CallStatus.invalid_arguments, None,
+                f"arguments are {size} bytes; the limit is {self.limits.max_argument_bytes}", None,
+            )  # fmt: skip
+        problem = served.runtime.validators[served.spec.name].first_error(arguments)
+        if problem:
+            schema = json.dumps(served.spec.input_schema, separators=(",", ":"))
+            return CallStatus.invalid_arguments, None, f"invalid arguments for {name}: {problem}. Expected: {schema}", None
+        kind = injected_failure(episode.failure, episode.seed, index)
+        if kind is not None:
+            if kind is FailureKind.timeout and episode.failure.timeout_delay_s:
+                await asyncio.sleep(episode.failure.timeout_delay_s)
+            return CallStatus.injected_failure, None, MESSAGES[kind], kind
+        arena = served.runtime.arena
+        try:
+            outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
+        except SandboxUnavailable as exc:
+            return CallStatus.sandbox_error, None, f"the sandbox is unavailable: {exc}", None
+        if not outcome.ok:
+            status = CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error
+            return status, None, outcome.error, None
+        if outcome.state is not None:
+            episode.states[arena.id] = outcome.state
+        return CallStatus.ok, outcome.result, None, None

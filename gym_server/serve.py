@@ -1,0 +1,91 @@
+"""Running the gym: in the foreground (`astra-gym serve`) or on a background thread (tests, demos, trainers).
+
+Both bind the socket first, so port 0 gets a free port whose number is known before serving starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+
+from gym_server.app import create_app
+from gym_server.config import ServeConfig
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _uvicorn(config: ServeConfig, **extra: Any) -> uvicorn.Server:
+    app = create_app(config)
+    return uvicorn.Server(
+        uvicorn.Config(
+            app, log_level=config.log_level if config.log_level != "info" else "warning", access_log=False,
+            timeout_keep_alive=30, backlog=2048, **extra,
+        )  # fmt: skip
+    )
+
+
+def serve(config: ServeConfig, on_ready: Any = None) -> None:
+    sock = bind(config.host, config.port)
+    server = _uvicorn(config)
+    if on_ready is not None:
+        host, port = sock.getsockname()[:2]
+        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
+    server.run(sockets=[sock])
+
+
+class GymThread:
+    """A real gym on a loopback port, served from a background thread with its own event loop."""
+
+    def __init__(self, config: ServeConfig | None = None) -> None:
+        self.config = (config or ServeConfig()).model_copy(update={"host": "127.0.0.1"})
+        self._sock = bind(self.config.host, self.config.port)
+        port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = _uvicorn(self.config)
+        self._thread = threading.Thread(target=self._run, name="astra-gym", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+
+    @property
+    def app(self) -> Any:
+        return self._server.config.app
+
+    def start(self, timeout_s: float = 60.0) -> GymThread:
+        self._thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not self._server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"the gym failed to start: {self._error!r}")
+            deadline.wait(0.02)
+            waited += 0.02
+            if waited > timeout_s:
+                raise TimeoutError("the gym did not start in time")
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> GymThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
