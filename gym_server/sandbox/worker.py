@@ -226,6 +226,7 @@ class Worker:
         conn = self.open_state(b"")
 
         def build(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA user_version = 1")  # an image with no table still has a page to serialize
             db.execute("BEGIN")
             for statement in req["ddl"]:
                 db.execute(statement)

@@ -56,7 +56,7 @@ def book_flight(db, flight_id, passenger_id):
         raise ValueError(f"flight {flight_id} is full")
     db.execute("UPDATE flights SET seats_left = seats_left - 1 WHERE id = ?", (flight_id,))
     n = db.execute("SELECT COUNT(*) AS n FROM bookings").fetchone()["n"] + 1
-    booking_id = f"BK{n:04d}"
+    booking_id = f"{flight_id}-{n:03d}"
     db.execute("INSERT INTO bookings VALUES (?, ?, ?, 'confirmed')", (booking_id, flight_id, passenger_id))
     return {"booking_id": booking_id, "status": "confirmed"}
 

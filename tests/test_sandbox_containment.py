@@ -1,0 +1,90 @@
+"""Hostile arena code is contained, reported as a tool error, and the gym keeps answering."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gym_server.models import InitialState
+from gym_server.sandbox.pool import SandboxConfig, SandboxPool, resolve_backend, SandboxUnavailable, docker_engine_reachable
+from tests.conftest import mcp_session, new_episode, result_text
+
+
+HOSTILE = {
+    "spin": "CPU time limit exceeded",
+    "allocate": "memory limit exceeded",
+    "fork": "not importable",
+    "shell": "not importable",
+    "escape_shell": "not permitted in the sandbox: os.system",
+    "connect": "not permitted in the sandbox",
+    "write_file": "not permitted in the sandbox: open",
+    "attach_file": "not authorized",
+    "tamper": "modified shared modules",
+}
+
+
+@pytest.mark.parametrize("tool", sorted(HOSTILE))
+async def test_hostile_code_is_contained_and_reported(gym, http, tool):
+    episode = await new_episode(http, gym, "hostile")
+    async with mcp_session(http, episode["mcp_url"]) as client:
+        result = await client.call_tool(tool, {})
+        assert result.is_error
+        assert HOSTILE[tool] in result_text(result), result_text(result)
+        # the server answers the next request, in the same episode, with its state intact
+        after = await client.call_tool("echo_state", {})
+        assert not after.is_error and result_text(after) == '"initial"'
+    log = (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).json()
+    assert log["calls"][0]["status"] in ("sandbox_error", "tool_error")
+    assert log["calls"][0]["error"]
+    for leaked in ("/tmp/astra-escaped", "/tmp/astra-escaped-write", "/tmp/astra-escaped.db"):
+        assert not os.path.exists(leaked)
+    assert (await http.get(f"{gym.url}/healthz")).status_code == 200
+
+
+async def test_wall_clock_kill_replaces_the_worker():
+    config = SandboxConfig(workers=1, call_timeout_s=0.5, cpu_s=30, memory_mb=256)
+    source = "import time\ndef nap(db):\n    time.sleep(10)\ndef ok(db):\n    return 'fine'\n"
+    async with SandboxPool(config) as pool:
+        state = await pool.build_state(InitialState())
+        slow = await pool.call(source, "nap", {}, state)
+        assert not slow.ok and slow.kind == "sandbox_error" and "wall-clock" in slow.error
+        fine = await pool.call(source, "ok", {}, state)
+        assert fine.ok and fine.result == "fine"
+        assert pool.replaced == 1
+
+
+async def test_workers_are_isolated_from_network_and_files():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        health = pool.health()
+        if os.geteuid() == 0:
+            assert health["network_isolated"] and health["filesystem_hidden"]
+
+
+async def test_fresh_namespace_per_call_no_module_globals_leak():
+    source = "SEEN = []\ndef remember(db, x):\n    SEEN.append(x)\n    return len(SEEN)\n"
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState())
+        counts = [(await pool.call(source, "remember", {"x": i}, state)).result for i in range(3)]
+    assert counts == [1, 1, 1]
+
+
+async def test_broken_arena_code_is_a_tool_error():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState())
+        broken = await pool.call("def f(db):\n  return (\n", "f", {}, state)
+        assert not broken.ok and broken.kind == "tool_error" and "does not compile" in broken.error
+        missing = await pool.call("def f(db):\n  return 1\n", "g", {}, state)
+        assert not missing.ok and "defines no function 'g'" in missing.error
+        unjson = await pool.call("def f(db):\n  return {1, 2}\n", "f", {}, state)
+        assert not unjson.ok and "not JSON" in unjson.error
+        with pytest.raises(ValueError, match="initial state does not build"):
+            await pool.build_state(InitialState(ddl=["CREATE TABLE"]))
+
+
+def test_docker_backend_is_optional():
+    if docker_engine_reachable():
+        pytest.skip("a Docker engine answers here")
+    assert resolve_backend(SandboxConfig(backend="auto")) == "process"
+    with pytest.raises(SandboxUnavailable, match="no Docker engine"):
+        resolve_backend(SandboxConfig(backend="docker"))
