@@ -1,0 +1,175 @@
+"""Gym tool-call throughput against a bare MCP server, measured in the same run with the same client.
+
+(a) a bare mcp low-level server with a trivial tool; (b) a gym arena tool that reads and writes SQLite
+through the sandbox. Both run as their own process on loopback; one client process drives them with the
+official SDK client over one shared HTTP pool. Prints calls/s and p50/p99 latency at 1 and 50 concurrent
+episodes, the ratio b/a, then 1,000 concurrent gym episodes with an error count.
+
+    python bench/gym_throughput.py [--calls 400] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gym_server.models import Arena  # noqa: E402
+from gym_server.store import write_bundle  # noqa: E402
+
+COUNTER_SOURCE = '''
+def bump(db, key):
+    db.execute("INSERT INTO counters VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", (key,))
+    return db.execute("SELECT key, n FROM counters WHERE key = ?", (key,)).fetchone()
+'''
+
+
+def bench_arena() -> Arena:
+    return Arena.model_validate({
+        "id": "bench-counter", "domain": "bench", "scenario_type": "single_hop", "question": "bump", "final_answer": 1,
+        "tools": [{"name": "bump", "description": "increment a counter", "inputSchema": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}}],
+        "implementation": COUNTER_SOURCE,
+        "initial_state": {"ddl": ["CREATE TABLE counters (key TEXT PRIMARY KEY, n INTEGER)"], "rows": {}},
+        "subtasks": [{"id": "s1", "question": "bump", "answer": 1, "gold_call": {"tool": "bump", "arguments": {"key": "k"}}}],
+    })  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_up(port: int) -> None:
+    for _ in range(600):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"port {port} did not come up")
+
+
+async def drive(http: httpx2.AsyncClient, urls: list[str], calls_per_episode: int) -> tuple[list[float], int, float]:
+    """Open one MCP session per URL, then time `calls_per_episode` calls on each, all episodes at once."""
+    latencies: list[float] = []
+    errors = 0
+    ready = asyncio.Event()
+    opened = 0
+
+    async def episode(url: str) -> None:
+        nonlocal errors, opened
+        try:
+            async with Client(streamable_http_client(url, http_client=http)) as client:  # type: ignore[arg-type]
+                opened += 1
+                if opened == len(urls):
+                    ready.set()
+                await ready.wait()
+                for i in range(calls_per_episode):
+                    t0 = time.perf_counter()
+                    result = await client.call_tool("bump" if "/episodes/" in url else "echo", {"key": "k"})
+                    latencies.append(time.perf_counter() - t0)
+                    errors += bool(result.is_error)
+        except Exception as exc:  # counted, then reported
+            errors += 1
+            print(f"  episode error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            opened += 1
+            if opened == len(urls):
+                ready.set()
+
+    tasks = [asyncio.create_task(episode(u)) for u in urls]
+    await ready.wait()
+    t0 = time.perf_counter()
+    await asyncio.gather(*tasks)
+    return latencies, errors, time.perf_counter() - t0
+
+
+def summary(latencies: list[float], wall: float) -> dict[str, float]:
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
+    return {"calls_s": len(latencies) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=400, help="calls per concurrency level")
+    ap.add_argument("--big", type=int, default=1000, help="concurrent gym episodes in the soak")
+    ap.add_argument("--write", type=Path, default=None)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp())
+    write_bundle([bench_arena()], tmp / "bench.jsonl")
+    bare_port, gym_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, str(Path(__file__).parent / "_bare_server.py"), str(bare_port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", str(gym_port), "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"], env=env, stdout=subprocess.DEVNULL),
+    ]  # fmt: skip
+    rows = []
+    try:
+        bare, gym = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gym_port}"
+        await wait_up(bare_port)
+        await wait_up(gym_port)
+        limits = httpx2.Limits(max_connections=1100, max_keepalive_connections=1100)
+        async with httpx2.AsyncClient(timeout=120, limits=limits) as http:
+
+            async def gym_urls(n: int) -> list[str]:
+                created = await asyncio.gather(*(http.post(f"{gym}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
+                return [r.json()["mcp_url"] for r in created]
+
+            for concurrency in (1, 50):
+                per = max(1, args.calls // concurrency)
+                await drive(http, [bare + "/mcp"], 20)  # warm-up
+                a_lat, a_err, a_wall = await drive(http, [bare + "/mcp"] * concurrency, per)
+                b_lat, b_err, b_wall = await drive(http, await gym_urls(concurrency), per)
+                a, b = summary(a_lat, a_wall), summary(b_lat, b_wall)
+                rows.append((concurrency, a, b, a_err + b_err))
+                print(f"episodes={concurrency:>4}  bare: {a['calls_s']:7.1f} calls/s p50 {a['p50_ms']:6.2f} ms p99 {a['p99_ms']:7.2f} ms"
+                      f"  | gym: {b['calls_s']:7.1f} calls/s p50 {b['p50_ms']:6.2f} ms p99 {b['p99_ms']:7.2f} ms"
+                      f"  | b/a = {b['calls_s'] / a['calls_s']:.2f}  errors={a_err + b_err}")  # fmt: skip
+            urls = await gym_urls(args.big)
+            big_lat, big_err, big_wall = await drive(http, urls, 3)
+            big = summary(big_lat, big_wall)
+            print(f"episodes={args.big}: {len(big_lat)} calls in {big_wall:.1f} s ({big['calls_s']:.1f} calls/s, p99 {big['p99_ms']:.0f} ms), errors={big_err}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+    if args.write:
+        lines = [
+            "## Gym throughput (bench/gym_throughput.py)", "",
+            f"`python bench/gym_throughput.py --calls {args.calls} --big {args.big}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
+            "(a) bare mcp low-level server, trivial tool; (b) gym arena tool reading and writing SQLite through the sandbox.", "",
+            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]  # fmt: skip
+        for c, a, b, e in rows:
+            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {b['calls_s'] / a['calls_s']:.2f} | {e} |")
+        lines += ["", f"{args.big} concurrent gym episodes, 3 calls each: {len(big_lat)} calls, {big['calls_s']:.0f} calls/s, p99 {big['p99_ms']:.0f} ms, errors: {big_err}.", ""]
+        update_section(args.write, "## Gym throughput", "\n".join(lines))
+
+
+def update_section(path: Path, heading: str, text: str) -> None:
+    old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `bench/` scripts; each compares against a baseline measured in the same run.\n\n"
+    if heading in old:
+        start = old.index(heading)
+        nxt = old.find("\n## ", start + len(heading))
+        old = old[:start] + old[nxt + 1 if nxt != -1 else len(old):]
+    path.write_text(old.rstrip() + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
