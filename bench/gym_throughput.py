@@ -85,7 +85,9 @@ async def drive(http: httpx2.AsyncClient, urls: list[str], calls_per_episode: in
                     errors += bool(result.is_error)
         except Exception as exc:  # counted, then reported
             errors += 1
-            print(f"  episode error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+                exc = exc.exceptions[0]
+            print(f"  episode error: {type(exc).__name__}: {exc!r}", file=sys.stderr)
             opened += 1
             if opened == len(urls):
                 ready.set()
