@@ -248,10 +248,11 @@ class SandboxPool:
         if not reply.get("ok"):
             return SandboxOutcome(ok=False, kind=reply.get("kind", "sandbox_error"), error=str(reply.get("error")))
         try:
-            result = json.loads(reply["result_json"])
+            n = int(reply["result_bytes"])
+            result = json.loads(blob[:n])
         except (KeyError, TypeError, ValueError):
             return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox worker sent a malformed result")
-        return SandboxOutcome(ok=True, result=result, state=blob if reply.get("changed") else None)
+        return SandboxOutcome(ok=True, result=result, state=blob[n:] if reply.get("changed") else None)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""

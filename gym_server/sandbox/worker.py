@@ -62,6 +62,10 @@ class SandboxViolation(PermissionError):
     pass
 
 
+class _NoSuchFunction(Exception):
+    pass
+
+
 class CPULimitExceeded(BaseException):
     """Raised in arena code when its CPU budget runs out (a BaseException so `except Exception` misses it)."""
 
@@ -191,20 +195,27 @@ class Worker:
             return {"ok": False, "kind": "tool_error", "error": f"arena code does not compile: {exc}"}, b""
         conn = self.open_state(image)
         namespace: dict[str, Any] = {"__builtins__": dict(self.safe_builtins), "__name__": "arena"}
-        try:
-            self.run_armed(exec, (code, namespace), {}, cpu_s=req["cpu_s"], exec_code=code)
-            fn = namespace.get(req["function"])
+        name = req["function"]
+
+        def invoke() -> Any:
+            exec(code, namespace)  # a fresh module namespace per call: no global survives into the next
+            fn = namespace.get(name)
             if not callable(fn):
-                return {"ok": False, "kind": "tool_error", "error": f"the arena defines no function {req['function']!r}"}, b""
-            before = conn.total_changes
-            result = self.run_armed(fn, (conn,), req["arguments"], cpu_s=req["cpu_s"])
+                raise _NoSuchFunction(name)
+            return fn(conn, **req["arguments"])
+
+        try:
+            result = self.run_armed(invoke, (), {}, cpu_s=req["cpu_s"], exec_code=code)
             try:
-                text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+                text = json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
             except (TypeError, ValueError) as exc:
                 return {"ok": False, "kind": "tool_error", "error": f"tool returned a value that is not JSON: {exc}"}, b""
-            changed = conn.total_changes != before
-            header = {"ok": True, "result_json": text, "changed": changed}
-            return header, conn.serialize() if changed else b""
+            changed = conn.total_changes > 0
+            # the result's JSON travels in the blob, ahead of the new image, so it is encoded once
+            header = {"ok": True, "result_bytes": len(text), "changed": changed}
+            return header, text + conn.serialize() if changed else text
+        except _NoSuchFunction:
+            return {"ok": False, "kind": "tool_error", "error": f"the arena defines no function {name!r}"}, b""
         except CPULimitExceeded:
             return {"ok": False, "kind": "sandbox_error", "error": f"CPU time limit exceeded ({req['cpu_s']} s)"}, b""
         except MemoryError:
@@ -358,7 +369,7 @@ def main() -> None:
         elif op == "build_state":
             header, out_blob = worker.op_build_state(req)
         elif op == "ping":
-            header, out_blob = {"ok": True, "pid": os.getpid()}, b""
+            header, out_blob = {"ok": True, "pid": os.getpid(), "cpu_s": time.process_time()}, b""
         else:
             header, out_blob = {"ok": False, "kind": "sandbox_error", "error": f"unknown op {op!r}"}, b""
         tampered = worker.restore_tampered_modules() if op in ("call", "build_state") else []
