@@ -172,6 +172,50 @@ def episode(
     err.print(f"[dim]score:[/] curl -X POST {gym.rstrip('/')}/api/episodes/{data['episode_id']}/score")
 
 
+@app.command("eval")
+def eval_(
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with EvalConfig fields.")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="oracle | random | openai")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (openai policy).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Env var with the API key.")] = None,
+    arenas: Annotated[Optional[str], typer.Option(help="Comma-separated glob patterns over arena ids.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Episodes in flight.")] = None,
+    episodes_per_arena: Annotated[Optional[int], typer.Option(help="K attempts per arena.")] = None,
+    gym: Annotated[Optional[str], typer.Option(help="Gym URLs, comma-separated (default: an in-process gym).")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="ASTRA_GYM_TOKEN", help="Gym bearer token.")] = None,
+    failure_rate: Annotated[Optional[float], typer.Option(help="Injected failure rate per episode.")] = None,
+    max_turns: Annotated[Optional[int], typer.Option()] = None,
+    max_tokens: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (re-run to resume).")] = None,
+) -> None:
+    """Benchmark a policy over the gym's arenas; writes trajectories.jsonl, report.json/.md and charts."""
+    import yaml
+    from pydantic import ValidationError
+
+    from clients.evaluation import EvalAborted, EvalConfig, run_eval
+
+    given = dict(policy=policy, model=model, base_url=base_url, api_key_env=api_key_env, arenas=arenas,
+                 concurrency=concurrency, episodes_per_arena=episodes_per_arena, gym=gym, token=token,
+                 failure_rate=failure_rate, max_turns=max_turns, max_tokens=max_tokens, seed=seed, out=out)  # fmt: skip
+    try:
+        data = yaml.safe_load(config.read_text()) if config else {}
+        cfg = EvalConfig.model_validate({**(data or {}), **{k: v for k, v in given.items() if v is not None}})
+    except (ValidationError, OSError, yaml.YAMLError) as exc:
+        _fail(str(exc))
+    try:
+        report = asyncio.run(run_eval(cfg))
+    except (EvalAborted, ValueError) as exc:
+        _fail(str(exc), code=1)
+    o = report["overall"]
+    console.print(
+        f"[bold]{o['episodes']}[/] episodes, reward {o['reward']:.3f}, recall {o['recall']:.3f}, "
+        f"precision {o['precision']:.3f}, success {o['success_rate']:.1%}, errors {o['errors']}"
+    )
+    console.print(f"report: {cfg.out / 'report.md'}")
+
+
 def main() -> None:
     app(prog_name="astra-gym")
 

@@ -1,0 +1,146 @@
+"""The agent loop for any OpenAI-compatible chat-completions endpoint (vLLM, hosted APIs, local servers).
+
+Tools go in the request; every tool call of a turn runs concurrently through the MCP toolbox; the loop
+stops when the model answers without a tool call, or at max turns. Malformed tool calls (arguments that are
+not a JSON object) are answered with an error message the model can correct, and never reach the gym.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+
+from clients.records import Timings, TokenUsage
+from clients.toolbox import MCPToolbox
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a capable assistant that solves the user's task by calling the provided tools. Call tools "
+    "whenever they help, several at once when they are independent. When you have the answer, reply with it "
+    "directly and briefly, without calling a tool."
+)
+
+
+class ModelEndpointError(RuntimeError):
+    """The chat endpoint could not be reached or kept failing: the run must stop, not score zeros."""
+
+
+@dataclass
+class ChatEndpoint:
+    base_url: str
+    model: str
+    http: httpx2.AsyncClient
+    api_key: str | None = None
+    temperature: float = 0.0
+    retries: int = 3
+    timeout_s: float = 300.0
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": self.temperature}
+        if tools:
+            body["tools"] = tools
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        url = f"{self.base_url.rstrip('/')}/chat/completions"
+        delay, last = 0.5, ""
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self.http.post(url, json=body, headers=headers, timeout=self.timeout_s)
+            except httpx2.HTTPError as exc:
+                last = f"cannot reach the model endpoint {url}: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        data = response.json()
+                        data["choices"][0]["message"]
+                        return data
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        last = f"the model endpoint {url} answered 200 with no choices[0].message: {response.text[:300]}"
+                elif response.status_code in (408, 409, 429) or response.status_code >= 500:
+                    last = f"the model endpoint {url} answered {response.status_code}: {response.text[:300]}"
+                else:  # 4xx: retrying the same request cannot help
+                    raise ModelEndpointError(f"the model endpoint {url} answered {response.status_code}: {response.text[:500]}")
+            if attempt < self.retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise ModelEndpointError(last)
+
+
+@dataclass
+class AgentResult:
+    messages: list[dict[str, Any]]
+    final_answer: str | None
+    turns: int
+    stop_reason: str
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    timings: Timings = field(default_factory=Timings)
+
+
+def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    if isinstance(raw, dict):
+        return raw, None
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}, None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        return None, f"the arguments are not valid JSON ({exc}); send a JSON object"
+    if not isinstance(value, dict):
+        return None, f"the arguments must be a JSON object, not {type(value).__name__}"
+    return value, None
+
+
+async def run_agent(
+    endpoint: ChatEndpoint,
+    toolbox: MCPToolbox,
+    prompt: str,
+    *,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    max_turns: int = 16,
+    max_tokens: int = 1024,
+    tools: list[dict[str, Any]] | None = None,
+) -> AgentResult:
+    tools = toolbox.openai_tools() if tools is None else tools
+    messages: list[dict[str, Any]] = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    messages.append({"role": "user", "content": prompt})
+    usage, timings = TokenUsage(), Timings()
+    started = time.perf_counter()
+    for turn in range(1, max_turns + 1):
+        t0 = time.perf_counter()
+        data = await endpoint.complete(messages, tools, max_tokens)
+        timings.model_s += time.perf_counter() - t0
+        usage.add(data.get("usage"))
+        choice = data["choices"][0]
+        message = choice["message"]
+        tool_calls = message.get("tool_calls") or []
+        assistant: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        if tool_calls:
+            assistant["tool_calls"] = [
+                {"id": tc.get("id") or f"call_{turn}_{i}", "type": "function",
+                 "function": {"name": (tc.get("function") or {}).get("name", ""), "arguments": (tc.get("function") or {}).get("arguments", "")}}
+                for i, tc in enumerate(tool_calls)
+            ]  # fmt: skip
+        messages.append(assistant)
+        if not tool_calls:
+            timings.total_s = time.perf_counter() - started
+            reason = "length" if choice.get("finish_reason") == "length" else "answer"
+            return AgentResult(messages, message.get("content"), turn, reason, usage, timings)
+
+        async def execute(call: dict[str, Any]) -> str:
+            name = call["function"]["name"]
+            arguments, problem = _parse_arguments(call["function"]["arguments"])
+            if arguments is None:
+                return f"Error: malformed call to {name!r}: {problem}."
+            result = await toolbox.call(name, arguments)
+            return result.text
+
+        t0 = time.perf_counter()
+        outputs = await asyncio.gather(*(execute(c) for c in assistant["tool_calls"]))
+        timings.tools_s += time.perf_counter() - t0
+        for call, output in zip(assistant["tool_calls"], outputs):
+            messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": output})
+    timings.total_s = time.perf_counter() - started
+    return AgentResult(messages, None, max_turns, "max_turns", usage, timings)

@@ -1,0 +1,251 @@
+"""`astra-gym eval`: play many episodes concurrently, append each finished one to trajectories.jsonl, then
+write report.json, report.md and PNG charts. Re-running with the same --out resumes: finished episodes
+(those with no error) are not played again. A dead gym or model endpoint stops the run with a clear error;
+what was finished stays on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import os
+from collections import defaultdict
+from math import comb
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from clients.agent import ChatEndpoint, ModelEndpointError
+from clients.gym_client import GymClient, GymError
+from clients.policies import OpenAIPolicy, OraclePolicy, Policy, RandomPolicy
+from clients.records import TrajectoryRecord
+from clients.rollout import run_episode
+from clients.toolbox import shared_http_client
+
+TRAJECTORIES = "trajectories.jsonl"
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["oracle", "random", "openai"] = Field(default="oracle", description="Who plays.")
+    model: str | None = Field(default=None, description="Model name sent to the endpoint (openai policy).")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://localhost:8001/v1.")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
+    arenas: str = Field(default="*", description="Comma-separated glob patterns over arena ids.")
+    concurrency: int = Field(default=8, ge=1, le=4096)
+    episodes_per_arena: int = Field(default=1, ge=1, description="K: attempts per arena (pass^k when K > 1).")
+    gym: str | None = Field(default=None, description="Gym URLs, comma-separated; none starts a built-in gym in-process.")
+    token: str | None = Field(default=None, description="Gym bearer token.")
+    failure_rate: float | None = Field(default=None, ge=0, le=1)
+    max_turns: int = Field(default=16, ge=1)
+    max_tokens: int = Field(default=1024, ge=1)
+    seed: int = 0
+    out: Path = Field(default=Path("runs/eval"))
+
+
+class EvalAborted(RuntimeError):
+    pass
+
+
+def make_policy(config: EvalConfig, http: Any) -> Policy:
+    if config.policy == "oracle":
+        return OraclePolicy()
+    if config.policy == "random":
+        return RandomPolicy()
+    if not config.base_url or not config.model:
+        raise ValueError("the openai policy needs --base-url and --model")
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    if config.api_key_env and key is None:
+        raise ValueError(f"environment variable {config.api_key_env} is not set")
+    return OpenAIPolicy(ChatEndpoint(config.base_url, config.model, http, key), config.max_turns, config.max_tokens)
+
+
+def load_records(path: Path) -> list[TrajectoryRecord]:
+    if not path.exists():
+        return []
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    records.append(TrajectoryRecord.model_validate_json(line))
+                except ValueError:
+                    continue  # a line cut short by a kill: that episode is simply played again
+    return records
+
+
+async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "config.json").write_text(config.model_dump_json(indent=2))
+    path = config.out / TRAJECTORIES
+    done = {r.key for r in load_records(path) if r.error is None}
+    gym_thread = None
+    if not config.gym:
+        from gym_server.config import ServeConfig
+        from gym_server.serve import GymThread
+
+        gym_thread = GymThread(ServeConfig(port=0)).start()
+    try:
+        async with shared_http_client(max_connections=max(64, config.concurrency * 4)) as http:
+            gym = GymClient(config.gym or gym_thread.url, http, config.token)  # type: ignore[union-attr]
+            policy = make_policy(config, http)
+            patterns = [p.strip() for p in config.arenas.split(",") if p.strip()]
+            arenas = [a for a in await gym.arenas() if any(fnmatch.fnmatchcase(a.id, p) for p in patterns)]
+            if not arenas:
+                raise ValueError(f"no arena matches {config.arenas!r}")
+            todo = [(a, k) for a in arenas for k in range(config.episodes_per_arena) if f"{a.id}#{k}" not in done]
+            await _play_all(config, gym, http, policy, todo, path, progress)
+    finally:
+        if gym_thread is not None:
+            gym_thread.stop()
+    records = load_records(path)
+    report = build_report(records, config)
+    write_report(report, records, config.out)
+    return report
+
+
+async def _play_all(config: EvalConfig, gym: GymClient, http: Any, policy: Policy, todo: list, path: Path, show: bool) -> None:
+    semaphore = asyncio.Semaphore(config.concurrency)
+    fatal: list[BaseException] = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), disable=not show) as bar, path.open("a", encoding="utf-8") as out:  # fmt: skip
+        task = bar.add_task(f"eval {policy.name}", total=len(todo), status="")
+        rewards: list[float] = []
+
+        async def one(summary: Any, k: int) -> None:
+            async with semaphore:
+                if fatal:
+                    return
+                try:
+                    record = await run_episode(
+                        gym, http, policy, summary.id, repeat=k, seed=config.seed * 1_000_003 + k,
+                        failure_rate=config.failure_rate, domain=summary.domain, scenario_type=summary.scenario_type,
+                    )  # fmt: skip
+                except (GymError, ModelEndpointError) as exc:
+                    fatal.append(exc)
+                    return
+                out.write(record.model_dump_json() + "\n")
+                out.flush()
+                if record.reward is not None:
+                    rewards.append(record.reward.reward)
+                mean = sum(rewards) / len(rewards) if rewards else 0.0
+                bar.update(task, advance=1, status=f"mean reward {mean:.3f}")
+
+        await asyncio.gather(*(one(a, k) for a, k in todo))
+    if fatal:
+        raise EvalAborted(f"{fatal[0]} (finished episodes are kept in {path}; re-run the same command to resume)")
+
+
+def pass_hat_k(successes: list[int], trials: int, k: int) -> float:
+    """tau-bench's pass^k: the chance that k attempts drawn from the trials all succeed, averaged over arenas."""
+    vals = [comb(c, k) / comb(trials, k) for c in successes]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def _aggregate(records: list[TrajectoryRecord]) -> dict[str, Any]:
+    scored = [r for r in records if r.reward is not None]
+    n = len(scored)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    return {
+        "episodes": len(records),
+        "errors": sum(1 for r in records if r.error),
+        "success_rate": mean([1.0 if r.reward.reward >= 1.0 else 0.0 for r in scored]),  # type: ignore[union-attr]
+        "reward": mean([r.reward.reward for r in scored]),  # type: ignore[union-attr]
+        "recall": mean([r.reward.recall for r in scored]),  # type: ignore[union-attr]
+        "precision": mean([r.reward.precision for r in scored]),  # type: ignore[union-attr]
+        "tool_calls": mean([float(r.reward.tool_calls) for r in scored]),  # type: ignore[union-attr]
+        "tokens": mean([float(r.usage.prompt_tokens + r.usage.completion_tokens) for r in scored]),
+        "scored": n,
+    }
+
+
+def build_report(records: list[TrajectoryRecord], config: EvalConfig) -> dict[str, Any]:
+    latest: dict[str, TrajectoryRecord] = {}
+    for r in records:  # a resumed run may hold an errored and a finished attempt: the last one counts
+        latest[r.key] = r
+    final = list(latest.values())
+    by: dict[str, dict[str, list[TrajectoryRecord]]] = {"scenario_type": defaultdict(list), "domain": defaultdict(list)}
+    for r in final:
+        by["scenario_type"][r.scenario_type or "?"].append(r)
+        by["domain"][r.domain or "?"].append(r)
+    report: dict[str, Any] = {
+        "policy": config.policy, "model": config.model, "overall": _aggregate(final),
+        "by_scenario_type": {k: _aggregate(v) for k, v in sorted(by["scenario_type"].items())},
+        "by_domain": {k: _aggregate(v) for k, v in sorted(by["domain"].items())},
+    }  # fmt: skip
+    trials = config.episodes_per_arena
+    if trials > 1:
+        per_arena: dict[str, int] = defaultdict(int)
+        for r in final:
+            per_arena[r.arena_id] += int(r.reward is not None and r.reward.reward >= 1.0)
+        report["pass_hat_k"] = {str(k): pass_hat_k(list(per_arena.values()), trials, k) for k in range(1, trials + 1)}
+    return report
+
+
+def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: Path) -> None:
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    cols = ["episodes", "errors", "success_rate", "reward", "recall", "precision", "tool_calls", "tokens"]
+
+    def table(title: str, rows: dict[str, dict[str, Any]]) -> list[str]:
+        lines = [f"## {title}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for name, agg in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{agg[c]:.3f}" if isinstance(agg[c], float) else str(agg[c]) for c in cols) + " |")
+        return lines + [""]
+
+    md = [f"# Evaluation: {report['policy']}" + (f" ({report['model']})" if report.get("model") else ""), ""]
+    md += table("Overall", {"all": report["overall"]})
+    md += table("By scenario type", report["by_scenario_type"])
+    md += table("By domain", report["by_domain"])
+    if "pass_hat_k" in report:
+        md += ["## pass^k", "", "| k | pass^k |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in report["pass_hat_k"].items()] + [""]
+    md += ["Charts: reward.png, calls_tokens.png" + (", pass_hat_k.png" if "pass_hat_k" in report else ""), ""]
+    (out / "report.md").write_text("\n".join(md))
+    _charts(report, out)
+
+
+def _charts(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, key, title in ((axes[0], "by_scenario_type", "by scenario type"), (axes[1], "by_domain", "by domain")):
+        groups = list(report[key])
+        width = 0.25
+        for i, metric in enumerate(("reward", "recall", "precision")):
+            ax.bar([g + i * width for g in range(len(groups))], [report[key][n][metric] for n in groups], width, label=metric)
+        ax.set_xticks([g + width for g in range(len(groups))], groups, rotation=20, ha="right")
+        ax.set_ylim(0, 1.3)
+        ax.set_title(title)
+        ax.legend(loc="upper center", ncol=3)
+    fig.tight_layout()
+    fig.savefig(out / "reward.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    groups = list(report["by_scenario_type"])
+    axes[0].bar(groups, [report["by_scenario_type"][g]["tool_calls"] for g in groups])
+    axes[0].set_title("mean tool calls by scenario type")
+    axes[1].bar(groups, [report["by_scenario_type"][g]["tokens"] for g in groups])
+    axes[1].set_title("mean tokens by scenario type")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(out / "calls_tokens.png", dpi=100)
+    plt.close(fig)
+    if "pass_hat_k" in report:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ks = list(report["pass_hat_k"])
+        ax.plot([int(k) for k in ks], [report["pass_hat_k"][k] for k in ks], marker="o")
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass^k")
+        ax.set_ylim(0, 1.05)
+        fig.tight_layout()
+        fig.savefig(out / "pass_hat_k.png", dpi=100)
+        plt.close(fig)

@@ -1,0 +1,136 @@
+"""Policies: who plays an episode. All of them act only through the episode's MCP toolbox.
+
+- `oracle`: the arena's gold calls in dependency order (the validity check of every arena, and the upper
+  bound of every report); it records an OpenAI-format conversation, so its trajectories are SFT data too.
+- `random`: schema-valid random calls to random tools (the lower bound).
+- `openai`: a model behind an OpenAI-compatible endpoint, through `clients.agent.run_agent`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from clients.agent import AgentResult, ChatEndpoint, run_agent
+from clients.gym_client import GymClient
+from clients.records import Timings
+from clients.toolbox import MCPToolbox
+from gym_server.models import EpisodeCreated
+from gym_server.validation import gold_plan
+
+
+@dataclass
+class EpisodeContext:
+    gym: GymClient
+    episode: EpisodeCreated
+    arena_id: str
+    toolbox: MCPToolbox
+    seed: int
+
+
+class Policy(Protocol):
+    name: str
+    model: str | None
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult: ...
+
+
+def _assistant_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+async def _scripted(ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> AgentResult:
+    """Play fixed calls one per turn, recording the conversation an agent would have had."""
+    started = time.perf_counter()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": ctx.episode.prompt}]
+    tools_s = 0.0
+    for i, (name, arguments) in enumerate(calls):
+        call = _assistant_call(f"call_{i}", name, arguments)
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        result = await ctx.toolbox.call(name, arguments)
+        tools_s += result.latency_s
+        messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": result.text})
+    final = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
+    messages.append({"role": "assistant", "content": final})
+    total = time.perf_counter() - started
+    return AgentResult(messages, final, len(calls) + 1, "answer", timings=Timings(total_s=total, tools_s=tools_s))
+
+
+class OraclePolicy:
+    name = "oracle"
+    model = None
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        arena = await ctx.gym.arena(ctx.arena_id)  # the admin view carries the gold calls
+        by_id = {s.id: s for s in arena.subtasks}
+        calls = [(by_id[i].gold_call.tool, dict(by_id[i].gold_call.arguments)) for i in gold_plan(arena)]  # type: ignore[union-attr]
+        return await _scripted(ctx, calls, arena.final_answer)
+
+
+def random_value(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
+    """A value that satisfies a simple JSON Schema (types, enum, ranges, lengths, nested objects/arrays)."""
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "string")
+    if isinstance(kind, list):
+        kind = rng.choice([k for k in kind if k != "null"] or ["null"])
+    if kind == "integer":
+        lo, hi = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
+        return rng.randint(lo, max(lo, hi))
+    if kind == "number":
+        lo, hi = float(schema.get("minimum", 0)), float(schema.get("maximum", 1000))
+        return round(rng.uniform(lo, max(lo, hi)), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "array":
+        n = rng.randint(int(schema.get("minItems", 0)), max(int(schema.get("minItems", 0)), min(int(schema.get("maxItems", 3)), 3)))
+        return [random_value(schema.get("items", {}), rng, depth + 1) for _ in range(n)]
+    if kind == "object":
+        props = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        return {k: random_value(v, rng, depth + 1) for k, v in props.items() if k in required or (depth < 2 and rng.random() < 0.5)}
+    lo = int(schema.get("minLength", 1))
+    hi = max(lo, min(int(schema.get("maxLength", 8)), 12))
+    return "".join(rng.choice(string.ascii_uppercase + string.digits) for _ in range(rng.randint(lo, hi)))
+
+
+class RandomPolicy:
+    name = "random"
+    model = None
+
+    def __init__(self, max_calls: int = 4) -> None:
+        self.max_calls = max_calls
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        rng = random.Random(ctx.seed)
+        tools = ctx.toolbox.tools
+        calls = []
+        for _ in range(rng.randint(1, self.max_calls)):
+            tool = rng.choice(tools)
+            calls.append((tool.name, random_value(tool.input_schema or {"type": "object"}, rng)))
+        return await _scripted(ctx, calls, None)
+
+
+class OpenAIPolicy:
+    name = "openai"
+
+    def __init__(self, endpoint: ChatEndpoint, max_turns: int = 16, max_tokens: int = 1024, system_prompt: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.model = endpoint.model
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+        self.system_prompt = system_prompt
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        kwargs: dict[str, Any] = {"max_turns": self.max_turns, "max_tokens": self.max_tokens}
+        if self.system_prompt is not None:
+            kwargs["system_prompt"] = self.system_prompt
+        return await run_agent(self.endpoint, ctx.toolbox, ctx.episode.prompt, **kwargs)

@@ -1,0 +1,57 @@
+"""One episode end to end: create it on the gym, connect its MCP toolbox, let a policy play, score, record."""
+
+from __future__ import annotations
+
+import time
+
+import httpx2
+
+from clients.agent import ModelEndpointError
+from clients.gym_client import GymClient, GymError
+from clients.policies import EpisodeContext, Policy
+from clients.records import TrajectoryRecord
+from clients.toolbox import MCPToolbox
+from gym_server.models import EpisodeCreate
+
+
+async def run_episode(
+    gym: GymClient,
+    http: httpx2.AsyncClient,
+    policy: Policy,
+    arena_id: str,
+    *,
+    repeat: int = 0,
+    seed: int = 0,
+    failure_rate: float | None = None,
+    domain: str | None = None,
+    scenario_type: str | None = None,
+) -> TrajectoryRecord:
+    """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop);
+    any other failure of the episode is recorded in `record.error`."""
+    started = time.perf_counter()
+    record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, policy=policy.name, model=policy.model,
+                              domain=domain, scenario_type=scenario_type)  # fmt: skip
+    created = await gym.create_episode(EpisodeCreate(arena_id=arena_id, seed=seed, failure_rate=failure_rate))
+    record.episode_id = created.episode_id
+    record.gym_url = created.mcp_url
+    try:
+        async with MCPToolbox.http_endpoint(created.mcp_url, http) as toolbox:
+            record.tools = toolbox.openai_tools()
+            result = await policy.play(EpisodeContext(gym, created, arena_id, toolbox, seed))
+        record.messages = result.messages
+        record.final_answer = result.final_answer
+        record.turns, record.stop_reason = result.turns, result.stop_reason
+        record.usage, record.timings = result.usage, result.timings
+        record.reward = await gym.score(created.episode_id, result.final_answer)
+        record.call_log = (await gym.log(created.episode_id)).calls
+    except (GymError, ModelEndpointError):
+        raise
+    except Exception as exc:  # the episode failed; the record says why, and it scores nothing
+        record.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        try:
+            await gym.delete(created.episode_id)
+        except GymError:
+            pass
+    record.timings.total_s = time.perf_counter() - started
+    return record

@@ -1,0 +1,145 @@
+"""The one MCP client path: open an MCP endpoint, list its tools as OpenAI tool schemas, call tools.
+
+Synthesis rollouts, RL rollouts and evaluation all call tools through `MCPToolbox`. Many concurrent
+episodes share one `httpx2.AsyncClient` (one connection pool); a stdio server is a subprocess per toolbox.
+Calls have a per-call timeout; only calls that are safe to repeat are retried, and only on transport
+failures (a tool's own error result is an answer, not a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp import StdioServerParameters
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+logger = logging.getLogger(__name__)
+
+
+def shared_http_client(max_connections: int = 512, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
+    """The pool every toolbox and gym client of a run should share."""
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx2.AsyncClient(timeout=timeout_s, limits=limits, headers=headers)
+
+
+def openai_tool(tool: types.Tool | dict[str, Any]) -> dict[str, Any]:
+    """An MCP tool definition as an OpenAI chat-completions `tools` entry."""
+    data = tool if isinstance(tool, dict) else tool.model_dump(by_alias=True, exclude_none=True)
+    parameters = data.get("inputSchema") or {"type": "object", "properties": {}}
+    return {"type": "function", "function": {"name": data["name"], "description": data.get("description") or "", "parameters": parameters}}
+
+
+@dataclass(slots=True)
+class ToolCallResult:
+    """What an agent sees of one call: text for the model, plus structure for records."""
+
+    text: str
+    is_error: bool
+    structured: dict[str, Any] | None = None
+    latency_s: float = 0.0
+    transport_error: str | None = None
+    """Set when the call never got an MCP answer (timeout, connection refused, server gone)."""
+
+
+@dataclass
+class MCPToolbox:
+    """A connected MCP endpoint. Use `async with MCPToolbox.http(url, http) as box:` or `.stdio(cmd)`."""
+
+    target: str | StdioServerParameters
+    http: httpx2.AsyncClient | None = None
+    call_timeout_s: float = 60.0
+    retries: int = 2
+    tools: list[types.Tool] = field(default_factory=list)
+    _client: Client | None = None
+    _stack: AsyncExitStack | None = None
+
+    @classmethod
+    def http_endpoint(cls, url: str, http: httpx2.AsyncClient, **kw: Any) -> MCPToolbox:
+        return cls(url, http, **kw)
+
+    @classmethod
+    def stdio(cls, command: str, args: list[str] | None = None, env: dict[str, str] | None = None, **kw: Any) -> MCPToolbox:
+        return cls(StdioServerParameters(command=command, args=args or [], env=env), None, **kw)
+
+    async def __aenter__(self) -> MCPToolbox:
+        self._stack = AsyncExitStack()
+        try:
+            if isinstance(self.target, str):
+                if self.http is None:
+                    self.http = await self._stack.enter_async_context(shared_http_client())
+                transport = streamable_http_client(self.target, http_client=self.http)
+                self._client = await self._stack.enter_async_context(Client(transport))  # type: ignore[arg-type]
+            else:
+                self._client = await self._stack.enter_async_context(Client(self.target))
+            await self.refresh_tools()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("the toolbox is not open; use `async with`")
+        return self._client
+
+    async def refresh_tools(self) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        while True:
+            page = await self._retrying(lambda: self.client.list_tools(cursor=cursor))
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        self.tools = tools
+        return tools
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        return [openai_tool(t) for t in self.tools]
+
+    def _safe_to_retry(self, name: str) -> bool:
+        tool = next((t for t in self.tools if t.name == name), None)
+        hints = tool.annotations if tool is not None else None
+        return bool(hints and (hints.read_only_hint or hints.idempotent_hint))
+
+    async def _retrying(self, op: Any, attempts: int | None = None) -> Any:
+        attempts = self.retries + 1 if attempts is None else attempts
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self.call_timeout_s):
+                    return await op()
+            except (httpx2.TransportError, TimeoutError, ConnectionError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolCallResult:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        attempts = self.retries + 1 if self._safe_to_retry(name) else 1
+        try:
+            result = await self._retrying(lambda: self.client.call_tool(name, arguments), attempts)
+        except TimeoutError:
+            return ToolCallResult(f"Error: the call to {name} timed out after {self.call_timeout_s:g} s", True,
+                                  latency_s=loop.time() - t0, transport_error="timeout")  # fmt: skip
+        except Exception as exc:  # the server is gone or answered garbage: an error the agent sees, and we record
+            message = f"{type(exc).__name__}: {exc}"
+            return ToolCallResult(f"Error: the call to {name} failed: {message}", True, latency_s=loop.time() - t0, transport_error=message)
+        text = "\n".join(c.text if isinstance(c, types.TextContent) else json.dumps(c.model_dump(mode="json")) for c in result.content)
+        return ToolCallResult(text, bool(result.is_error), result.structured_content, loop.time() - t0)
