@@ -47,16 +47,14 @@ def serve(config: ServeConfig, on_ready: Any = None) -> None:
     server.run(sockets=[sock])
 
 
-class GymThread:
-    """A real gym on a loopback port, served from a background thread with its own event loop."""
+class AppThread:
+    """Any ASGI app on a loopback port, served from a background thread with its own event loop."""
 
-    def __init__(self, config: ServeConfig | None = None) -> None:
-        self.config = (config or ServeConfig()).model_copy(update={"host": "127.0.0.1"})
-        self._sock = bind(self.config.host, self.config.port)
-        port = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = _uvicorn(self.config)
-        self._thread = threading.Thread(target=self._run, name="astra-gym", daemon=True)
+    def __init__(self, app: Any, port: int = 0, log_level: str = "warning") -> None:
+        self._sock = bind("127.0.0.1", port)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, backlog=2048))
+        self._thread = threading.Thread(target=self._run, name="astra-app", daemon=True)
         self._error: BaseException | None = None
 
     def _run(self) -> None:
@@ -69,25 +67,39 @@ class GymThread:
     def app(self) -> Any:
         return self._server.config.app
 
-    def start(self, timeout_s: float = 60.0) -> GymThread:
+    def start(self, timeout_s: float = 60.0) -> AppThread:
         self._thread.start()
-        deadline = threading.Event()
         waited = 0.0
         while not self._server.started:
             if self._error is not None or not self._thread.is_alive():
-                raise RuntimeError(f"the gym failed to start: {self._error!r}")
-            deadline.wait(0.02)
+                raise RuntimeError(f"the server failed to start: {self._error!r}")
+            threading.Event().wait(0.02)
             waited += 0.02
             if waited > timeout_s:
-                raise TimeoutError("the gym did not start in time")
+                raise TimeoutError("the server did not start in time")
         return self
 
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
 
-    def __enter__(self) -> GymThread:
+    def __enter__(self) -> AppThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class GymThread(AppThread):
+    """A real gym on a loopback port (tests, demos, in-process evaluation and training)."""
+
+    def __init__(self, config: ServeConfig | None = None) -> None:
+        self.config = (config or ServeConfig()).model_copy(update={"host": "127.0.0.1"})
+        super().__init__(create_app(self.config), self.config.port)
+
+    def start(self, timeout_s: float = 60.0) -> GymThread:
+        super().start(timeout_s)
+        return self
+
+    def __enter__(self) -> GymThread:
+        return self.start()
