@@ -124,11 +124,15 @@ class ArenaStore:
                 with self._db:  # one transaction: a clash leaves nothing of this source behind
                     self._db.executemany("INSERT INTO arenas VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError:
-                seen: set[str] = set()
-                dup = next((r[0] for r in rows if r[0] in seen or seen.add(r[0])), None)  # type: ignore[func-returns-value]
-                if dup is None:
-                    dup = next(r[0] for r in rows if self._db.execute("SELECT 1 FROM arenas WHERE id = ?", (r[0],)).fetchone())
-                raise StoreError(f"{source}: arena id {dup!r} appears more than once") from None
+                raise StoreError(f"{source}: arena id {self._first_clash(rows)!r} appears more than once") from None
+
+    def _first_clash(self, rows: list[tuple[Any, ...]]) -> str:
+        seen: set[str] = set()
+        for row in rows:
+            if row[0] in seen or self._db.execute("SELECT 1 FROM arenas WHERE id = ?", (row[0],)).fetchone():
+                return row[0]
+            seen.add(row[0])
+        return "?"
 
     def _load_index(self, index_path: Path, fingerprint: str) -> bool:
         if not index_path.is_file():
