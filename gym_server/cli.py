@@ -19,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="astra-gym: a
 arenas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate arena stores.")
 app.add_typer(arenas_app, name="arenas")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="Arena sources: 'builtin', files, directories (repeatable).")]
 
@@ -53,14 +53,12 @@ def serve(
             config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None,
         )  # fmt: skip
-        from gym_server.store import ArenaStore
-
-        n = len(ArenaStore(cfg.arenas))
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     auth = " (bearer token required)" if cfg.token else ""
 
-    def ready(url: str) -> None:
+    def ready(url: str, gym_app: object) -> None:
+        n = len(gym_app.state.store)  # type: ignore[attr-defined]
         console.print(f"[bold green]astra-gym[/] serving {n} arenas at [bold]{url}[/]{auth}")
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
@@ -69,6 +67,8 @@ def serve(
         run(cfg, on_ready=ready)
     except OSError as exc:
         _fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
+    except ValueError as exc:  # a store that cannot be read, a bad sandbox backend
+        _fail(str(exc))
 
 
 @arenas_app.command("list")

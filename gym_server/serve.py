@@ -39,11 +39,12 @@ def _uvicorn(config: ServeConfig, **extra: Any) -> uvicorn.Server:
 
 
 def serve(config: ServeConfig, on_ready: Any = None) -> None:
+    """Serve in the foreground; `on_ready(url, app)` runs once the socket is bound and the store loaded."""
     sock = bind(config.host, config.port)
     server = _uvicorn(config)
     if on_ready is not None:
         host, port = sock.getsockname()[:2]
-        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
+        on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", server.config.app)
     server.run(sockets=[sock])
 
 

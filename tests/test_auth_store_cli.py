@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -136,3 +137,27 @@ def test_serve_config_from_yaml(tmp_path: Path):
     path.write_text("prot: 1\n")
     with pytest.raises(ValidationError, match="prot"):
         ServeConfig.load(path)
+
+
+def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--workers", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        url = line.split(" at ")[1].split()[0]
+        assert "serving 13 arenas" in line and url.startswith("http://127.0.0.1:")
+        deadline = time.time() + 30
+        while True:
+            try:
+                health = httpx2.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx2.HTTPError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert health.json()["arenas"] == 13
+        assert httpx2.get(f"{url}/api/arenas").status_code == 401
+        assert httpx2.get(f"{url}/api/arenas", headers={"Authorization": "Bearer t0k"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    bad = subprocess.run([*CLI, "serve", "--arenas", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such file or directory" in bad.stderr
