@@ -20,7 +20,6 @@ HOSTILE = {
     "connect": "not permitted in the sandbox",
     "write_file": "not permitted in the sandbox: open",
     "attach_file": "not authorized",
-    "tamper": "modified shared modules",
 }
 
 
@@ -59,6 +58,17 @@ async def test_workers_are_isolated_from_network_and_files():
         health = pool.health()
         if os.geteuid() == 0:
             assert health["network_isolated"] and health["filesystem_hidden"]
+
+
+async def test_monkeypatched_modules_are_restored_before_the_next_call():
+    tamper = "import json, math\ndef f(db):\n    json.dumps = lambda *a, **k: 'evil'\n    math.pi = 3\n    return 'done'\n"
+    check = "import json, math\ndef f(db):\n    return [json.dumps([1]), math.pi]\n"
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:  # one worker: the next call runs where the patch ran
+        state = await pool.build_state(InitialState())
+        await pool.call(tamper, "f", {}, state)
+        after = await pool.call(check, "f", {}, state)
+        assert after.ok and after.result == ["[1]", 3.141592653589793]
+        assert pool.replaced <= 1
 
 
 async def test_fresh_namespace_per_call_no_module_globals_leak():
