@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from clients.agent import ChatEndpoint  # noqa: E402
 from clients.gym_client import GymClient  # noqa: E402
-from clients.policies import OpenAIPolicy  # noqa: E402
+from clients.policies import ChatPolicy  # noqa: E402
 from clients.rollout import run_episode  # noqa: E402
 from clients.toolbox import MCPToolbox, shared_http_client  # noqa: E402
 from gym_server.models import EpisodeCreate  # noqa: E402
@@ -55,7 +55,7 @@ async def main() -> None:
                         await box.client.call_tool("get_product", {"sku": "SKU-300"})
                         raw.append(time.perf_counter() - t0)
                 raw_ms = statistics.median(raw) * 1000
-                policy = OpenAIPolicy(ChatEndpoint(llm.url + "/v1", "gold", http))
+                policy = ChatPolicy(ChatEndpoint(llm.url + "/v1", "gold", http))
                 per_call, per_episode, totals = [], [], []
                 for i in range(args.episodes + 5):
                     rec = await run_episode(gym, http, policy, ARENA, seed=i)

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 
@@ -29,6 +29,15 @@ class ModelEndpointError(RuntimeError):
     """The chat endpoint could not be reached or kept failing: the run must stop, not score zeros."""
 
 
+class ChatModel(Protocol):
+    """Anything that answers a chat-completions request in OpenAI's response format."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]: ...
+
+
 @dataclass
 class ChatEndpoint:
     base_url: str
@@ -38,6 +47,10 @@ class ChatEndpoint:
     temperature: float = 0.0
     retries: int = 3
     timeout_s: float = 300.0
+
+    @property
+    def model_id(self) -> str:
+        return self.model
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": self.temperature}
@@ -94,7 +107,7 @@ def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
 
 
 async def run_agent(
-    endpoint: ChatEndpoint,
+    endpoint: ChatModel,
     toolbox: MCPToolbox,
     prompt: str,
     *,

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from clients.agent import ChatEndpoint, ModelEndpointError
 from clients.gym_client import GymClient, GymError
-from clients.policies import OpenAIPolicy, OraclePolicy, Policy, RandomPolicy
+from clients.policies import ChatPolicy, OraclePolicy, Policy, RandomPolicy, local_policy
 from clients.records import TrajectoryRecord
 from clients.rollout import run_episode
 from clients.toolbox import shared_http_client
@@ -30,8 +30,8 @@ TRAJECTORIES = "trajectories.jsonl"
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    policy: Literal["oracle", "random", "openai"] = Field(default="oracle", description="Who plays.")
-    model: str | None = Field(default=None, description="Model name sent to the endpoint (openai policy).")
+    policy: Literal["oracle", "random", "openai", "local"] = Field(default="oracle", description="Who plays.")
+    model: str | None = Field(default=None, description="Model name sent to the endpoint (openai), or a name/folder for from_pretrained (local).")
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://localhost:8001/v1.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     arenas: str = Field(default="*", description="Comma-separated glob patterns over arena ids.")
@@ -55,12 +55,19 @@ def make_policy(config: EvalConfig, http: Any) -> Policy:
         return OraclePolicy()
     if config.policy == "random":
         return RandomPolicy()
+    if config.policy == "local":
+        if not config.model:
+            raise ValueError("the local policy needs --model (a hub name or a folder for from_pretrained)")
+        from clients.local_model import load_pretrained
+
+        model, tokenizer = load_pretrained(config.model)
+        return local_policy(model, tokenizer, max_turns=config.max_turns, max_tokens=config.max_tokens)
     if not config.base_url or not config.model:
         raise ValueError("the openai policy needs --base-url and --model")
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
     if config.api_key_env and key is None:
         raise ValueError(f"environment variable {config.api_key_env} is not set")
-    return OpenAIPolicy(ChatEndpoint(config.base_url, config.model, http, key), config.max_turns, config.max_tokens)
+    return ChatPolicy(ChatEndpoint(config.base_url, config.model, http, key), config.max_turns, config.max_tokens)
 
 
 def load_records(path: Path) -> list[TrajectoryRecord]:

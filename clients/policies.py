@@ -4,6 +4,7 @@
   bound of every report); it records an OpenAI-format conversation, so its trajectories are SFT data too.
 - `random`: schema-valid random calls to random tools (the lower bound).
 - `openai`: a model behind an OpenAI-compatible endpoint, through `clients.agent.run_agent`.
+- `local`: a transformers model in this process (`clients.local_model.LocalChatModel`), same loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from clients.agent import AgentResult, ChatEndpoint, run_agent
+from clients.agent import DEFAULT_SYSTEM_PROMPT, AgentResult, ChatModel, run_agent
 from clients.gym_client import GymClient
 from clients.records import Timings
 from clients.toolbox import MCPToolbox
@@ -119,18 +120,29 @@ class RandomPolicy:
         return await _scripted(ctx, calls, None)
 
 
-class OpenAIPolicy:
-    name = "openai"
+class ChatPolicy:
+    """A chat model (an OpenAI-compatible endpoint, or a local transformers model) in the agent loop."""
 
-    def __init__(self, endpoint: ChatEndpoint, max_turns: int = 16, max_tokens: int = 1024, system_prompt: str | None = None) -> None:
+    def __init__(
+        self, endpoint: ChatModel, max_turns: int = 16, max_tokens: int = 1024,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, name: str = "openai",
+    ) -> None:  # fmt: skip
+        self.name = name
         self.endpoint = endpoint
-        self.model = endpoint.model
+        self.model = endpoint.model_id
         self.max_turns = max_turns
         self.max_tokens = max_tokens
         self.system_prompt = system_prompt
 
     async def play(self, ctx: EpisodeContext) -> AgentResult:
-        kwargs: dict[str, Any] = {"max_turns": self.max_turns, "max_tokens": self.max_tokens}
-        if self.system_prompt is not None:
-            kwargs["system_prompt"] = self.system_prompt
-        return await run_agent(self.endpoint, ctx.toolbox, ctx.episode.prompt, **kwargs)
+        return await run_agent(
+            self.endpoint, ctx.toolbox, ctx.episode.prompt,
+            system_prompt=self.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
+        )  # fmt: skip
+
+
+
+def local_policy(model: object, tokenizer: object, **kwargs: object) -> ChatPolicy:
+    from clients.local_model import LocalChatModel
+
+    return ChatPolicy(LocalChatModel(model, tokenizer), name="local", **kwargs)  # type: ignore[arg-type]

@@ -175,7 +175,7 @@ def episode(
 @app.command("eval")
 def eval_(
     config: Annotated[Optional[Path], typer.Option(help="YAML file with EvalConfig fields.")] = None,
-    policy: Annotated[Optional[str], typer.Option(help="oracle | random | openai")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="oracle | random | openai | local")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name (openai policy).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Env var with the API key.")] = None,

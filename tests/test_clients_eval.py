@@ -42,18 +42,18 @@ async def test_scripted_gold_model_solves_every_builtin_arena_with_parallel_call
 
 async def test_agent_loop_handles_malformed_plain_and_endless_models(gym, llm, http):
     client = GymClient(gym.url, http)
-    from clients.policies import OpenAIPolicy
+    from clients.policies import ChatPolicy
 
-    malformed = await run_episode(client, http, OpenAIPolicy(ChatEndpoint(llm, "malformed", http)), "airline-seats-aa100")
+    malformed = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "malformed", http)), "airline-seats-aa100")
     tool_messages = [m for m in malformed.messages if m["role"] == "tool"]
     assert "malformed call" in tool_messages[0]["content"] and "not valid JSON" in tool_messages[0]["content"]
     assert len(malformed.call_log) == 1  # the malformed call never reached the gym
     assert malformed.reward.reward == 1.0 and malformed.final_answer == "12"
 
-    plain = await run_episode(client, http, OpenAIPolicy(ChatEndpoint(llm, "plain", http)), "airline-seats-aa100")
+    plain = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "plain", http)), "airline-seats-aa100")
     assert plain.turns == 1 and plain.stop_reason == "answer" and plain.reward.reward == 0.0 and plain.reward.tool_calls == 0
 
-    chatty = await run_episode(client, http, OpenAIPolicy(ChatEndpoint(llm, "chatty", http), max_turns=3), "airline-seats-aa100")
+    chatty = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "chatty", http), max_turns=3), "airline-seats-aa100")
     assert chatty.stop_reason == "max_turns" and chatty.turns == 3 and chatty.reward.tool_calls == 3
     assert chatty.reward.precision == pytest.approx(1 / 3)
 
