@@ -18,6 +18,8 @@ from gym_server.models import FailureKind
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="astra-gym: an MCP-native agent gym.")
 arenas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate arena stores.")
 app.add_typer(arenas_app, name="arenas")
+synth_app = typer.Typer(no_args_is_help=True, help="Synthesize tool docs, tasks, trajectories and arenas.")
+app.add_typer(synth_app, name="synth")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -214,6 +216,30 @@ def eval_(
         f"precision {o['precision']:.3f}, success {o['success_rate']:.1%}, errors {o['errors']}"
     )
     console.print(f"report: {cfg.out / 'report.md'}")
+
+
+@synth_app.command("tools")
+def synth_tools(
+    sources: Annotated[list[str], typer.Argument(help="Files or folders (BFCL, OpenAI tools, OpenAPI, ServerDoc JSONL), MCP URLs, or stdio:COMMAND.")],
+    out: Annotated[Path, typer.Option(help="Normalized servers, one JSON per line.")] = Path("tooldocs.jsonl"),
+    min_tools: Annotated[int, typer.Option(help="Servers with fewer usable tools are dropped.")] = 2,
+    min_description_chars: Annotated[int, typer.Option(help="Tools with shorter descriptions are dropped.")] = 12,
+) -> None:
+    """Collect and normalize tool documents into one schema, grouped by server, with a quality filter."""
+    from synth.tooldocs import QualityRules, collect
+
+    servers, report = asyncio.run(collect(sources, QualityRules(min_tools=min_tools, min_description_chars=min_description_chars)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(s.model_dump_json(by_alias=True, exclude_none=True) + "\n" for s in servers))
+    report_path = out.with_name(out.stem + ".report.json")
+    report_path.write_text(report.model_dump_json(indent=2))
+    console.print(f"{report.servers_kept}/{report.servers_in} servers, {report.tools_kept}/{report.tools_in} tools kept -> {out}")
+    for r in report.rejected[:20]:
+        console.print(f"  [yellow]dropped[/] {r.server}{'/' + r.tool if r.tool else ''}: {r.reason}")
+    if len(report.rejected) > 20:
+        console.print(f"  ... {len(report.rejected) - 20} more in {report_path}")
+    if not servers:
+        raise typer.Exit(1)
 
 
 def main() -> None:

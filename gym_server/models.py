@@ -44,6 +44,18 @@ class ToolSpec(BaseModel):
         return schema
 
 
+class ServerDoc(BaseModel):
+    """A tool server's documentation, normalized: what the emulators serve and synthesis reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    title: str | None = None
+    description: str = ""
+    domain: str | None = None
+    tools: list[ToolSpec]
+
+
 class GoldCall(BaseModel):
     """The call that solves a sub-task: what the oracle plays and what validation executes."""
 

@@ -147,3 +147,16 @@ async def test_eval_stops_cleanly_on_a_dead_model_or_gym(gym, tmp_path):
     dead_gym = subprocess.run([sys.executable, "-m", "gym_server.cli", "eval", "--gym", "http://127.0.0.1:9", "--out", str(tmp_path / "b")],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
     assert dead_gym.returncode == 1 and "cannot reach the gym" in dead_gym.stderr
+
+
+async def test_toolbox_times_out_slow_calls_and_fails_clearly_on_dead_servers(gym, http):
+    from tests.conftest import new_episode
+
+    episode = await new_episode(http, gym, "hostile")
+    async with MCPToolbox.http_endpoint(episode["mcp_url"], http, call_timeout_s=0.3) as box:
+        slow = await box.call("spin", {})  # the sandbox needs ~1 s to stop it; the client gives up first
+        assert slow.is_error and slow.transport_error == "timeout" and "timed out after 0.3 s" in slow.text
+        assert not box._safe_to_retry("set_state")  # no readOnly/idempotent hint: a write is never repeated
+    with pytest.raises(Exception):
+        async with MCPToolbox.http_endpoint("http://127.0.0.1:9/mcp", http, retries=1):
+            pass
