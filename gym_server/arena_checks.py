@@ -69,7 +69,7 @@ def structural_problems(arena: Arena) -> list[str]:
         except SchemaError as exc:
             problems.append(f"tool {tool.name!r}: inputSchema does not compile: {exc}")
     ids = [s.id for s in arena.subtasks]
-    if not ids:
+    if not ids and arena.kind == "arena":
         problems.append("no sub-tasks")
     dup_ids = sorted({i for i in ids if ids.count(i) > 1})
     if dup_ids:

@@ -242,6 +242,58 @@ def synth_tools(
         raise typer.Exit(1)
 
 
+@app.command()
+def emulate(
+    tooldocs: Annotated[list[str], typer.Argument(help="Tool docs: files/folders (BFCL, OpenAI, OpenAPI, ServerDoc JSONL), MCP URLs, stdio:COMMAND.")],
+    failure_rate: Annotated[float, typer.Option(help="Share of calls that fail on purpose.")] = 0.2,
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    token: Annotated[Optional[str], typer.Option(envvar="ASTRA_GYM_TOKEN", help="Bearer token.")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="Also write the emulated arenas here (JSONL) for `serve --arenas`.")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option(help="LLM-backed responses (not built yet: schema-driven only).")] = None,
+) -> None:
+    """Serve tool docs as stateful MCP servers (SQLite state per episode, failure injection) and print URLs."""
+    import tempfile
+
+    from emulators.compile import compile_server
+    from gym_server.store import write_bundle
+    from synth.tooldocs import collect
+
+    if llm_base_url:
+        _fail("LLM-backed emulation is not built yet; run without --llm-base-url for the schema-driven emulator")
+    servers, report = asyncio.run(collect(tooldocs))
+    for r in report.rejected:
+        err.print(f"[yellow]dropped[/] {r.server}{'/' + r.tool if r.tool else ''}: {r.reason}")
+    if not servers:
+        _fail("no usable tool docs")
+    arenas = [compile_server(s, failure_rate) for s in servers]
+    path = store or Path(tempfile.mkdtemp(prefix="astra-emulate-")) / "emulators.jsonl"
+    write_bundle(arenas, path)
+    cfg = ServeConfig(host=host, port=port, arenas=[str(path)], token=token, episode_ttl_s=7 * 24 * 3600)
+    import time
+
+    import httpx2
+
+    from gym_server.serve import GymThread
+
+    gym = GymThread(cfg)
+    try:
+        gym.start()
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(str(exc))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    print(f"astra-gym emulate: {len(arenas)} servers at {gym.url} (failure rate {failure_rate:g})", flush=True)
+    for arena in arenas:
+        created = httpx2.post(f"{gym.url}/api/episodes", json={"arena_id": arena.id}, headers=headers, timeout=60).json()
+        print(f"  {arena.id:<28} {len(arena.tools):>3} tools  {created['mcp_url']}", flush=True)
+    console.print(f"[dim]more episodes: astra-gym episode ARENA --gym {gym.url}; arenas stored in {path}; Ctrl-C stops[/]")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        gym.stop()
+
+
 def main() -> None:
     app(prog_name="astra-gym")
 

@@ -155,8 +155,9 @@ class EpisodeManager:
             tools[spec.name] = ServedTool(spec, other, distractor=True)
             states.setdefault(other.arena.id, other.template)
         default = self.limits.default_failure
+        arena_rate = runtime.arena.failure_rate
         failure = FailurePolicy(
-            rate=default.rate if request.failure_rate is None else request.failure_rate,
+            rate=request.failure_rate if request.failure_rate is not None else arena_rate if arena_rate is not None else default.rate,
             kinds=request.failure_kinds or default.kinds,
             timeout_delay_s=default.timeout_delay_s,
         )

@@ -104,15 +104,19 @@ class Arena(BaseModel):
     domain: str
     language: str = "en"
     scenario_type: ScenarioType
-    question: str
-    final_answer: JSONValue
-    subtasks: list[SubTask]
+    question: str = ""
+    final_answer: JSONValue = None
+    subtasks: list[SubTask] = Field(default_factory=list)
     tools: list[ToolSpec]
     implementation: str
     """Python source defining one function per tool: `def tool_name(db, **arguments)`; `db` is the episode's
     SQLite connection (rows as dicts)."""
     initial_state: InitialState = Field(default_factory=InitialState)
     provenance: Provenance = Field(default_factory=Provenance)
+    kind: Literal["arena", "emulator"] = "arena"
+    """An emulator serves a tool doc's tools with no questions to score (its sub-tasks may be empty)."""
+    failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    """This arena's default injected-failure rate (emulators: 0.2); an episode's own rate wins."""
 
     @model_validator(mode="after")
     def _structure(self) -> Arena:

@@ -51,9 +51,10 @@ def serve(config: ServeConfig, on_ready: Any = None) -> None:
 class AppThread:
     """Any ASGI app on a loopback port, served from a background thread with its own event loop."""
 
-    def __init__(self, app: Any, port: int = 0, log_level: str = "warning") -> None:
-        self._sock = bind("127.0.0.1", port)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+    def __init__(self, app: Any, port: int = 0, log_level: str = "warning", host: str = "127.0.0.1") -> None:
+        self._sock = bind(host, port)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self._sock.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, backlog=2048))
         self._thread = threading.Thread(target=self._run, name="astra-app", daemon=True)
         self._error: BaseException | None = None
@@ -95,8 +96,8 @@ class GymThread(AppThread):
     """A real gym on a loopback port (tests, demos, in-process evaluation and training)."""
 
     def __init__(self, config: ServeConfig | None = None) -> None:
-        self.config = (config or ServeConfig()).model_copy(update={"host": "127.0.0.1"})
-        super().__init__(create_app(self.config), self.config.port)
+        self.config = config or ServeConfig()
+        super().__init__(create_app(self.config), self.config.port, host=self.config.host)
 
     def start(self, timeout_s: float = 60.0) -> GymThread:
         super().start(timeout_s)

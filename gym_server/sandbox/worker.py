@@ -199,7 +199,8 @@ class Worker:
 
         def invoke() -> Any:
             exec(code, namespace)  # a fresh module namespace per call: no global survives into the next
-            fn = namespace.get(name)
+            table = namespace.get("__tools__")  # generated arenas (emulators) map any tool name to a callable
+            fn = table.get(name) if isinstance(table, dict) else namespace.get(name)
             if not callable(fn):
                 raise _NoSuchFunction(name)
             return fn(conn, **req["arguments"])

@@ -1,0 +1,142 @@
+"""Tool docs served as stateful emulated MCP servers inside the gym: BFCL, OpenAPI, OpenAI tools JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clients.policies import random_value
+from emulators.compile import compile_server
+from gym_server.config import ServeConfig
+from gym_server.episodes import EpisodeLimits, EpisodeManager
+from gym_server.models import EpisodeCreate, ServerDoc
+from gym_server.sandbox.pool import SandboxConfig, SandboxPool
+from gym_server.serve import GymThread
+from gym_server.store import ArenaStore, write_bundle
+from synth.tooldocs import detect_and_load
+from tests.conftest import mcp_session, new_episode, result_json
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _servers() -> list[ServerDoc]:
+    servers = []
+    for path in [*sorted((FIXTURES / "bfcl").glob("*.json")), FIXTURES / "petstore_openapi.json"]:
+        servers.extend(detect_and_load(path)[0])
+    weather = [
+        {"type": "function", "function": {"name": "create_alert", "description": "Create a weather alert for a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "level": {"type": "integer"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "list_alerts", "description": "List the weather alerts, by city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+    ]  # fmt: skip
+    path = FIXTURES.parent / "_weather.json"
+    servers.extend(detect_and_load(_write(path, weather))[0])
+    return servers
+
+
+def _write(path: Path, data) -> Path:
+    import tempfile
+
+    target = Path(tempfile.mkdtemp()) / "weather_tools.json"
+    target.write_text(json.dumps(data))
+    return target
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    servers = _servers()
+    path = tmp_path_factory.mktemp("emu") / "emulators.jsonl"
+    write_bundle([compile_server(s) for s in servers], path)
+    with GymThread(ServeConfig(port=0, arenas=[str(path)], sandbox=SandboxConfig(workers=2))) as gym:
+        yield gym, path
+
+
+async def test_state_persists_within_an_episode_and_never_across(emulated, http):
+    gym, _ = emulated
+    first = await new_episode(http, gym, "emu-ticket_api", failure_rate=0.0)
+    async with mcp_session(http, first["mcp_url"]) as client:
+        created = result_json(await client.call_tool("create_ticket", {"title": "Printer on fire", "priority": 5}))
+        assert created["title"] == "Printer on fire" and created["status"] == "open" and created["description"] == ""
+        found = result_json(await client.call_tool("get_ticket", {"ticket_id": created["id"]}))
+        assert found["title"] == "Printer on fire" and found["priority"] == 5
+        await client.call_tool("close_ticket", {"ticket_id": created["id"]})
+        assert result_json(await client.call_tool("get_ticket", {"ticket_id": created["id"]}))["status"] == "closed"
+    second = await new_episode(http, gym, "emu-ticket_api", failure_rate=0.0)
+    async with mcp_session(http, second["mcp_url"]) as client:
+        missing = await client.call_tool("get_ticket", {"ticket_id": created["id"]})
+        assert missing.is_error and "no ticket" in missing.content[0].text
+
+
+async def test_every_tool_of_every_suite_answers_over_mcp(emulated, http):
+    gym, _ = emulated
+    rng = random.Random(0)
+    for server in _servers():
+        episode = await new_episode(http, gym, f"emu-{server.name}", failure_rate=0.0)
+        async with mcp_session(http, episode["mcp_url"]) as client:
+            listed = {t.name: t for t in (await client.list_tools()).tools}
+            assert set(listed) == {t.name for t in server.tools}
+            for name, tool in listed.items():
+                result = await client.call_tool(name, random_value(tool.input_schema, rng))
+                if result.is_error:  # only the world's own answers (e.g. not found), never the sandbox's
+                    assert result.content[0].text.startswith("Tool error"), (server.name, name, result.content[0].text)
+                elif tool.output_schema and tool.output_schema.get("properties"):
+                    assert set(tool.output_schema["properties"]) <= set(result.structured_content), (server.name, name)
+
+
+async def test_openapi_and_openai_docs_become_working_servers(emulated, http):
+    gym, _ = emulated
+    pets = await new_episode(http, gym, "emu-pet_store", failure_rate=0.0)
+    async with mcp_session(http, pets["mcp_url"]) as client:
+        pet = result_json(await client.call_tool("create_pet", {"name": "Rex", "species": "dog", "price": 120.0}))
+        assert pet["name"] == "Rex" and isinstance(pet["id"], int)
+        assert result_json(await client.call_tool("get_pet", {"pet_id": pet["id"]}))["species"] == "dog"
+        listing = result_json(await client.call_tool("list_pets", {"species": "dog"}))
+        assert [p["name"] for p in listing["result"]] == ["Rex"]
+    weather = await new_episode(http, gym, "emu-weather_tools", failure_rate=0.0)
+    async with mcp_session(http, weather["mcp_url"]) as client:
+        await client.call_tool("create_alert", {"city": "Oslo", "level": 2})
+        await client.call_tool("create_alert", {"city": "Lima"})
+        alerts = result_json(await client.call_tool("list_alerts", {"city": "oslo"}))
+        assert [a["city"] for a in alerts] == ["Oslo"]
+
+
+async def test_emulators_fail_20_percent_by_default_reproducibly(emulated):
+    _, path = emulated
+    async with SandboxPool(SandboxConfig(workers=2)) as pool:
+        manager = EpisodeManager(ArenaStore([str(path)]), pool, EpisodeLimits())
+
+        async def run(seed: int) -> list:
+            episode = await manager.create(EpisodeCreate(arena_id="emu-ticket_api", seed=seed))
+            assert episode.failure.rate == 0.2
+            for i in range(400):
+                await manager.call_tool(episode, "get_ticket", {"ticket_id": i})
+            return [c.injected for c in episode.calls]
+
+        runs = await asyncio.gather(*(run(s) for s in range(5)))
+        flat = [k for r in runs for k in r]
+        share = sum(k is not None for k in flat) / len(flat)
+        assert len(flat) == 2000 and 0.17 <= share <= 0.23, share
+        assert await run(3) == runs[3]
+
+
+def test_cli_emulate_serves_and_prints_mcp_urls(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gym_server.cli", "emulate", str(FIXTURES / "bfcl" / "ticket_api.json"),
+                             str(FIXTURES / "bfcl" / "math_api.json"), "--port", "0", "--store", str(tmp_path / "emu.jsonl")],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        urls = [line.split()[-1] for line in lines[1:]]
+        assert "2 servers" in lines[0] and all(u.endswith("/mcp") for u in urls)
+        import httpx2
+
+        listed = httpx2.post(urls[0], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                             headers={"Accept": "application/json, text/event-stream"}, timeout=30)  # fmt: skip
+        assert "create_ticket" in listed.text or "mean" in listed.text
+        assert len((tmp_path / "emu.jsonl").read_text().splitlines()) == 2
+    finally:
+        proc.terminate()
+        proc.wait(30)
