@@ -96,6 +96,19 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
         raise _HTTPError(422, f"invalid {model.__name__} body", detail) from None
 
 
+async def _front_upstreams(config: ServeConfig, store: ArenaStore, manager: EpisodeManager) -> None:
+    from gym_server.upstreams import describe
+
+    for upstream in config.upstreams:
+        try:
+            arena = await describe(upstream)
+        except Exception as exc:
+            raise RuntimeError(f"upstream MCP server {upstream.name!r} ({upstream.command or upstream.url}) did not answer: {exc}") from exc
+        store.add([arena], source=f"upstream {upstream.name}")
+        manager.upstreams[arena.id] = upstream
+        logger.info("fronting MCP server %s as %s (%d tools)", upstream.name, arena.id, len(arena.tools))
+
+
 def create_app(config: ServeConfig | None = None) -> Starlette:
     config = config or ServeConfig()
     store = ArenaStore(config.arenas)
@@ -178,12 +191,18 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await pool.start()
+        try:
+            await _front_upstreams(config, store, manager)
+        except BaseException:
+            await pool.close()
+            raise
         reaper = asyncio.create_task(manager.run_expiry(min(30.0, config.episode_ttl_s / 4)))
         try:
             async with sessions.run():
                 yield {"manager": manager, "store": store, "pool": pool}
         finally:
             reaper.cancel()
+            await manager.close()
             await pool.close()
 
     routes = [

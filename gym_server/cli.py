@@ -45,6 +45,7 @@ def serve(
     workers: Annotated[Optional[int], typer.Option(help="Sandbox worker processes.")] = None,
     sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
     call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
+    upstream: Annotated[Optional[list[str]], typer.Option(help="Front a real MCP server: NAME=COMMAND or NAME=URL (repeatable).")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp."""
     from gym_server.serve import serve as run
@@ -55,6 +56,10 @@ def serve(
             config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None,
         )  # fmt: skip
+        if upstream:
+            from gym_server.upstreams import UpstreamConfig
+
+            cfg.upstreams.extend(UpstreamConfig.parse(u) for u in upstream)
     except (ValueError, OSError) as exc:
         _fail(str(exc))
     auth = " (bearer token required)" if cfg.token else ""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gym_server.models import FailureKind
 from gym_server.sandbox.pool import SandboxConfig
+from gym_server.upstreams import UpstreamConfig
 
 
 class ServeConfig(BaseModel):
@@ -29,6 +30,7 @@ class ServeConfig(BaseModel):
     max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
     log_level: str = "info"
 
     @classmethod

@@ -31,6 +31,7 @@ from gym_server.models import (
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.schemas import ArgumentValidator, compile_validator
 from gym_server.store import ArenaStore
+from gym_server.upstreams import UpstreamConfig, UpstreamSession
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Episode:
     last_used: float = field(default_factory=time.monotonic)
     calls: list[CallLogEntry] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
+    """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
@@ -100,6 +103,8 @@ class EpisodeManager:
         self.pool = pool
         self.limits = limits or EpisodeLimits()
         self._episodes: dict[str, Episode] = {}
+        self.upstreams: dict[str, UpstreamConfig] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._runtimes: OrderedDict[str, ArenaRuntime] = OrderedDict()
         self._building: dict[str, asyncio.Future[ArenaRuntime]] = {}
 
@@ -120,7 +125,7 @@ class EpisodeManager:
         try:
             arena = await asyncio.to_thread(self.store.get, arena_id)
             try:
-                template = await self.pool.build_state(arena.initial_state)
+                template = b"" if arena.kind == "upstream" else await self.pool.build_state(arena.initial_state)
             except ValueError as exc:
                 raise EpisodeRejected(f"arena {arena_id!r}: {exc}") from None
             runtime = ArenaRuntime(arena, {t.name: compile_validator(t.input_schema) for t in arena.tools}, template)
@@ -174,14 +179,29 @@ class EpisodeManager:
         return episode
 
     def delete(self, episode_id: str) -> None:
-        if self._episodes.pop(episode_id, None) is None:
+        episode = self._episodes.pop(episode_id, None)
+        if episode is None:
             raise EpisodeNotFound(episode_id)
+        self._release(episode)
+
+    def _release(self, episode: Episode) -> None:
+        for session in episode.upstreams.values():
+            task = asyncio.get_running_loop().create_task(session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        episode.upstreams.clear()
+
+    async def close(self) -> None:
+        for episode in list(self._episodes.values()):
+            self._release(episode)
+        self._episodes.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def expire_idle(self) -> int:
         cutoff = time.monotonic() - self.limits.ttl_s
         stale = [eid for eid, ep in self._episodes.items() if ep.last_used < cutoff]
         for eid in stale:
-            del self._episodes[eid]
+            self._release(self._episodes.pop(eid))
         return len(stale)
 
     async def run_expiry(self, every_s: float) -> None:
@@ -230,6 +250,8 @@ class EpisodeManager:
                 await asyncio.sleep(episode.failure.timeout_delay_s)
             return CallStatus.injected_failure, None, MESSAGES[kind], kind
         arena = served.runtime.arena
+        if arena.kind == "upstream":
+            return await self._forward(episode, arena.id, served.spec.name, arguments)
         try:
             outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
         except SandboxUnavailable as exc:
@@ -240,3 +262,25 @@ class EpisodeManager:
         if outcome.state is not None:
             episode.states[arena.id] = outcome.state
         return CallStatus.ok, outcome.result, None, None
+
+    async def _forward(self, episode: Episode, arena_id: str, name: str, arguments: dict[str, Any]) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
+        config = self.upstreams.get(arena_id)
+        if config is None:
+            return CallStatus.upstream_error, None, f"the MCP server behind {arena_id!r} is not configured on this gym", None
+        session = episode.upstreams.get(arena_id)
+        if session is None:
+            session = episode.upstreams[arena_id] = UpstreamSession(config)
+        try:
+            answer = await session.call(name, arguments)
+        except Exception as exc:  # the upstream did not start: every later call says so too
+            return CallStatus.upstream_error, None, f"the MCP server {config.name!r} is unreachable: {type(exc).__name__}: {exc}", None
+        if answer.transport_error:
+            return CallStatus.upstream_error, None, answer.text, None
+        if answer.is_error:
+            return CallStatus.tool_error, None, answer.text, None
+        if answer.structured is not None:
+            return CallStatus.ok, answer.structured, None, None
+        try:
+            return CallStatus.ok, json.loads(answer.text), None, None
+        except ValueError:
+            return CallStatus.ok, answer.text, None, None

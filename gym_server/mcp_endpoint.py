@@ -42,6 +42,7 @@ def tool_result(entry: CallLogEntry) -> types.CallToolResult:
         CallStatus.tool_error: "Tool error",
         CallStatus.sandbox_error: "Tool stopped by the sandbox",
         CallStatus.injected_failure: "Tool failure",
+        CallStatus.upstream_error: "Upstream MCP server error",
     }[entry.status]
     return types.CallToolResult(content=[types.TextContent(type="text", text=f"{prefix}: {entry.error}")], is_error=True)
 

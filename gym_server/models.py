@@ -113,8 +113,8 @@ class Arena(BaseModel):
     SQLite connection (rows as dicts)."""
     initial_state: InitialState = Field(default_factory=InitialState)
     provenance: Provenance = Field(default_factory=Provenance)
-    kind: Literal["arena", "emulator"] = "arena"
-    """An emulator serves a tool doc's tools with no questions to score (its sub-tasks may be empty)."""
+    kind: Literal["arena", "emulator", "upstream"] = "arena"
+    """An emulator serves a tool doc's tools, an upstream a real MCP server's; neither has questions to score."""
     failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     """This arena's default injected-failure rate (emulators: 0.2); an episode's own rate wins."""
 
@@ -207,6 +207,8 @@ class CallStatus(str, Enum):
     sandbox_error = "sandbox_error"
     """The sandbox stopped the code: time, memory, a forbidden operation, a dead worker."""
     injected_failure = "injected_failure"
+    upstream_error = "upstream_error"
+    """A fronted real MCP server could not be reached or did not answer."""
 
 
 class CallLogEntry(BaseModel):

@@ -118,6 +118,13 @@ class ArenaStore:
         self._insert(rows, source)
         self._save_index(index_path, fingerprint, rows)
 
+    def add(self, arenas: list[Arena], source: str = "runtime") -> None:
+        """Arenas made at run time (fronted MCP servers), listed and served like the others."""
+        self._insert([_index_row(a.model_dump(mode="json", by_alias=True), source) for a in arenas], source)
+        with self._lock:
+            for arena in arenas:
+                self._parsed[arena.id] = arena
+
     def _insert(self, rows: list[tuple[Any, ...]], source: str) -> None:
         with self._lock:
             try:
