@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx2
 
+from clients.chat_http import ChatHTTPError, post_chat_completion
 from clients.records import Timings, TokenUsage
 from clients.toolbox import MCPToolbox
 
@@ -56,30 +57,13 @@ class ChatEndpoint:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": self.temperature}
         if tools:
             body["tools"] = tools
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        url = f"{self.base_url.rstrip('/')}/chat/completions"
-        delay, last = 0.5, ""
-        for attempt in range(self.retries + 1):
-            try:
-                response = await self.http.post(url, json=body, headers=headers, timeout=self.timeout_s)
-            except httpx2.HTTPError as exc:
-                last = f"cannot reach the model endpoint {url}: {type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        data = response.json()
-                        data["choices"][0]["message"]
-                        return data
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        last = f"the model endpoint {url} answered 200 with no choices[0].message: {response.text[:300]}"
-                elif response.status_code in (408, 409, 429) or response.status_code >= 500:
-                    last = f"the model endpoint {url} answered {response.status_code}: {response.text[:300]}"
-                else:  # 4xx: retrying the same request cannot help
-                    raise ModelEndpointError(f"the model endpoint {url} answered {response.status_code}: {response.text[:500]}")
-            if attempt < self.retries:
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise ModelEndpointError(last)
+        try:
+            data, _ = await post_chat_completion(
+                self.http, self.base_url, body, api_key=self.api_key, retries=self.retries, timeout_s=self.timeout_s
+            )
+        except ChatHTTPError as exc:
+            raise ModelEndpointError(str(exc)) from None
+        return data
 
 
 @dataclass

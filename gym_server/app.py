@@ -191,8 +191,15 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await pool.start()
+        llm = None
         try:
             await _front_upstreams(config, store, manager)
+            if config.emulator_llm is not None:
+                from emulators.llm_mode import LLMEmulator
+                from synth.llm import LLMClient
+
+                llm = await LLMClient(config.emulator_llm).__aenter__()
+                manager.llm_emulator = LLMEmulator(llm)
         except BaseException:
             await pool.close()
             raise
@@ -204,6 +211,8 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
             reaper.cancel()
             await manager.close()
             await pool.close()
+            if llm is not None:
+                await llm.__aexit__(None, None, None)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),

@@ -255,7 +255,10 @@ def emulate(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     token: Annotated[Optional[str], typer.Option(envvar="ASTRA_GYM_TOKEN", help="Bearer token.")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Also write the emulated arenas here (JSONL) for `serve --arenas`.")] = None,
-    llm_base_url: Annotated[Optional[str], typer.Option(help="LLM-backed responses (not built yet: schema-driven only).")] = None,
+    llm_base_url: Annotated[Optional[str], typer.Option(help="Answer by an LLM at this OpenAI-compatible URL instead of by schema.")] = None,
+    llm_model: Annotated[Optional[str], typer.Option(help="The emulator LLM's model name.")] = None,
+    llm_api_key_env: Annotated[Optional[str], typer.Option(help="Env var with the LLM's API key.")] = None,
+    llm_cache: Annotated[Path, typer.Option(help="SQLite cache of LLM responses (reruns replay from it).")] = Path("runs/emulator-llm-cache.sqlite"),
 ) -> None:
     """Serve tool docs as stateful MCP servers (SQLite state per episode, failure injection) and print URLs."""
     import tempfile
@@ -264,8 +267,13 @@ def emulate(
     from gym_server.store import write_bundle
     from synth.tooldocs import collect
 
+    from synth.llm import LLMConfig
+
+    emulator_llm = None
     if llm_base_url:
-        _fail("LLM-backed emulation is not built yet; run without --llm-base-url for the schema-driven emulator")
+        if not llm_model:
+            _fail("--llm-base-url needs --llm-model")
+        emulator_llm = LLMConfig(base_url=llm_base_url, model=llm_model, api_key_env=llm_api_key_env, cache_path=llm_cache)
     servers, report = asyncio.run(collect(tooldocs))
     for r in report.rejected:
         err.print(f"[yellow]dropped[/] {r.server}{'/' + r.tool if r.tool else ''}: {r.reason}")
@@ -274,7 +282,7 @@ def emulate(
     arenas = [compile_server(s, failure_rate) for s in servers]
     path = store or Path(tempfile.mkdtemp(prefix="astra-emulate-")) / "emulators.jsonl"
     write_bundle(arenas, path)
-    cfg = ServeConfig(host=host, port=port, arenas=[str(path)], token=token, episode_ttl_s=7 * 24 * 3600)
+    cfg = ServeConfig(host=host, port=port, arenas=[str(path)], token=token, episode_ttl_s=7 * 24 * 3600, emulator_llm=emulator_llm)
     import time
 
     import httpx2
@@ -287,7 +295,8 @@ def emulate(
     except (RuntimeError, TimeoutError) as exc:
         _fail(str(exc))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    print(f"astra-gym emulate: {len(arenas)} servers at {gym.url} (failure rate {failure_rate:g})", flush=True)
+    mode = f"LLM {llm_model} (cache {llm_cache})" if emulator_llm else "schema-driven"
+    print(f"astra-gym emulate: {len(arenas)} servers at {gym.url} (failure rate {failure_rate:g}, {mode})", flush=True)
     for arena in arenas:
         created = httpx2.post(f"{gym.url}/api/episodes", json={"arena_id": arena.id}, headers=headers, timeout=60).json()
         print(f"  {arena.id:<28} {len(arena.tools):>3} tools  {created['mcp_url']}", flush=True)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gym_server.models import FailureKind
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.upstreams import UpstreamConfig
+from synth.llm import LLMConfig
 
 
 class ServeConfig(BaseModel):
@@ -31,6 +32,7 @@ class ServeConfig(BaseModel):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
+    emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
     log_level: str = "info"
 
     @classmethod

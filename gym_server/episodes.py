@@ -80,6 +80,8 @@ class Episode:
     calls: list[CallLogEntry] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
+    emulator_history: list[dict[str, Any]] = field(default_factory=list)
+    """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
     """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
 
     def log(self) -> EpisodeLog:
@@ -104,6 +106,8 @@ class EpisodeManager:
         self.limits = limits or EpisodeLimits()
         self._episodes: dict[str, Episode] = {}
         self.upstreams: dict[str, UpstreamConfig] = {}
+        self.llm_emulator: Any = None
+        """An `emulators.llm_mode.LLMEmulator` when emulators answer by LLM instead of by schema."""
         self._closing: set[asyncio.Task[None]] = set()
         self._runtimes: OrderedDict[str, ArenaRuntime] = OrderedDict()
         self._building: dict[str, asyncio.Future[ArenaRuntime]] = {}
@@ -252,6 +256,8 @@ class EpisodeManager:
         arena = served.runtime.arena
         if arena.kind == "upstream":
             return await self._forward(episode, arena.id, served.spec.name, arguments)
+        if arena.kind == "emulator" and self.llm_emulator is not None:
+            return await self._emulate_by_llm(episode, arena, served.spec, arguments)
         try:
             outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
         except SandboxUnavailable as exc:
@@ -284,3 +290,13 @@ class EpisodeManager:
             return CallStatus.ok, json.loads(answer.text), None, None
         except ValueError:
             return CallStatus.ok, answer.text, None, None
+
+    async def _emulate_by_llm(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
+        from synth.llm import LLMError
+
+        try:
+            ok, value = await self.llm_emulator.respond(arena, episode.emulator_history, tool, arguments)
+        except LLMError as exc:
+            return CallStatus.upstream_error, None, f"the emulator's model failed: {exc}", None
+        episode.emulator_history.append({"tool": tool.name, "arguments": arguments, "ok": ok, "answer": value})
+        return (CallStatus.ok, value, None, None) if ok else (CallStatus.tool_error, None, value, None)

@@ -140,3 +140,38 @@ def test_cli_emulate_serves_and_prints_mcp_urls(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def test_llm_mode_answers_from_history_caches_and_fails_closed(gym, http, tmp_path):
+    from gym_server.serve import AppThread
+    from synth.llm import LLMConfig
+    from tests.fixtures.scripted_llm import create_scripted_llm
+
+    weather = [s for s in _servers() if s.name == "weather_tools"] + [s for s in _servers() if s.name == "ticket_api"]
+    path = tmp_path / "emu.jsonl"
+    write_bundle([compile_server(s) for s in weather], path)
+    with AppThread(create_scripted_llm(gym.url)) as llm:
+        async def session(model: str) -> list:
+            config = ServeConfig(port=0, arenas=[str(path)], sandbox=SandboxConfig(workers=1),
+                                 emulator_llm=LLMConfig(base_url=llm.url + "/v1", model=model, cache_path=tmp_path / "llm.sqlite"))  # fmt: skip
+            with GymThread(config) as emu:
+                episode = await new_episode(http, emu, "emu-weather_tools", failure_rate=0.0)
+                out = []
+                async with mcp_session(http, episode["mcp_url"]) as client:
+                    for city in ("Oslo", "Lima", "Atlantis"):
+                        out.append(await client.call_tool("create_alert", {"city": city}))
+                ticket = await new_episode(http, emu, "emu-ticket_api", failure_rate=0.0)
+                async with mcp_session(http, ticket["mcp_url"]) as client:
+                    out.append(await client.call_tool("create_ticket", {"title": "x"}))
+                return out
+
+        first = await session("emulator")
+        assert [r.structured_content["earlier_calls"] for r in first[:2]] == [0, 1]  # the history is the state
+        assert first[2].is_error and "no such city" in first[2].content[0].text
+        assert first[3].is_error and "output schema" in first[3].content[0].text  # fails closed
+        requests = (await http.get(llm.url + "/stats")).json()["emulator"]
+        second = await session("emulator")  # a rerun replays from the cache
+        assert [r.structured_content for r in second[:2]] == [r.structured_content for r in first[:2]]
+        assert (await http.get(llm.url + "/stats")).json()["emulator"] == requests
+        bad = await session("emulator-bad")
+        assert all(r.is_error and "model failed" in r.content[0].text for r in bad)
