@@ -25,6 +25,7 @@ async def run_episode(
     failure_rate: float | None = None,
     domain: str | None = None,
     scenario_type: str | None = None,
+    prompt: str | None = None,
 ) -> TrajectoryRecord:
     """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop);
     any other failure of the episode is recorded in `record.error`."""
@@ -32,6 +33,8 @@ async def run_episode(
     record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, policy=policy.name, model=policy.model,
                               domain=domain, scenario_type=scenario_type)  # fmt: skip
     created = await gym.create_episode(EpisodeCreate(arena_id=arena_id, seed=seed, failure_rate=failure_rate))
+    if prompt is not None:  # a synthesized task played in an arena that has no question of its own
+        created = created.model_copy(update={"prompt": prompt})
     record.episode_id = created.episode_id
     record.gym_url = created.mcp_url
     try:

@@ -308,6 +308,53 @@ def emulate(
         gym.stop()
 
 
+def _sft_command(stages: tuple[str, ...]):
+    def command(
+        tooldocs: Annotated[Optional[list[str]], typer.Option("--tooldocs", help="Tool doc sources, emulated in rollouts (repeatable).")] = None,
+        upstream: Annotated[Optional[list[str]], typer.Option(help="Real MCP servers NAME=COMMAND|URL (repeatable).")] = None,
+        llm_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible URL of the synthesis model.")] = None,
+        model: Annotated[Optional[str], typer.Option(help="Synthesis (and, by default, rollout) model.")] = None,
+        api_key_env: Annotated[Optional[str], typer.Option(help="Env var with the API key.")] = None,
+        agent_model: Annotated[Optional[str], typer.Option(help="Model that plays the rollouts.")] = None,
+        concurrency: Annotated[int, typer.Option(help="LLM requests and rollouts in flight.")] = 16,
+        chains_per_server: Annotated[int, typer.Option()] = 6,
+        min_reward: Annotated[float, typer.Option(help="Judge reward a trajectory needs to be kept.")] = 0.6,
+        seed: Annotated[int, typer.Option()] = 0,
+        out: Annotated[Path, typer.Option(help="Pipeline folder (re-run to resume).")] = Path("runs/sft"),
+        config: Annotated[Optional[Path], typer.Option(help="YAML with SFTSynthConfig fields.")] = None,
+    ) -> None:
+        import yaml
+        from pydantic import ValidationError
+
+        from synth.llm import LLMError
+        from synth.pipeline import SFTSynthConfig, run_pipeline
+
+        data = (yaml.safe_load(config.read_text()) or {}) if config else {}
+        llm = dict(data.pop("llm", {}) or {})
+        llm.update({k: v for k, v in {"base_url": llm_base_url, "model": model, "api_key_env": api_key_env}.items() if v})
+        llm.setdefault("concurrency", concurrency)
+        llm.setdefault("cache_path", str(out / "llm-cache.sqlite"))
+        given = {"tooldocs": tooldocs, "upstreams": upstream, "agent_model": agent_model, "concurrency": concurrency,
+                 "chains_per_server": chains_per_server, "min_reward": min_reward, "seed": seed, "out": out}  # fmt: skip
+        try:
+            cfg = SFTSynthConfig.model_validate({**data, **{k: v for k, v in given.items() if v is not None}, "llm": llm})
+        except ValidationError as exc:
+            _fail(str(exc))
+        try:
+            summary = asyncio.run(run_pipeline(cfg, stages))  # type: ignore[arg-type]
+        except (LLMError, RuntimeError, ValueError) as exc:
+            _fail(f"{exc} (finished work is kept in {cfg.out}; re-run the same command to resume)", code=1)
+        console.print_json(json.dumps(summary, default=str))
+
+    return command
+
+
+synth_app.command("chains", help="Tool-chain graph, weighted random walks, verified chains -> chains.jsonl.")(_sft_command(("chains",)))
+synth_app.command("tasks", help="Chain-conditioned and server-only tasks, augmented and scored -> tasks.jsonl.")(_sft_command(("tasks",)))
+synth_app.command("trajectories", help="Rollouts over MCP, seven-axis judge, filter, SFT export.")(_sft_command(("trajectories", "export")))
+synth_app.command("sft", help="The whole SFT pipeline: chains, tasks, trajectories, export (resumable).")(_sft_command(("chains", "tasks", "trajectories", "export")))
+
+
 def main() -> None:
     app(prog_name="astra-gym")
 
