@@ -97,3 +97,19 @@ def test_killed_pipeline_resumes_without_repeating_llm_requests(llm, tmp_path):
     assert len(rows) == len({r["id"] for r in rows}) and len(rows) > partial  # finished, nothing twice
     assert httpx2.get(llm + "/stats").json()["repeated_synthesis_requests"] == before
     assert (out / "sft" / "train.jsonl").exists() and json.loads((out / "sft" / "stats.json").read_text())["samples"] > 0
+
+
+def test_stage_verbs_run_one_stage_each(llm, tmp_path):
+    out = tmp_path / "staged"
+    common = ["--tooldocs", str(FIXTURES / "bfcl" / "message_api.json"), "--llm-base-url", llm + "/v1", "--model", "synth",
+              "--chains-per-server", "2", "--out", str(out)]  # fmt: skip
+    for verb, produced in (("chains", "chains.jsonl"), ("tasks", "tasks.jsonl"), ("trajectories", "sft/train.jsonl")):
+        done = subprocess.run([sys.executable, "-m", "gym_server.cli", "synth", verb, *common], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert (out / produced).exists()
+        if verb == "chains":
+            assert not (out / "tasks.jsonl").exists()
+    dead = subprocess.run([sys.executable, "-m", "gym_server.cli", "synth", "chains", "--tooldocs", str(FIXTURES / "bfcl" / "math_api.json"),
+                           "--llm-base-url", "http://127.0.0.1:9/v1", "--model", "x", "--out", str(tmp_path / "dead")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert dead.returncode == 1 and "cannot reach" in dead.stderr and "resume" in dead.stderr
