@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import zlib
 import json
 import os
 from collections import defaultdict
@@ -127,8 +128,9 @@ async def _play_all(config: EvalConfig, gym: GymClient, http: Any, policy: Polic
                 if fatal:
                     return
                 try:
+                    seed = zlib.crc32(f"{config.seed}:{summary.id}:{k}".encode())  # distinct per arena and attempt
                     record = await run_episode(
-                        gym, http, policy, summary.id, repeat=k, seed=config.seed * 1_000_003 + k,
+                        gym, http, policy, summary.id, repeat=k, seed=seed,
                         failure_rate=config.failure_rate, domain=summary.domain, scenario_type=summary.scenario_type,
                     )  # fmt: skip
                 except (GymError, ModelEndpointError) as exc:

@@ -355,6 +355,70 @@ synth_app.command("trajectories", help="Rollouts over MCP, seven-axis judge, fil
 synth_app.command("sft", help="The whole SFT pipeline: chains, tasks, trajectories, export (resumable).")(_sft_command(("chains", "tasks", "trajectories", "export")))
 
 
+@synth_app.command("arenas")
+def synth_arenas(
+    mode: Annotated[str, typer.Option(help="offline (seeded worlds, no LLM) | llm (QA decomposition; not built yet)")] = "offline",
+    n: Annotated[int, typer.Option(help="How many arenas.")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+    worlds: Annotated[Optional[list[str]], typer.Option(help="Only these worlds (airline, clinic, retail).")] = None,
+    out: Annotated[Path, typer.Option(help="JSONL bundle the gym serves as it is (serve --arenas OUT).")] = Path("runs/arenas/offline.jsonl"),
+) -> None:
+    """Synthesize an arena store; prints its scenario-type and hop mix beside the paper's RL set."""
+    from gym_server.store import write_bundle
+    from synth.arenas.offline import generate, mix_report
+
+    if mode != "offline":
+        _fail("only --mode offline is built so far")
+    import time
+
+    t0 = time.perf_counter()
+    arenas = list(generate(n, seed, worlds=worlds))
+    write_bundle(arenas, out)
+    report = mix_report(arenas)
+    out.with_suffix(".mix.json").write_text(json.dumps(report, indent=2))
+    console.print(f"{len(arenas)} arenas in {time.perf_counter() - t0:.1f} s -> {out}")
+    console.print_json(json.dumps(report))
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option(help="Offline arenas to generate.")] = 300,
+    out: Annotated[Path, typer.Option(help="Where the arenas and reports go.")] = Path("runs/demo"),
+    concurrency: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The first run: offline arenas, a gym serving them, oracle and random agents over MCP, reports. No model, no network."""
+    import time
+
+    from clients.evaluation import EvalConfig, run_eval
+    from gym_server.serve import GymThread
+    from gym_server.store import write_bundle
+    from synth.arenas.offline import generate, mix_report
+
+    t0 = time.perf_counter()
+    store = out / "arenas.jsonl"
+    arenas = list(generate(n, seed))
+    write_bundle(arenas, store)
+    (out / "arenas.mix.json").write_text(json.dumps(mix_report(arenas), indent=2))
+    console.print(f"[bold]1/3[/] generated {len(arenas)} offline arenas -> {store}")
+    with GymThread(ServeConfig(port=0, arenas=[str(store)])) as gym:
+        console.print(f"[bold]2/3[/] serving them at {gym.url} (MCP per episode at /episodes/ID/mcp)")
+        results = {}
+        for policy in ("oracle", "random"):
+            cfg = EvalConfig(policy=policy, gym=gym.url, concurrency=concurrency, arenas="offline-*", seed=seed, out=out / policy)
+            results[policy] = asyncio.run(run_eval(cfg))["overall"]
+    table = Table(title=f"{len(arenas)} arenas, played over MCP")
+    for col in ("policy", "reward", "recall", "precision", "success", "tool calls", "errors"):
+        table.add_column(col)
+    for policy, o in results.items():
+        table.add_row(policy, f"{o['reward']:.3f}", f"{o['recall']:.3f}", f"{o['precision']:.3f}", f"{o['success_rate']:.1%}", f"{o['tool_calls']:.2f}", str(o["errors"]))
+    console.print("[bold]3/3[/] evaluated")
+    console.print(table)
+    console.print(f"reports: {out / 'oracle' / 'report.md'} and {out / 'random' / 'report.md'}  ({time.perf_counter() - t0:.0f} s)")
+    if results["oracle"]["success_rate"] < 1.0:
+        _fail("the oracle did not solve every arena: the generated store is broken", code=1)
+
+
 def main() -> None:
     app(prog_name="astra-gym")
 

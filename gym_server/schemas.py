@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -28,6 +30,13 @@ class ArgumentValidator:
 
 
 def compile_validator(schema: dict[str, Any]) -> ArgumentValidator:
+    """Compiled once per distinct schema (arenas of one world share theirs), then reused."""
+    return _compile(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=4096)
+def _compile(schema_json: str) -> ArgumentValidator:
+    schema = json.loads(schema_json)
     cls = validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
