@@ -357,19 +357,43 @@ synth_app.command("sft", help="The whole SFT pipeline: chains, tasks, trajectori
 
 @synth_app.command("arenas")
 def synth_arenas(
-    mode: Annotated[str, typer.Option(help="offline (seeded worlds, no LLM) | llm (QA decomposition; not built yet)")] = "offline",
-    n: Annotated[int, typer.Option(help="How many arenas.")] = 1000,
+    mode: Annotated[str, typer.Option(help="offline (seeded worlds, no LLM) | llm (QA decomposition over knowledge)")] = "offline",
+    n: Annotated[int, typer.Option(help="How many arenas (llm: attempts).")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
-    worlds: Annotated[Optional[list[str]], typer.Option(help="Only these worlds (airline, clinic, retail).")] = None,
+    worlds: Annotated[Optional[list[str]], typer.Option(help="offline: only these worlds (airline, clinic, retail).")] = None,
     out: Annotated[Path, typer.Option(help="JSONL bundle the gym serves as it is (serve --arenas OUT).")] = Path("runs/arenas/offline.jsonl"),
+    llm_base_url: Annotated[Optional[str], typer.Option(help="llm: OpenAI-compatible URL.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="llm: model name.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="llm: env var with the API key.")] = None,
+    knowledge: Annotated[Optional[Path], typer.Option(help="llm: {domain, knowledge_corpus} JSONL (e.g. ../shared/data/astra_knowledge/en/context.jsonl).")] = None,
+    domain: Annotated[Optional[list[str]], typer.Option(help="llm: domains to use without a knowledge file.")] = None,
+    language: Annotated[str, typer.Option(help="llm: en or zh.")] = "en",
+    concurrency: Annotated[int, typer.Option(help="llm: arenas in flight.")] = 8,
 ) -> None:
     """Synthesize an arena store; prints its scenario-type and hop mix beside the paper's RL set."""
     from gym_server.store import write_bundle
     from synth.arenas.offline import generate, mix_report
 
-    if mode != "offline":
-        _fail("only --mode offline is built so far")
     import time
+
+    if mode == "llm":
+        from synth.arenas.llm_pipeline import LLMArenaConfig, run_llm_synthesis
+        from synth.llm import LLMConfig, LLMError
+
+        if not (llm_base_url and model):
+            _fail("--mode llm needs --llm-base-url and --model")
+        cfg = LLMArenaConfig(
+            llm=LLMConfig(base_url=llm_base_url, model=model, api_key_env=api_key_env, cache_path=out.with_suffix(".llm-cache.sqlite")),
+            knowledge=str(knowledge) if knowledge else None, domains=domain or [], n=n, language=language, concurrency=concurrency, out=out,
+        )  # fmt: skip
+        try:
+            counts = asyncio.run(run_llm_synthesis(cfg))
+        except (LLMError, ValueError, OSError) as exc:
+            _fail(f"{exc} (kept arenas stay in {out}; re-run to resume)", code=1)
+        console.print(f"kept {counts['kept']}, rejected {counts['rejected']} -> {out} (rejects with reasons: {out.with_suffix('.rejected.jsonl')})")
+        return
+    if mode != "offline":
+        _fail("--mode is offline or llm")
 
     t0 = time.perf_counter()
     arenas = list(generate(n, seed, worlds=worlds))
