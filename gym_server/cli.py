@@ -367,6 +367,7 @@ def synth_arenas(
     api_key_env: Annotated[Optional[str], typer.Option(help="llm: env var with the API key.")] = None,
     knowledge: Annotated[Optional[Path], typer.Option(help="llm: {domain, knowledge_corpus} JSONL (e.g. ../shared/data/astra_knowledge/en/context.jsonl).")] = None,
     domain: Annotated[Optional[list[str]], typer.Option(help="llm: domains to use without a knowledge file.")] = None,
+    question: Annotated[Optional[list[str]], typer.Option(help="llm: user questions to decompose into arenas.")] = None,
     language: Annotated[str, typer.Option(help="llm: en or zh.")] = "en",
     concurrency: Annotated[int, typer.Option(help="llm: arenas in flight.")] = 8,
 ) -> None:
@@ -384,7 +385,7 @@ def synth_arenas(
             _fail("--mode llm needs --llm-base-url and --model")
         cfg = LLMArenaConfig(
             llm=LLMConfig(base_url=llm_base_url, model=model, api_key_env=api_key_env, cache_path=out.with_suffix(".llm-cache.sqlite")),
-            knowledge=str(knowledge) if knowledge else None, domains=domain or [], n=n, language=language, concurrency=concurrency, out=out,
+            knowledge=str(knowledge) if knowledge else None, domains=domain or [], questions=question or [], n=n, language=language, concurrency=concurrency, out=out,
         )  # fmt: skip
         try:
             counts = asyncio.run(run_llm_synthesis(cfg))

@@ -70,3 +70,9 @@ def test_cli_llm_mode_over_the_knowledge_corpus(llm, tmp_path):
     assert again.returncode == 0 and "kept 0, rejected 0" in again.stdout and len(out.read_text().splitlines()) == 8
     valid = subprocess.run([sys.executable, "-m", "gym_server.cli", "arenas", "validate", str(out)], capture_output=True, text=True, timeout=300)
     assert valid.returncode == 0 and "8/8 arenas valid" in valid.stdout
+    asked = tmp_path / "asked.jsonl"
+    by_question = subprocess.run([*cmd[:11], "--question", "Who directed Duck Soup, and when was he born?", "--domain", "movie",
+                                  "--language", "zh", "--n", "2", "--out", str(asked)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert by_question.returncode == 0, by_question.stderr
+    rows = [__import__("json").loads(x) for x in asked.read_text().splitlines()]
+    assert len(rows) == 2 and {r["domain"] for r in rows} == {"movie", "general"} and {r["language"] for r in rows} == {"zh"}

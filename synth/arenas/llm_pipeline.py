@@ -273,6 +273,7 @@ class LLMArenaConfig(BaseModel):
     llm: LLMConfig
     knowledge: str | None = Field(default=None, description="JSONL of {domain, knowledge_corpus} records (ASTRA's format).")
     domains: list[str] = Field(default_factory=list, description="Domains to use when there is no knowledge file.")
+    questions: list[str] = Field(default_factory=list, description="User questions to decompose (each grounds one arena).")
     n: int = Field(default=20, ge=1)
     scenarios: list[ScenarioType] = Field(default_factory=lambda: list(ScenarioType))
     rules: ArenaSynthRules = Field(default_factory=ArenaSynthRules)
@@ -295,8 +296,9 @@ async def run_llm_synthesis(config: LLMArenaConfig) -> dict[str, Any]:
                 record = json.loads(line)
                 sources.append((record.get("domain") or "general", record.get("knowledge_corpus") or ""))
     sources += [(d, "") for d in config.domains]
+    sources += [("general", f"User question to decompose: {q}") for q in config.questions]
     if not sources:
-        raise ValueError("give --knowledge FILE or at least one --domain")
+        raise ValueError("give --knowledge FILE, a --domain or a --question")
     rejected_path = config.out.with_suffix(".rejected.jsonl")
     config.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
