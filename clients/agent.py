@@ -76,7 +76,7 @@ class AgentResult:
     timings: Timings = field(default_factory=Timings)
 
 
-def _parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+def parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
     if isinstance(raw, dict):
         return raw, None
     if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -128,7 +128,7 @@ async def run_agent(
 
         async def execute(call: dict[str, Any]) -> str:
             name = call["function"]["name"]
-            arguments, problem = _parse_arguments(call["function"]["arguments"])
+            arguments, problem = parse_arguments(call["function"]["arguments"])
             if arguments is None:
                 return f"Error: malformed call to {name!r}: {problem}."
             result = await toolbox.call(name, arguments)

@@ -1,0 +1,84 @@
+"""GRPO rollouts through the real gym over MCP: the env_mask keeps tool tokens out of the loss, and TRL's
+GRPOTrainer runs steps with the tiny model on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.rollout import MCPRollout, gym_reward
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from trainer.tiny import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("tiny")
+
+
+def scripted(tokenizer, turns: list[str]):
+    """A GenerateFn that 'generates' fixed text, one turn per call, ending each with EOS."""
+    queue = list(turns)
+
+    def generate(ids):
+        new = tokenizer(queue.pop(0), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return new, [-0.5] * len(new)
+
+    return generate
+
+
+async def test_env_mask_marks_exactly_the_tool_tokens(gym, tiny):
+    _, tokenizer = tiny
+    rollout = MCPRollout(gym.url, max_turns=3, failure_rate=0.0)
+    prompt = [{"role": "user", "content": "How many seats are still free on flight AA100?", "arena_id": "airline-seats-aa100"}]
+    call = '<tool_call>{"name": "get_flight", "arguments": {"flight_id": "AA100"}}</tool_call>'
+    [episode] = await rollout.play([prompt], tokenizer, scripted(tokenizer, [call, "12"]))
+    ids, mask = episode.completion_ids, episode.env_mask
+    assert len(ids) == len(mask) == len(episode.logprobs)
+    model_text = tokenizer.decode([t for t, m in zip(ids, mask) if m == 1])
+    env_text = tokenizer.decode([t for t, m in zip(ids, mask) if m == 0])
+    assert model_text == call + "<|im_end|>12<|im_end|>"
+    assert env_text.startswith("\n<|im_start|>user\n<tool_response>") and '"seats_left": 12' in env_text
+    assert env_text.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    assert all(lp == 0.0 for lp, m in zip(episode.logprobs, mask) if m == 0)
+    assert tokenizer.decode(episode.prompt_ids).endswith("<|im_start|>assistant\n") and "get_flight" in tokenizer.decode(episode.prompt_ids)
+    assert episode.reward["reward"] == 1.0 and episode.reward["tool_calls"] == 1 and not episode.truncated
+
+
+async def test_truncated_turns_end_the_episode(gym, tiny):
+    _, tokenizer = tiny
+    rollout = MCPRollout(gym.url, max_turns=3)
+
+    def endless(ids):
+        new = tokenizer("<tool_call>{", add_special_tokens=False)["input_ids"]
+        return new, [-1.0] * len(new)
+
+    prompt = [{"role": "user", "content": "q", "arena_id": "airline-seats-aa100"}]
+    [episode] = await rollout.play([prompt], tokenizer, endless)
+    assert episode.truncated and episode.turns == 1 and all(episode.env_mask) and episode.reward["tool_calls"] == 0
+
+
+def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer = tiny
+    arenas = ["airline-seats-aa100", "clinic-refills-rx12", "retail-status-o1002", "clinic-specialties-d01-d04"]
+    questions = {
+        "airline-seats-aa100": "How many seats are still free on flight AA100?",
+        "clinic-refills-rx12": "How many refills are left on prescription RX12?",
+        "retail-status-o1002": "What is the status of order O-1002?",
+        "clinic-specialties-d01-d04": "What are the specialties of doctors D01 and D04?",
+    }
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": questions[a], "arena_id": a}]} for a in arenas])
+    rollout = MCPRollout(gym.url, max_turns=2, max_new_tokens=24)
+    args = GRPOConfig(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=2, beta=0.0,
+        max_completion_length=256, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, learning_rate=1e-4,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout)
+    result = trainer.train()
+    assert result.global_step == 2 and rollout.episodes_played >= 8
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
