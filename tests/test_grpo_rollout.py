@@ -73,6 +73,7 @@ def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
     }
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": questions[a], "arena_id": a}]} for a in arenas])
     rollout = MCPRollout(gym.url, max_turns=2, max_new_tokens=24)
+    rollout.enable_abf(list(dataset["prompt"]), group_size=2, max_extra_rounds=1)
     args = GRPOConfig(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=2, beta=0.0,
         max_completion_length=256, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, learning_rate=1e-4,
@@ -82,3 +83,4 @@ def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
     assert result.global_step == 2 and rollout.episodes_played >= 8
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
+    assert all("abf/groups_dropped" in h for h in logged) and rollout.filler.stats.batches == 2

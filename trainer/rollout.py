@@ -78,6 +78,14 @@ class MCPRollout:
         self.system_prompt = system_prompt
         self.token = token
         self.episodes_played = 0
+        self.filler: Any = None
+        """An `AdaptiveBatchFiller` once `enable_abf` was called."""
+
+    def enable_abf(self, extra_prompts: list[Any], group_size: int, max_extra_rounds: int = 4) -> None:
+        from trainer.abf import AdaptiveBatchFiller
+
+        self.filler = AdaptiveBatchFiller(play=lambda prompts: [], extra_prompts=extra_prompts, group_size=group_size,
+                                          max_extra_rounds=max_extra_rounds)  # fmt: skip
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         tokenizer = trainer.processing_class
@@ -85,7 +93,13 @@ class MCPRollout:
         was_training = trainer.model.training
         trainer.model.eval()
         try:
-            episodes = asyncio.run(self.play(prompts, tokenizer, generate))
+            if self.filler is not None:
+                self.filler.play = lambda batch: asyncio.run(self.play(batch, tokenizer, generate))
+                episodes = self.filler.fill(prompts)
+                for key, value in self.filler.log().items():
+                    trainer._metrics["train"][key].append(float(value))
+            else:
+                episodes = asyncio.run(self.play(prompts, tokenizer, generate))
         finally:
             trainer.model.train(was_training)
         return self.as_batch(episodes)
