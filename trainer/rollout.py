@@ -78,6 +78,8 @@ class MCPRollout:
         self.system_prompt = system_prompt
         self.token = token
         self.episodes_played = 0
+        self.distractors: Any = None
+        """A `DistractorSampler`: irrelevant tools from three similarity bands served in every episode."""
         self.filler: Any = None
         """An `AdaptiveBatchFiller` once `enable_abf` was called."""
 
@@ -125,7 +127,10 @@ class MCPRollout:
 
     async def _episode(self, gym: GymClient, http: Any, prompt: Any, tokenizer: Any, generate: GenerateFn, index: int) -> EpisodeTokens:
         user = next(m for m in prompt if m["role"] == "user")
-        created = await gym.create_episode(EpisodeCreate(arena_id=user["arena_id"], seed=self.episodes_played + index, failure_rate=self.failure_rate))
+        distractors = self.distractors.sample(user["arena_id"]) if self.distractors is not None else []
+        created = await gym.create_episode(EpisodeCreate(
+            arena_id=user["arena_id"], seed=self.episodes_played + index, failure_rate=self.failure_rate, distractors=distractors,
+        ))  # fmt: skip
         try:
             async with MCPToolbox.http_endpoint(created.mcp_url, http) as box:
                 return await self._turns(gym, box, created.episode_id, user["content"], tokenizer, generate)
