@@ -444,6 +444,67 @@ def demo(
         _fail("the oracle did not solve every arena: the generated store is broken", code=1)
 
 
+train_app = typer.Typer(no_args_is_help=True, help="Train with TRL: SFT, then multi-turn GRPO against the gym.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("sft")
+def train_sft(
+    model: Annotated[str, typer.Option(help="Hub name or folder (from_pretrained), or 'tiny'.")],
+    data: Annotated[Path, typer.Option(help="JSONL with messages + tools (synth sft/train.jsonl or eval trajectories).")],
+    out: Annotated[Path, typer.Option()] = Path("runs/train-sft"),
+    max_steps: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 4,
+    learning_rate: Annotated[float, typer.Option()] = 2e-5,
+    lora_rank: Annotated[Optional[int], typer.Option(help="Train LoRA adapters of this rank (needs peft).")] = None,
+    save_steps: Annotated[int, typer.Option()] = 50,
+    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in --out.")] = False,
+) -> None:
+    """Supervised fine-tuning on tool-use conversations, assistant tokens only."""
+    from trainer.train import SFTRunConfig, run_sft
+
+    try:
+        result = run_sft(SFTRunConfig(model=model, data=data, out=out, max_steps=max_steps, batch_size=batch_size,
+                                      learning_rate=learning_rate, lora_rank=lora_rank, save_steps=save_steps, resume=resume))  # fmt: skip
+    except (ValueError, OSError) as exc:
+        _fail(str(exc), code=1)
+    console.print_json(json.dumps(result))
+
+
+@train_app.command("grpo")
+def train_grpo(
+    model: Annotated[str, typer.Option(help="Hub name or folder (from_pretrained), or 'tiny'.")],
+    arenas: ArenasOpt = None,
+    arena_filter: Annotated[str, typer.Option(help="Glob over arena ids used as prompts.")] = "*",
+    gym: Annotated[Optional[str], typer.Option(help="Gym URLs (default: an in-process gym over --arenas).")] = None,
+    out: Annotated[Path, typer.Option()] = Path("runs/train-grpo"),
+    max_steps: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    num_generations: Annotated[int, typer.Option()] = 4,
+    learning_rate: Annotated[float, typer.Option()] = 1e-6,
+    max_turns: Annotated[int, typer.Option()] = 6,
+    max_new_tokens: Annotated[int, typer.Option(help="Per assistant turn.")] = 256,
+    abf: Annotated[bool, typer.Option(help="Adaptive Batch Filling.")] = True,
+    distractors: Annotated[str, typer.Option(help="Distractor tools per band, high,medium,low.")] = "1,1,1",
+    save_steps: Annotated[int, typer.Option()] = 50,
+    keep_resume_state: Annotated[int, typer.Option(help="Checkpoints that keep optimizer/scheduler state.")] = 2,
+    resume: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
+    from trainer.train import GRPORunConfig, run_grpo
+
+    try:
+        counts = dict(zip(("high", "medium", "low"), (int(x) for x in distractors.split(","))))
+        cfg = GRPORunConfig(model=model, arenas=arenas or ["builtin"], arena_filter=arena_filter, gym=gym, out=out, max_steps=max_steps,
+                            batch_size=batch_size, num_generations=num_generations, learning_rate=learning_rate, max_turns=max_turns,
+                            max_new_tokens=max_new_tokens, abf=abf, distractors=counts, save_steps=save_steps,
+                            keep_resume_state=keep_resume_state, resume=resume)  # fmt: skip
+        result = run_grpo(cfg)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc), code=1)
+    console.print_json(json.dumps(result))
+
+
 def main() -> None:
     app(prog_name="astra-gym")
 

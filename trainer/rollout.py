@@ -104,7 +104,10 @@ class MCPRollout:
                 episodes = asyncio.run(self.play(prompts, tokenizer, generate))
         finally:
             trainer.model.train(was_training)
-        return self.as_batch(episodes)
+        batch = self.as_batch(episodes)
+        for key in ("recall", "precision", "tool_calls"):
+            trainer._metrics["train"][f"gym/{key}"].append(sum(batch[key]) / max(1, len(batch[key])))
+        return batch
 
     @staticmethod
     def as_batch(episodes: list[EpisodeTokens]) -> dict[str, list[Any]]:

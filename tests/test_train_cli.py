@@ -1,0 +1,39 @@
+"""`astra-gym train sft|grpo` with the tiny model on CPU: checkpoints keep resume state only for the newest K,
+metrics go to JSONL and PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+CLI = [sys.executable, "-m", "gym_server.cli"]
+
+
+def test_train_sft_then_grpo(tmp_path):
+    oracle = subprocess.run([*CLI, "eval", "--policy", "oracle", "--arenas", "airline-*,clinic-*", "--out", str(tmp_path / "oracle")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert oracle.returncode == 0, oracle.stderr
+    sft = subprocess.run([*CLI, "train", "sft", "--model", "tiny", "--data", str(tmp_path / "oracle" / "trajectories.jsonl"),
+                          "--out", str(tmp_path / "sft"), "--max-steps", "3", "--batch-size", "2", "--save-steps", "1"],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert sft.returncode == 0, sft.stderr[-2000:]
+    from trainer.callbacks import checkpoints
+
+    ckpts = checkpoints(tmp_path / "sft")
+    assert [c.name for c in ckpts] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert [(c / "optimizer.pt").exists() for c in ckpts] == [False, True, True]  # only the newest 2 can resume
+    assert all((c / "model.safetensors").exists() for c in ckpts)
+    assert (tmp_path / "sft" / "metrics.png").exists() and json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+    grpo = subprocess.run([*CLI, "train", "grpo", "--model", str(tmp_path / "sft" / "final"), "--arena-filter", "clinic-*",
+                           "--out", str(tmp_path / "grpo"), "--max-steps", "2", "--batch-size", "4", "--num-generations", "2",
+                           "--max-turns", "2", "--max-new-tokens", "16", "--save-steps", "1", "--keep-resume-state", "1"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert grpo.returncode == 0, grpo.stderr[-3000:]
+    assert [(c / "optimizer.pt").exists() for c in checkpoints(tmp_path / "grpo")] == [False, True]
+    rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert any("gym/recall" in r and "abf/groups_dropped" in r for r in rows)
+    assert (tmp_path / "grpo" / "metrics.png").exists() and (tmp_path / "grpo" / "final" / "config.json").exists()

@@ -1,0 +1,160 @@
+"""`astra-gym train sft|grpo`: one config model per command, TRL underneath.
+
+SFT reads the synthesis track's `train.jsonl` (`messages` + `tools`) with assistant-only loss. GRPO plays every
+step's episodes on the gym over MCP (a gym started in-process over `arenas`, or `gym` URLs), beta = 0 and
+no entropy term, F1 reward from the gym, Adaptive Batch Filling and banded distractor tools.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SFTRunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Hub name or folder for from_pretrained, or 'tiny'.")
+    data: Path = Field(description="JSONL with messages + tools (synth's sft/train.jsonl).")
+    out: Path = Path("runs/train-sft")
+    max_steps: int = 100
+    batch_size: int = 4
+    learning_rate: float = 2e-5
+    max_length: int = 4096
+    lora_rank: int | None = Field(default=None, description="LoRA rank (needs peft); None trains all weights.")
+    save_steps: int = 50
+    keep_resume_state: int = 2
+    resume: bool = False
+
+
+class GRPORunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources (in-process gym).")
+    arena_filter: str = Field(default="*", description="Glob over arena ids used as training prompts.")
+    gym: str | None = Field(default=None, description="Gym URLs; none starts one in-process.")
+    out: Path = Path("runs/train-grpo")
+    max_steps: int = 100
+    batch_size: int = 8
+    num_generations: int = 4
+    learning_rate: float = 1e-6
+    max_turns: int = 6
+    max_new_tokens: int = 256
+    max_completion_length: int = 2048
+    temperature: float = 1.0
+    abf: bool = True
+    distractors: dict[str, int] = Field(default_factory=lambda: {"high": 1, "medium": 1, "low": 1})
+    embedding_model: str | None = None
+    save_steps: int = 50
+    keep_resume_state: int = 2
+    resume: bool = False
+    seed: int = 0
+
+
+def _load(name: str) -> tuple[Any, Any]:
+    from trainer.tiny import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(name)
+
+
+def sft_dataset(path: Path) -> Any:
+    """Rows with `messages` and `tools`: synthesis' `sft/train.jsonl`, or trajectory records (e.g. an oracle
+    `astra-gym eval` run); tools become the JSON string TRL reads, records that failed are skipped."""
+    import json
+
+    from datasets import Dataset
+
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("error") or not row.get("messages"):
+            continue
+        tools = row.get("tools") or []
+        rows.append({"messages": row["messages"], "tools": tools if isinstance(tools, str) else json.dumps(tools)})
+    if not rows:
+        raise ValueError(f"{path}: no usable rows (need messages and tools)")
+    return Dataset.from_list(rows)
+
+
+def run_sft(config: SFTRunConfig) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.callbacks import KeepResumeStateForNewest, MetricsWriter
+
+    model, tokenizer = _load(config.model)
+    dataset = sft_dataset(config.data)
+    peft_config = None
+    if config.lora_rank:
+        try:
+            from peft import LoraConfig
+        except ImportError as exc:
+            raise ValueError("--lora-rank needs peft: pip install peft") from exc
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM")
+    args = SFTConfig(
+        output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate, assistant_only_loss=True, max_length=config.max_length, logging_steps=1,
+        save_steps=config.save_steps, report_to=[], use_cpu=not _cuda(),
+    )  # fmt: skip
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
+    result = trainer.train(resume_from_checkpoint=config.resume or None)
+    trainer.save_model(str(config.out / "final"))
+    tokenizer.save_pretrained(str(config.out / "final"))
+    return {"steps": result.global_step, "loss": result.training_loss, "model": str(config.out / "final")}
+
+
+def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
+    import fnmatch
+
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from gym_server.config import ServeConfig
+    from gym_server.serve import GymThread
+    from gym_server.store import ArenaStore
+    from trainer.callbacks import KeepResumeStateForNewest, MetricsWriter
+    from trainer.distractors import DistractorSampler
+    from trainer.rollout import MCPRollout, gym_reward
+
+    store = ArenaStore(config.arenas)
+    ids = [i for i in store.ids() if fnmatch.fnmatchcase(i, config.arena_filter)]
+    if not ids:
+        raise ValueError(f"no arena matches {config.arena_filter!r}")
+    arenas = [store.get(i) for i in ids]
+    prompts = [[{"role": "user", "content": a.question, "arena_id": a.id}] for a in arenas if a.kind == "arena"]
+    dataset = Dataset.from_list([{"prompt": p} for p in prompts])
+    gym_thread = None if config.gym else GymThread(ServeConfig(port=0, arenas=config.arenas)).start()
+    try:
+        rollout = MCPRollout(config.gym or gym_thread.url, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,  # type: ignore[union-attr]
+                             temperature=config.temperature)  # fmt: skip
+        if any(config.distractors.values()):
+            rollout.distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed)
+        if config.abf:
+            rollout.enable_abf(prompts, config.num_generations)
+        model, tokenizer = _load(config.model)
+        args = GRPOConfig(
+            output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+            num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
+            max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
+            report_to=[], use_cpu=not _cuda(), seed=config.seed,
+        )  # fmt: skip
+        trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              rollout_func=rollout, callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
+        result = trainer.train(resume_from_checkpoint=config.resume or None)
+        trainer.save_model(str(config.out / "final"))
+        tokenizer.save_pretrained(str(config.out / "final"))
+    finally:
+        if gym_thread is not None:
+            gym_thread.stop()
+    return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
