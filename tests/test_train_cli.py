@@ -35,5 +35,12 @@ def test_train_sft_then_grpo(tmp_path):
     assert grpo.returncode == 0, grpo.stderr[-3000:]
     assert [(c / "optimizer.pt").exists() for c in checkpoints(tmp_path / "grpo")] == [False, True]
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert any("gym/recall" in r and "abf/groups_dropped" in r for r in rows)
+    assert any("gym/recall" in r and "gym/solved" in r and "abf/groups_dropped" in r for r in rows)
     assert (tmp_path / "grpo" / "metrics.png").exists() and (tmp_path / "grpo" / "final" / "config.json").exists()
+    resumed = subprocess.run([*CLI, "train", "grpo", "--model", str(tmp_path / "sft" / "final"), "--arena-filter", "clinic-*",
+                              "--out", str(tmp_path / "grpo"), "--max-steps", "3", "--batch-size", "4", "--num-generations", "2",
+                              "--max-turns", "2", "--max-new-tokens", "16", "--save-steps", "1", "--keep-resume-state", "1", "--resume"],
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"steps": 3' in resumed.stdout  # continued from checkpoint-2 for one more step
+    assert [c.name for c in checkpoints(tmp_path / "grpo")] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]

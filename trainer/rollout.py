@@ -105,7 +105,7 @@ class MCPRollout:
         finally:
             trainer.model.train(was_training)
         batch = self.as_batch(episodes)
-        for key in ("recall", "precision", "tool_calls"):
+        for key in ("recall", "precision", "solved", "tool_calls"):
             trainer._metrics["train"][f"gym/{key}"].append(sum(batch[key]) / max(1, len(batch[key])))
         return batch
 

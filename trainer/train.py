@@ -142,6 +142,7 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
             num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
             max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
             report_to=[], use_cpu=not _cuda(), seed=config.seed,
+            mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
         )  # fmt: skip
         trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
                               rollout_func=rollout, callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
