@@ -18,8 +18,13 @@ from synth.models import ToolChain, stable_id
 START = "<start>"
 
 
-def _tool_list(server: ServerDoc) -> str:
+def tool_list(server: ServerDoc) -> str:
     return "\n".join(f"- {t.name}: {t.description}" for t in server.tools)
+
+
+def server_header(server: ServerDoc) -> str:
+    """The server-and-tools preamble every synthesis prompt about one server starts from."""
+    return f"Server {server.name}. Tools:\n{tool_list(server)}\n\n"
 
 
 async def propose_chains(llm: LLMClient, server: ServerDoc, rounds: int = 3) -> list[list[str]]:
@@ -29,7 +34,7 @@ async def propose_chains(llm: LLMClient, server: ServerDoc, rounds: int = 3) -> 
     for round_ in range(rounds):
         prompt = (
             "### STAGE: propose_chains\n"
-            f"Server {server.name}: {server.description}\nTools:\n{_tool_list(server)}\n\n"
+            f"Server {server.name}: {server.description}\nTools:\n{tool_list(server)}\n\n"
             f"Propose realistic multi-step workflows a user could need (round {round_ + 1}). Reply with JSON: "
             '{"chains": [{"tools": [TOOL, ...], "task": SHORT TASK}]}'
         )
@@ -83,7 +88,7 @@ async def verify_chain(llm: LLMClient, server: ServerDoc, tools: list[str], vote
     try:
         votes = await asyncio.gather(*(
             llm.chat_json([{"role": "user", "content": (
-                f"### STAGE: verify_chain\nVoter {i + 1}. Server {server.name}. Tools:\n{_tool_list(server)}\n\n"
+                f"### STAGE: verify_chain\nVoter {i + 1}. {server_header(server)}"
                 f"Is this tool sequence a coherent workflow a real user would run: {json.dumps(tools)}? "
                 'Reply with JSON: {"plausible": true|false, "reason": WHY}'
             )}]) for i in range(voters)
@@ -93,7 +98,7 @@ async def verify_chain(llm: LLMClient, server: ServerDoc, tools: list[str], vote
             chain.reason = f"majority vote rejected it ({sum(chain.votes)}/{voters})"
             return chain
         query = await llm.chat_json([{"role": "user", "content": (
-            f"### STAGE: chain_to_query\nServer {server.name}. Tools:\n{_tool_list(server)}\n\n"
+            f"### STAGE: chain_to_query\n{server_header(server)}"
             f"Write one user request that needs exactly these tools in this order: {json.dumps(tools)}. "
             'Reply with JSON: {"query": REQUEST}'
         )}])  # fmt: skip
@@ -102,7 +107,7 @@ async def verify_chain(llm: LLMClient, server: ServerDoc, tools: list[str], vote
             chain.reason = "back-translation produced no query"
             return chain
         back = await llm.chat_json([{"role": "user", "content": (
-            f"### STAGE: query_to_chain\nServer {server.name}. Tools:\n{_tool_list(server)}\n\n"
+            f"### STAGE: query_to_chain\n{server_header(server)}"
             f"Which tools, in order, does this request need? {text}\nReply with JSON: " '{"tools": [TOOL, ...]}'
         )}])  # fmt: skip
         chain.back_translation = [t for t in (back.get("tools") or []) if isinstance(t, str)] if isinstance(back, dict) else []

@@ -11,7 +11,7 @@ import random
 from pydantic import BaseModel
 
 from gym_server.models import ServerDoc
-from synth.graph import _tool_list
+from synth.graph import server_header, tool_list
 from synth.llm import LLMClient, LLMError
 from synth.models import SynthTask, ToolChain, stable_id
 
@@ -37,7 +37,7 @@ class TaskRules(BaseModel):
 
 async def chain_task(llm: LLMClient, server: ServerDoc, chain: ToolChain) -> SynthTask:
     answer = await llm.chat_json([{"role": "user", "content": (
-        f"### STAGE: task_from_chain\nServer {server.name}. Tools:\n{_tool_list(server)}\n\n"
+        f"### STAGE: task_from_chain\n{server_header(server)}"
         f"Write a realistic user request whose solution uses these tools in order: {json.dumps(chain.tools)}. "
         "Include every concrete value the tools will need. Reply with JSON: {\"query\": REQUEST}"
     )}])  # fmt: skip
@@ -49,7 +49,7 @@ async def chain_task(llm: LLMClient, server: ServerDoc, chain: ToolChain) -> Syn
 
 async def server_tasks(llm: LLMClient, server: ServerDoc, n: int) -> list[SynthTask]:
     answer = await llm.chat_json([{"role": "user", "content": (
-        f"### STAGE: server_tasks\nServer {server.name}: {server.description}\nTools:\n{_tool_list(server)}\n\n"
+        f"### STAGE: server_tasks\nServer {server.name}: {server.description}\nTools:\n{tool_list(server)}\n\n"
         f"Write {n} different realistic user requests this server can solve. Reply with JSON: "
         '{"queries": [REQUEST, ...]}'
     )}])  # fmt: skip
@@ -77,7 +77,7 @@ async def augment(llm: LLMClient, task: SynthTask, kind: str, rng: random.Random
 async def score(llm: LLMClient, server: ServerDoc, task: SynthTask, rules: TaskRules) -> SynthTask:
     try:
         answer = await llm.chat_json([{"role": "user", "content": (
-            f"### STAGE: score_task\nServer {server.name}. Tools:\n{_tool_list(server)}\n\nRequest: {task.query}\n"
+            f"### STAGE: score_task\n{server_header(server)}Request: {task.query}\n"
             "Rate it from 1 to 5 on clarity (is it unambiguous), realism (would a person ask it) and tool_necessity "
             '(are the tools needed to answer it). Reply with JSON: {"clarity": N, "realism": N, "tool_necessity": N}'
         )}])  # fmt: skip
