@@ -133,7 +133,8 @@ def summary(latencies: list[float], wall: float) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=400, help="calls per concurrency level")
+    ap.add_argument("--calls", type=int, default=2000, help="calls per concurrency level")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved bare/gym rounds per concurrency level")
     ap.add_argument("--big", type=int, default=1000, help="concurrent gym episodes in the soak")
     ap.add_argument("--write", type=Path, default=None)
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
@@ -160,15 +161,27 @@ async def main() -> None:
                 return [r.json()["mcp_url"] for r in created]
 
             for concurrency in (1, 50):
-                per = max(1, args.calls // concurrency)
+                per = max(1, args.calls // concurrency // args.rounds)
                 await drive(http, [bare + "/mcp"], 20)  # warm-up
-                a_lat, a_err, a_wall = await drive(http, [bare + "/mcp"] * concurrency, per)
-                b_lat, b_err, b_wall = await drive(http, await gym_urls(concurrency), per)
+                await drive(http, await gym_urls(1), 20)
+                a_lat, b_lat, a_wall, b_wall, ratios, errs = [], [], 0.0, 0.0, [], 0
+                # Interleaved rounds: a noisy neighbour slows both sides of a round alike, so the median
+                # of per-round ratios is steadier than one long run of each.
+                for _ in range(args.rounds):
+                    la, ea, wa = await drive(http, [bare + "/mcp"] * concurrency, per)
+                    lb, eb, wb = await drive(http, await gym_urls(concurrency), per)
+                    a_lat += la
+                    b_lat += lb
+                    a_wall += wa
+                    b_wall += wb
+                    errs += ea + eb
+                    ratios.append((len(lb) / wb) / (len(la) / wa))
                 a, b = summary(a_lat, a_wall), summary(b_lat, b_wall)
-                rows.append((concurrency, a, b, a_err + b_err))
+                ratio = statistics.median(ratios)
+                rows.append((concurrency, a, b, errs, ratio, ratios))
                 print(f"episodes={concurrency:>4}  bare: {a['calls_s']:7.1f} calls/s p50 {a['p50_ms']:6.2f} ms p99 {a['p99_ms']:7.2f} ms"
                       f"  | gym: {b['calls_s']:7.1f} calls/s p50 {b['p50_ms']:6.2f} ms p99 {b['p99_ms']:7.2f} ms"
-                      f"  | b/a = {b['calls_s'] / a['calls_s']:.2f}  errors={a_err + b_err}")  # fmt: skip
+                      f"  | b/a median of {args.rounds} rounds = {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})  errors={errs}")  # fmt: skip
             if not args.big:
                 return print_rows_only(rows)
             urls = await gym_urls(args.big)
@@ -183,20 +196,20 @@ async def main() -> None:
     if args.write:
         lines = [
             "## Gym throughput (bench/gym_throughput.py)", "",
-            f"`python bench/gym_throughput.py --calls {args.calls} --big {args.big}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
+            f"`python bench/gym_throughput.py --calls {args.calls} --rounds {args.rounds} --big {args.big}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
             "(a) bare mcp low-level server, trivial tool; (b) gym arena tool reading and writing SQLite through the sandbox.", "",
-            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "Bare and gym alternate in rounds; b/a is the median of the per-round ratios.", "",
+            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]  # fmt: skip
-        for c, a, b, e in rows:
-            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {b['calls_s'] / a['calls_s']:.2f} | {e} |")
+        for c, a, b, e, ratio, ratios in rows:
+            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {ratio:.2f} | {' '.join(f'{r:.2f}' for r in ratios)} | {e} |")
         lines += ["", f"{args.big} concurrent gym episodes, 3 calls each, driven by {args.soak_procs} client processes: {len(big_lat)} calls, {big['calls_s']:.0f} calls/s, p99 {big['p99_ms']:.0f} ms, errors: {big_err}.", ""]
         update_section(args.write, "## Gym throughput", "\n".join(lines))
 
 
 def print_rows_only(rows: list) -> None:
-    mean = sum(b["calls_s"] / a["calls_s"] for _, a, b, _ in rows) / len(rows)
-    print(f"mean b/a over concurrency levels: {mean:.2f}")
+    print("b/a medians: " + ", ".join(f"{c} episodes {ratio:.2f}" for c, _, _, _, ratio, _ in rows))
 
 
 def update_section(path: Path, heading: str, text: str) -> None:

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import mcp_types as types
+
 from gym_server.failures import MESSAGES, injected_failure
 from gym_server.models import (
     Arena,
@@ -50,11 +52,13 @@ class EpisodeRejected(ValueError):
 
 @dataclass(slots=True)
 class ArenaRuntime:
-    """What serving an arena needs, computed once per arena: validators and the initial state image."""
+    """What serving an arena needs, computed once per arena: validators, MCP tool definitions and the
+    initial state image."""
 
     arena: Arena
     validators: dict[str, ArgumentValidator]
     template: bytes
+    mcp_tools: dict[str, types.Tool] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -65,6 +69,10 @@ class ServedTool:
 
     def definition(self) -> dict[str, Any]:
         return self.spec.model_dump(by_alias=True, exclude_none=True)
+
+    @property
+    def mcp_tool(self) -> types.Tool:
+        return self.runtime.mcp_tools[self.spec.name]
 
 
 @dataclass(eq=False)
@@ -132,7 +140,10 @@ class EpisodeManager:
                 template = b"" if arena.kind == "upstream" else await self.pool.build_state(arena.initial_state)
             except ValueError as exc:
                 raise EpisodeRejected(f"arena {arena_id!r}: {exc}") from None
-            runtime = ArenaRuntime(arena, {t.name: compile_validator(t.input_schema) for t in arena.tools}, template)
+            runtime = ArenaRuntime(
+                arena, {t.name: compile_validator(t.input_schema) for t in arena.tools}, template,
+                {t.name: types.Tool.model_validate(t.model_dump(by_alias=True, exclude_none=True)) for t in arena.tools},
+            )  # fmt: skip
             self._runtimes[arena_id] = runtime
             if len(self._runtimes) > 4096:
                 self._runtimes.popitem(last=False)

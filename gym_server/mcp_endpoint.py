@@ -4,11 +4,18 @@ Protocol 2026-07-28 requests carry no session, so the episode is named by the UR
 (`/episodes/{episode_id}/mcp`) and each handler reads it from the HTTP request it serves. The session
 manager runs stateless: legacy clients that open with `initialize` work too, and nothing about an
 episode lives in the transport.
+
+The SDK validates `Mcp-Param-*` headers of every `tools/call` against the called tool's input schema. Left
+to itself it runs the whole `tools/list` handler per call to find that schema; we hand it
+`get_tool_input_schema` instead, which reads the episode the endpoint resolved (a context variable set
+in the same task) and answers from a dict.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import mcp_types as types
@@ -20,6 +27,15 @@ from starlette.types import Receive, Scope, Send
 
 from gym_server.episodes import Episode, EpisodeManager, EpisodeNotFound
 from gym_server.models import CallLogEntry, CallStatus
+
+
+_current_episode: ContextVar[Episode | None] = ContextVar("astra_current_episode", default=None)
+
+
+def _input_schema(name: str) -> Mapping[str, Any] | None:
+    episode = _current_episode.get()
+    served = episode.tools.get(name) if episode is not None else None
+    return served.spec.input_schema if served is not None else None
 
 
 def _episode_of(manager: EpisodeManager, ctx: Any) -> Episode:
@@ -50,14 +66,16 @@ def tool_result(entry: CallLogEntry) -> types.CallToolResult:
 def build_mcp_server(manager: EpisodeManager) -> Server[Any]:
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         episode = _episode_of(manager, ctx)
-        return types.ListToolsResult(tools=[types.Tool.model_validate(t.definition()) for t in episode.tools.values()])
+        return types.ListToolsResult(tools=[t.mcp_tool for t in episode.tools.values()])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         episode = _episode_of(manager, ctx)
         entry = await manager.call_tool(episode, params.name, params.arguments if params.arguments is not None else {})
         return tool_result(entry)
 
-    return Server("astra-gym", version="0.1.0", on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server(
+        "astra-gym", version="0.1.0", get_tool_input_schema=_input_schema, on_list_tools=list_tools, on_call_tool=call_tool
+    )
 
 
 class EpisodeMCPEndpoint:
@@ -70,9 +88,13 @@ class EpisodeMCPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
         try:
-            self.manager.get(episode_id)
+            episode = self.manager.get(episode_id)
         except EpisodeNotFound:
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": f"episode {episode_id!r} does not exist (ended or expired)"}}
             await JSONResponse(body, status_code=404)(scope, receive, send)
             return
-        await self.sessions.handle_request(scope, receive, send)
+        token = _current_episode.set(episode)
+        try:
+            await self.sessions.handle_request(scope, receive, send)
+        finally:
+            _current_episode.reset(token)

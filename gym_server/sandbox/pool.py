@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,16 +83,17 @@ def resolve_backend(config: SandboxConfig) -> Literal["process", "docker"]:
 @dataclass(eq=False)
 class _Worker:
     proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
     jail: str | None
     known_code: set[str] = field(default_factory=set)
     info: dict[str, Any] = field(default_factory=dict)
 
     async def exchange(self, header: dict[str, Any], blob: bytes, timeout: float) -> tuple[dict[str, Any], bytes]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(encode_frame(header, blob))
+        self.writer.write(encode_frame(header, blob))
         async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
-            await self.proc.stdin.drain()
-            return await _read_frame(self.proc.stdout)
+            await self.writer.drain()
+            return await _read_frame(self.reader)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -99,6 +101,7 @@ class _Worker:
 
     async def reap(self) -> None:
         self.kill()
+        self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.proc.wait(), 5)
         if self.jail:
@@ -115,7 +118,8 @@ class SandboxPool:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
         self.backend: Literal["process", "docker"] | None = None
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()
+        """Last in, first out: light load keeps landing on the same cache-warm worker."""
         self._all: set[_Worker] = set()
         self._respawns: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -171,15 +175,23 @@ class SandboxPool:
         }
         if jail:
             env["ASTRA_SANDBOX_JAIL"] = jail
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )  # fmt: skip
-        worker = _Worker(proc, jail)
+        # One socketpair carries both directions: on Linux a unix-socket round trip costs about half a pipe
+        # pair's (measured 58 vs 134 us here), and it is on the path of every tool call.
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv(), stdin=theirs, stdout=theirs, stderr=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**20)
+        worker = _Worker(proc, reader, writer, jail)
         self._all.add(worker)
         try:
-            assert proc.stdout is not None
-            worker.info, _ = await asyncio.wait_for(_read_frame(proc.stdout), self.config.start_timeout_s)
+            worker.info, _ = await asyncio.wait_for(_read_frame(reader), self.config.start_timeout_s)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, FrameError) as exc:
             self._all.discard(worker)
             await worker.reap()

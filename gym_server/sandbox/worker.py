@@ -127,15 +127,26 @@ class Worker:
         self.safe_builtins = _safe_builtins()
         self.module_snapshot: dict[str, dict[str, Any]] = {}
         self.cpu_deadline: float = 0.0
+        self._spare: sqlite3.Connection | None = None
 
     # -- state -------------------------------------------------------------------------------
-    def open_state(self, image: bytes) -> sqlite3.Connection:
+    def _new_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        if image:
-            conn.deserialize(image)
-        conn.set_authorizer(_deny_attach)
         conn.row_factory = _dict_row
         conn.set_progress_handler(self._sql_deadline, 20_000)
+        return conn
+
+    def prepare_spare(self) -> None:
+        """Open the next call's connection while idle: opening one costs more than loading an image into it,
+        and arena code never saw this one, so it is as fresh as one opened on demand."""
+        if self._spare is None:
+            self._spare = self._new_connection()
+
+    def open_state(self, image: bytes) -> sqlite3.Connection:
+        conn, self._spare = self._spare or self._new_connection(), None
+        if image:
+            conn.deserialize(image)  # attaches internally, so the authorizer comes after it
+        conn.set_authorizer(_deny_attach)
         return conn
 
     def _sql_deadline(self) -> int:
@@ -353,6 +364,7 @@ def main() -> None:
     arm, disarm = _install_guard()
     worker = Worker(memory_mb, arm, disarm)
     worker.module_snapshot = snapshot
+    worker.prepare_spare()
 
     ready = {"ok": True, "ready": True, "pid": os.getpid(), "network_isolated": network_isolated,
              "filesystem_hidden": filesystem_hidden}  # fmt: skip
@@ -365,19 +377,24 @@ def main() -> None:
         except EOFError:
             return
         op = req.get("op")
-        if op == "call":
-            header, out_blob = worker.op_call(req, blob)
-        elif op == "build_state":
-            header, out_blob = worker.op_build_state(req)
-        elif op == "ping":
-            header, out_blob = {"ok": True, "pid": os.getpid(), "cpu_s": time.process_time()}, b""
-        else:
-            header, out_blob = {"ok": False, "kind": "sandbox_error", "error": f"unknown op {op!r}"}, b""
+        try:
+            if op == "call":
+                header, out_blob = worker.op_call(req, blob)
+            elif op == "build_state":
+                header, out_blob = worker.op_build_state(req)
+            elif op == "ping":
+                header, out_blob = {"ok": True, "pid": os.getpid(), "cpu_s": time.process_time()}, b""
+            else:
+                header, out_blob = {"ok": False, "kind": "sandbox_error", "error": f"unknown op {op!r}"}, b""
+        except Exception as exc:  # the worker's own fault, not the arena's: answer, then ask to be replaced
+            why = f"sandbox worker failed: {type(exc).__name__}: {exc}"
+            header, out_blob = {"ok": False, "kind": "sandbox_error", "error": why, "recycle": why}, b""
         _write_all(proto_out, encode_frame(header, out_blob))
         if op in ("call", "build_state"):
             # Off the reply's critical path, but before the next request is even read: whatever arena code
             # replaced in a shared module (json, os, math, ...) is put back, so no later call sees it.
             worker.restore_tampered_modules()
+            worker.prepare_spare()
 
 
 if __name__ == "__main__":
