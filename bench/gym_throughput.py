@@ -134,7 +134,7 @@ def summary(latencies: list[float], wall: float) -> dict[str, float]:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000, help="calls per concurrency level")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved bare/gym rounds per concurrency level")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved bare/gym rounds per concurrency level")
     ap.add_argument("--big", type=int, default=1000, help="concurrent gym episodes in the soak")
     ap.add_argument("--write", type=Path, default=None)
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
@@ -142,34 +142,40 @@ async def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     write_bundle([bench_arena()], tmp / "bench.jsonl")
-    bare_port, gym_port = free_port(), free_port()
+    bare_port, gym_port, stub_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [
         subprocess.Popen([sys.executable, str(Path(__file__).parent / "_bare_server.py"), str(bare_port)], env=env),
         subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", str(gym_port), "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"], env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(Path(__file__).parent / "_stub_sandbox_gym.py"), "--port", str(stub_port), "--arenas", str(tmp / "bench.jsonl")], env=env, stdout=subprocess.DEVNULL),
     ]  # fmt: skip
     rows = []
     try:
-        bare, gym = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gym_port}"
-        await wait_up(bare_port)
-        await wait_up(gym_port)
+        bare, gym, stub = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gym_port}", f"http://127.0.0.1:{stub_port}"
+        for port in (bare_port, gym_port, stub_port):
+            await wait_up(port)
         limits = httpx2.Limits(max_connections=1100, max_keepalive_connections=1100)
         async with httpx2.AsyncClient(timeout=120, limits=limits) as http:
 
-            async def gym_urls(n: int) -> list[str]:
-                created = await asyncio.gather(*(http.post(f"{gym}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
+            async def gym_urls(n: int, base: str = gym) -> list[str]:
+                created = await asyncio.gather(*(http.post(f"{base}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
                 return [r.json()["mcp_url"] for r in created]
 
             for concurrency in (1, 50):
                 per = max(1, args.calls // concurrency // args.rounds)
-                await drive(http, [bare + "/mcp"], 20)  # warm-up
-                await drive(http, await gym_urls(1), 20)
-                a_lat, b_lat, a_wall, b_wall, ratios, errs = [], [], 0.0, 0.0, [], 0
+                # warm-up at this concurrency, untimed: opens the HTTP connections and the servers' caches
+                await drive(http, [bare + "/mcp"] * concurrency, 5)
+                await drive(http, await gym_urls(concurrency), 5)
+                await drive(http, await gym_urls(concurrency, stub), 5)
+                a_lat, b_lat, a_wall, b_wall, ratios, stub_ratios, errs = [], [], 0.0, 0.0, [], [], 0
                 # Interleaved rounds: a noisy neighbour slows both sides of a round alike, so the median
                 # of per-round ratios is steadier than one long run of each.
                 for _ in range(args.rounds):
                     la, ea, wa = await drive(http, [bare + "/mcp"] * concurrency, per)
                     lb, eb, wb = await drive(http, await gym_urls(concurrency), per)
+                    lc, ec, wc = await drive(http, await gym_urls(concurrency, stub), per)
+                    stub_ratios.append((len(lc) / wc) / (len(la) / wa))
+                    errs += ec
                     a_lat += la
                     b_lat += lb
                     a_wall += wa
@@ -178,10 +184,11 @@ async def main() -> None:
                     ratios.append((len(lb) / wb) / (len(la) / wa))
                 a, b = summary(a_lat, a_wall), summary(b_lat, b_wall)
                 ratio = statistics.median(ratios)
-                rows.append((concurrency, a, b, errs, ratio, ratios))
+                rows.append((concurrency, a, b, errs, ratio, ratios, statistics.median(stub_ratios)))
                 print(f"episodes={concurrency:>4}  bare: {a['calls_s']:7.1f} calls/s p50 {a['p50_ms']:6.2f} ms p99 {a['p99_ms']:7.2f} ms"
                       f"  | gym: {b['calls_s']:7.1f} calls/s p50 {b['p50_ms']:6.2f} ms p99 {b['p99_ms']:7.2f} ms"
-                      f"  | b/a median of {args.rounds} rounds = {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})  errors={errs}")  # fmt: skip
+                      f"  | b/a median of {args.rounds} rounds = {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
+                      f"  | stubbed sandbox/a = {statistics.median(stub_ratios):.2f}  errors={errs}")  # fmt: skip
             if not args.big:
                 return print_rows_only(rows)
             urls = await gym_urls(args.big)
@@ -199,17 +206,19 @@ async def main() -> None:
             f"`python bench/gym_throughput.py --calls {args.calls} --rounds {args.rounds} --big {args.big}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
             "(a) bare mcp low-level server, trivial tool; (b) gym arena tool reading and writing SQLite through the sandbox.", "",
             "Bare and gym alternate in rounds; b/a is the median of the per-round ratios.", "",
-            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "The last ratio serves the same gym with its sandbox stubbed out in-process (bench/_stub_sandbox_gym.py):",
+            "it shows what the gym costs without the sandbox hop.", "",
+            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | stubbed-sandbox gym / a | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]  # fmt: skip
-        for c, a, b, e, ratio, ratios in rows:
-            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {ratio:.2f} | {' '.join(f'{r:.2f}' for r in ratios)} | {e} |")
+        for c, a, b, e, ratio, ratios, stub_ratio in rows:
+            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {ratio:.2f} | {' '.join(f'{r:.2f}' for r in ratios)} | {stub_ratio:.2f} | {e} |")
         lines += ["", f"{args.big} concurrent gym episodes, 3 calls each, driven by {args.soak_procs} client processes: {len(big_lat)} calls, {big['calls_s']:.0f} calls/s, p99 {big['p99_ms']:.0f} ms, errors: {big_err}.", ""]
         update_section(args.write, "## Gym throughput", "\n".join(lines))
 
 
 def print_rows_only(rows: list) -> None:
-    print("b/a medians: " + ", ".join(f"{c} episodes {ratio:.2f}" for c, _, _, _, ratio, _ in rows))
+    print("b/a medians: " + ", ".join(f"{row[0]} episodes {row[4]:.2f}" for row in rows))
 
 
 def update_section(path: Path, heading: str, text: str) -> None:

@@ -121,7 +121,7 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     )
     manager = EpisodeManager(store, pool, limits)
     sessions = StreamableHTTPSessionManager(
-        app=build_mcp_server(manager), json_response=True, stateless=True, max_request_body_size=config.max_request_bytes
+        app=build_mcp_server(manager, otel_spans=config.otel_spans), json_response=True, stateless=True, max_request_body_size=config.max_request_bytes
     )
 
     def handled(fn: Any) -> Any:

@@ -46,6 +46,7 @@ def serve(
     sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
     call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
     upstream: Annotated[Optional[list[str]], typer.Option(help="Front a real MCP server: NAME=COMMAND or NAME=URL (repeatable).")] = None,
+    otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp."""
     from gym_server.serve import serve as run
@@ -54,7 +55,7 @@ def serve(
     try:
         cfg = ServeConfig.load(
             config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
-            failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None,
+            failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
         )  # fmt: skip
         if upstream:
             from gym_server.upstreams import UpstreamConfig

@@ -33,6 +33,7 @@ class ServeConfig(BaseModel):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
     emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
+    otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
     log_level: str = "info"
 
     @classmethod

@@ -63,7 +63,10 @@ def tool_result(entry: CallLogEntry) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=f"{prefix}: {entry.error}")], is_error=True)
 
 
-def build_mcp_server(manager: EpisodeManager) -> Server[Any]:
+def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Server[Any]:
+    """One server for every episode. `otel_spans=False` drops the SDK's OpenTelemetry middleware (its
+    documented opt-out): a span per message costs a few percent of a call and goes nowhere unless an
+    OpenTelemetry SDK is configured, which a training gym rarely has."""
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         episode = _episode_of(manager, ctx)
         return types.ListToolsResult(tools=[t.mcp_tool for t in episode.tools.values()])
@@ -73,9 +76,12 @@ def build_mcp_server(manager: EpisodeManager) -> Server[Any]:
         entry = await manager.call_tool(episode, params.name, params.arguments if params.arguments is not None else {})
         return tool_result(entry)
 
-    return Server(
+    server = Server(
         "astra-gym", version="0.1.0", get_tool_input_schema=_input_schema, on_list_tools=list_tools, on_call_tool=call_tool
     )
+    if not otel_spans:
+        server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
+    return server
 
 
 class EpisodeMCPEndpoint:
