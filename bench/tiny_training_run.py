@@ -29,6 +29,10 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--grpo-steps", type=int, default=20)
     ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--mix", default=None, help="scenario mix, e.g. single_hop=1 (default: the generator's)")
+    ap.add_argument("--sft-lr", type=float, default=3e-3)
+    ap.add_argument("--grpo-lr", type=float, default=1e-4)
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
 
@@ -39,16 +43,18 @@ def main() -> None:
     from gym_server.serve import GymThread
     from gym_server.store import write_bundle
     from synth.arenas.offline import generate
-    from trainer.tiny import train_tokenizer, tiny_model
+    from trainer.tiny import arena_text, default_corpus, tiny_model, train_tokenizer
     from trainer.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
 
     work = Path(tempfile.mkdtemp(prefix="astra-tiny-run-"))
-    train = list(generate(args.train, seed=101))
-    heldout = [a.model_copy(update={"id": a.id.replace("offline-", "heldout-")}) for a in generate(args.heldout, seed=202)]
+    mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))} if args.mix else None
+    train = list(generate(args.train, seed=101, mix=mix))
+    heldout = [a.model_copy(update={"id": a.id.replace("offline-", "heldout-")}) for a in generate(args.heldout, seed=202, mix=mix)]
     write_bundle(train, work / "train.jsonl")
     write_bundle(heldout, work / "heldout.jsonl")
-    tokenizer = train_tokenizer()
-    model = tiny_model(tokenizer, hidden_size=args.hidden)
+    # the tokenizer also learns the training arenas' words, so their names and ids are a few tokens each
+    tokenizer = train_tokenizer(default_corpus() + [line for a in train for line in arena_text(a)])
+    model = tiny_model(tokenizer, hidden_size=args.hidden, layers=args.layers)
     model.save_pretrained(work / "base")
     tokenizer.save_pretrained(work / "base")
     results: dict[str, dict] = {}
@@ -70,11 +76,12 @@ def main() -> None:
         results["before SFT"] = heldout_reward(work / "base", "base")
         asyncio.run(run_eval(EvalConfig(policy="oracle", gym=gym.url, arenas="offline-*", concurrency=16, out=work / "oracle"), progress=False))
         run_sft(SFTRunConfig(model=str(work / "base"), data=work / "oracle" / "trajectories.jsonl", out=work / "sft",
-                             max_steps=args.sft_steps, batch_size=8, learning_rate=3e-3, save_steps=10_000))  # fmt: skip
+                             max_steps=args.sft_steps, batch_size=8, learning_rate=args.sft_lr, save_steps=10_000,
+                             gradient_checkpointing=False))  # fmt: skip
         results["after SFT"] = heldout_reward(work / "sft" / "final", "sft")
         run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, arenas=[str(work / "train.jsonl")], out=work / "grpo",
-                               max_steps=args.grpo_steps, batch_size=8, num_generations=4, learning_rate=1e-4, max_turns=4,
-                               max_new_tokens=96, save_steps=10_000, distractors={"low": 1}))  # fmt: skip
+                               max_steps=args.grpo_steps, batch_size=8, num_generations=4, learning_rate=args.grpo_lr, max_turns=4,
+                               max_new_tokens=96, save_steps=10_000, distractors={"low": 1}, gradient_checkpointing=False))  # fmt: skip
         results["after GRPO"] = heldout_reward(work / "grpo" / "final", "grpo")
     wall = time.perf_counter() - t0
     for stage, o in results.items():
@@ -85,8 +92,8 @@ def main() -> None:
         update_section(args.write, "## Tiny training run", "\n".join([
             "## Tiny training run (bench/tiny_training_run.py)", "",
             f"`python bench/tiny_training_run.py --train {args.train} --heldout {args.heldout} --sft-steps {args.sft_steps} "
-            f"--grpo-steps {args.grpo_steps}` on {device}, {time.strftime('%Y-%m-%d')}, {wall:.0f} s. Tiny Qwen3 (2 layers, hidden "
-            f"{args.hidden}) from scratch; held-out = {args.heldout} offline arenas from another seed, played over MCP.", "",
+            f"--grpo-steps {args.grpo_steps}{f' --mix {args.mix}' if args.mix else ''} --hidden {args.hidden} --layers {args.layers} --sft-lr {args.sft_lr} --grpo-lr {args.grpo_lr}` "
+            f"on {device}, {time.strftime('%Y-%m-%d')}, {wall:.0f} s. Tiny Qwen3 ({args.layers} layers, hidden {args.hidden}) from scratch; held-out = {args.heldout} offline arenas from another seed, played over MCP.", "",
             "| stage | reward | recall | precision | success |", "| --- | --- | --- | --- | --- |",
             *[f"| {s} | {o['reward']:.3f} | {o['recall']:.3f} | {o['precision']:.3f} | {o['success_rate']:.1%} |" for s, o in results.items()], "",
         ]))  # fmt: skip

@@ -27,7 +27,9 @@ ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}")  # messages quote user input and brackets, not markup
     raise typer.Exit(code)
 
 
@@ -460,13 +462,15 @@ def train_sft(
     lora_rank: Annotated[Optional[int], typer.Option(help="Train LoRA adapters of this rank (needs peft).")] = None,
     save_steps: Annotated[int, typer.Option()] = 50,
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in --out.")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
 ) -> None:
     """Supervised fine-tuning on tool-use conversations, assistant tokens only."""
     from trainer.train import SFTRunConfig, run_sft
 
     try:
         result = run_sft(SFTRunConfig(model=model, data=data, out=out, max_steps=max_steps, batch_size=batch_size,
-                                      learning_rate=learning_rate, lora_rank=lora_rank, save_steps=save_steps, resume=resume))  # fmt: skip
+                                      learning_rate=learning_rate, lora_rank=lora_rank, save_steps=save_steps, resume=resume,
+                                      gradient_checkpointing=gradient_checkpointing))  # fmt: skip
     except (ValueError, OSError) as exc:
         _fail(str(exc), code=1)
     console.print_json(json.dumps(result))
@@ -490,6 +494,8 @@ def train_grpo(
     save_steps: Annotated[int, typer.Option()] = 50,
     keep_resume_state: Annotated[int, typer.Option(help="Checkpoints that keep optimizer/scheduler state.")] = 2,
     resume: Annotated[bool, typer.Option()] = False,
+    vllm_server: Annotated[Optional[str], typer.Option(help="Sample turns with a `trl vllm-serve` server at this URL (needs vllm here too).")] = None,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
 ) -> None:
     """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
     from trainer.train import GRPORunConfig, run_grpo
@@ -499,7 +505,8 @@ def train_grpo(
         cfg = GRPORunConfig(model=model, arenas=arenas or ["builtin"], arena_filter=arena_filter, gym=gym, out=out, max_steps=max_steps,
                             batch_size=batch_size, num_generations=num_generations, learning_rate=learning_rate, max_turns=max_turns,
                             max_new_tokens=max_new_tokens, abf=abf, distractors=counts, save_steps=save_steps,
-                            keep_resume_state=keep_resume_state, resume=resume)  # fmt: skip
+                            keep_resume_state=keep_resume_state, resume=resume, vllm_server=vllm_server,
+                            gradient_checkpointing=gradient_checkpointing)  # fmt: skip
         result = run_grpo(cfg)
     except (ValueError, OSError) as exc:
         _fail(str(exc), code=1)

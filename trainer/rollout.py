@@ -69,7 +69,8 @@ class MCPRollout:
     """A `rollout_func` for TRL's GRPOTrainer; also callable on its own with a `GenerateFn` (tests, evaluation)."""
 
     def __init__(self, gym_url: str, *, max_turns: int = 4, max_new_tokens: int = 96, temperature: float = 1.0,
-                 failure_rate: float | None = None, system_prompt: str | None = None, token: str | None = None) -> None:  # fmt: skip
+                 failure_rate: float | None = None, system_prompt: str | None = None, token: str | None = None,
+                 vllm_server_url: str | None = None) -> None:  # fmt: skip
         self.gym_url = gym_url
         self.max_turns = max_turns
         self.max_new_tokens = max_new_tokens
@@ -77,6 +78,9 @@ class MCPRollout:
         self.failure_rate = failure_rate
         self.system_prompt = system_prompt
         self.token = token
+        self.vllm_server_url = vllm_server_url
+        """Sample turns from a `trl vllm-serve` server (TRL keeps its weights in sync) instead of transformers."""
+        self._vllm_generate: GenerateFn | None = None
         self.episodes_played = 0
         self.distractors: Any = None
         """A `DistractorSampler`: irrelevant tools from three similarity bands served in every episode."""
@@ -91,7 +95,7 @@ class MCPRollout:
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
         tokenizer = trainer.processing_class
-        generate = hf_generate_fn(trainer.model, tokenizer, self.max_new_tokens, self.temperature)
+        generate = self.generate_fn(trainer.model, tokenizer)
         was_training = trainer.model.training
         trainer.model.eval()
         try:
@@ -108,6 +112,15 @@ class MCPRollout:
         for key in ("recall", "precision", "solved", "tool_calls"):
             trainer._metrics["train"][f"gym/{key}"].append(sum(batch[key]) / max(1, len(batch[key])))
         return batch
+
+    def generate_fn(self, model: Any, tokenizer: Any) -> GenerateFn:
+        if self.vllm_server_url is None:
+            return hf_generate_fn(model, tokenizer, self.max_new_tokens, self.temperature)
+        if self._vllm_generate is None:
+            from trainer.vllm_server import vllm_server_generate_fn
+
+            self._vllm_generate = vllm_server_generate_fn(self.vllm_server_url, self.max_new_tokens, self.temperature)
+        return self._vllm_generate
 
     @staticmethod
     def as_batch(episodes: list[EpisodeTokens]) -> dict[str, list[Any]]:

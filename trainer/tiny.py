@@ -50,17 +50,20 @@ CHAT_TEMPLATE = (
 )
 
 
+def arena_text(arena: Any) -> list[str]:
+    """What an arena puts in front of a model: its questions, tools, gold calls and data."""
+    lines = [arena.question, *(s.question for s in arena.subtasks)]
+    lines.extend(json.dumps(t.model_dump(by_alias=True)) for t in arena.tools)
+    lines.extend(json.dumps(s.gold_call.model_dump()) for s in arena.subtasks if s.gold_call)
+    lines.append(json.dumps(arena.initial_state.rows))
+    return lines
+
+
 def default_corpus() -> list[str]:
     """Text that covers what the tiny tokenizer will see: the built-in arenas' questions, tools and data."""
     from gym_server.builtin import builtin_arenas
 
-    lines: list[str] = []
-    for arena in builtin_arenas():
-        lines.append(arena.question)
-        lines.extend(s.question for s in arena.subtasks)
-        lines.extend(json.dumps(t.model_dump(by_alias=True)) for t in arena.tools)
-        lines.extend(json.dumps(s.gold_call.model_dump()) for s in arena.subtasks if s.gold_call)
-        lines.append(json.dumps(arena.initial_state.rows))
+    lines = [line for arena in builtin_arenas() for line in arena_text(arena)]
     lines.append("0123456789 {}[]:,\"' .-_ abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     return lines
 

@@ -24,6 +24,7 @@ class SFTRunConfig(BaseModel):
     learning_rate: float = 2e-5
     max_length: int = 4096
     lora_rank: int | None = Field(default=None, description="LoRA rank (needs peft); None trains all weights.")
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
     save_steps: int = 50
     keep_resume_state: int = 2
     resume: bool = False
@@ -48,6 +49,8 @@ class GRPORunConfig(BaseModel):
     abf: bool = True
     distractors: dict[str, int] = Field(default_factory=lambda: {"high": 1, "medium": 1, "low": 1})
     embedding_model: str | None = None
+    vllm_server: str | None = Field(default=None, description="URL of a `trl vllm-serve` server that samples the turns.")
+    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
     save_steps: int = 50
     keep_resume_state: int = 2
     resume: bool = False
@@ -98,7 +101,7 @@ def run_sft(config: SFTRunConfig) -> dict[str, Any]:
     args = SFTConfig(
         output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate, assistant_only_loss=True, max_length=config.max_length, logging_steps=1,
-        save_steps=config.save_steps, report_to=[], use_cpu=not _cuda(),
+        save_steps=config.save_steps, report_to=[], use_cpu=not _cuda(), gradient_checkpointing=config.gradient_checkpointing,
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
@@ -106,6 +109,29 @@ def run_sft(config: SFTRunConfig) -> dict[str, Any]:
     trainer.save_model(str(config.out / "final"))
     tokenizer.save_pretrained(str(config.out / "final"))
     return {"steps": result.global_step, "loss": result.training_loss, "model": str(config.out / "final")}
+
+
+def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
+    """`GRPOConfig` fields for a run. With a vLLM server, TRL pushes the policy's weights to it before every
+    step; that push needs vllm installed here too, so its absence is an error now, not after the gym started."""
+    arguments: dict[str, Any] = dict(
+        output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
+        max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
+        report_to=[], use_cpu=not _cuda(), seed=config.seed, temperature=config.temperature,
+        gradient_checkpointing=config.gradient_checkpointing,
+        mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
+    )  # fmt: skip
+    if config.vllm_server:
+        from trl.import_utils import is_vllm_available
+
+        if not is_vllm_available():
+            raise ValueError(
+                "--vllm-server needs vllm installed where training runs: TRL sends the new weights to the server "
+                "after every step (pip install 'astra-gym[vllm]'). Without it, generation uses transformers."
+            )
+        arguments.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=config.vllm_server)
+    return arguments
 
 
 def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
@@ -121,6 +147,7 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
     from trainer.distractors import DistractorSampler
     from trainer.rollout import MCPRollout, gym_reward
 
+    arguments = grpo_arguments(config)
     store = ArenaStore(config.arenas)
     ids = [i for i in store.ids() if fnmatch.fnmatchcase(i, config.arena_filter)]
     if not ids:
@@ -131,19 +158,13 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
     gym_thread = None if config.gym else GymThread(ServeConfig(port=0, arenas=config.arenas)).start()
     try:
         rollout = MCPRollout(config.gym or gym_thread.url, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,  # type: ignore[union-attr]
-                             temperature=config.temperature)  # fmt: skip
+                             temperature=config.temperature, vllm_server_url=config.vllm_server)  # fmt: skip
         if any(config.distractors.values()):
             rollout.distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed)
         if config.abf:
             rollout.enable_abf(prompts, config.num_generations)
         model, tokenizer = _load(config.model)
-        args = GRPOConfig(
-            output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
-            num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
-            max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
-            report_to=[], use_cpu=not _cuda(), seed=config.seed,
-            mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
-        )  # fmt: skip
+        args = GRPOConfig(**arguments)
         trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
                               rollout_func=rollout, callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
         result = trainer.train(resume_from_checkpoint=config.resume or None)
