@@ -79,6 +79,29 @@ async def test_fresh_namespace_per_call_no_module_globals_leak():
     assert counts == [1, 1, 1]
 
 
+async def test_every_call_gets_a_fresh_connection():
+    """TEMP tables, connection settings and SQL functions a call leaves on its handle never reach the next call,
+    even on the same worker whose next connection was opened while it idled."""
+    source = (
+        "def dirty(db):\n"
+        "    db.execute('CREATE TEMP TABLE leak (x)')\n"
+        "    db.execute('CREATE TEMP TRIGGER t AFTER UPDATE ON kv BEGIN INSERT INTO leak VALUES (1); END')\n"
+        "    db.create_function('upper', 1, lambda s: 'hijacked')\n"
+        "    db.row_factory = None\n"
+        "    return 'dirty'\n"
+        "def probe(db):\n"
+        "    temps = db.execute(\"SELECT count(*) AS n FROM sqlite_temp_master\").fetchone()['n']\n"
+        "    return [temps, db.execute(\"SELECT upper('a') AS u\").fetchone()['u']]\n"
+    )
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState(ddl=["CREATE TABLE kv (k TEXT, v TEXT)"]))
+        for _ in range(2):
+            assert (await pool.call(source, "dirty", {}, state)).result == "dirty"
+            probe = await pool.call(source, "probe", {}, state)
+            assert probe.ok and probe.result == [0, "A"], probe
+        assert pool.replaced == 0
+
+
 async def test_broken_arena_code_is_a_tool_error():
     async with SandboxPool(SandboxConfig(workers=1)) as pool:
         state = await pool.build_state(InitialState())
