@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--mix", default=None, help="scenario mix, e.g. single_hop=1 (default: the generator's)")
     ap.add_argument("--sft-lr", type=float, default=3e-3)
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
+    ap.add_argument("--grpo-temperature", type=float, default=1.0, help="sampling temperature of GRPO's rollouts")
+    ap.add_argument("--distractors", default="0,0,1", help="distractor tools per band in GRPO episodes: high,medium,low")
+    ap.add_argument("--work", type=Path, default=None, help="work folder; a stage whose output is there already is skipped")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
 
@@ -46,22 +49,27 @@ def main() -> None:
     from trainer.tiny import arena_text, default_corpus, tiny_model, train_tokenizer
     from trainer.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
 
-    work = Path(tempfile.mkdtemp(prefix="astra-tiny-run-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="astra-tiny-run-"))
+    work.mkdir(parents=True, exist_ok=True)
     mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))} if args.mix else None
-    train = list(generate(args.train, seed=101, mix=mix))
-    heldout = [a.model_copy(update={"id": a.id.replace("offline-", "heldout-")}) for a in generate(args.heldout, seed=202, mix=mix)]
-    write_bundle(train, work / "train.jsonl")
-    write_bundle(heldout, work / "heldout.jsonl")
-    # the tokenizer also learns the training arenas' words, so their names and ids are a few tokens each
-    tokenizer = train_tokenizer(default_corpus() + [line for a in train for line in arena_text(a)])
-    model = tiny_model(tokenizer, hidden_size=args.hidden, layers=args.layers)
-    model.save_pretrained(work / "base")
-    tokenizer.save_pretrained(work / "base")
+    if not (work / "base" / "config.json").exists():
+        train = list(generate(args.train, seed=101, mix=mix))
+        heldout = [a.model_copy(update={"id": a.id.replace("offline-", "heldout-")}) for a in generate(args.heldout, seed=202, mix=mix)]
+        write_bundle(train, work / "train.jsonl")
+        write_bundle(heldout, work / "heldout.jsonl")
+        # the tokenizer also learns the training arenas' words, so their names and ids are a few tokens each
+        tokenizer = train_tokenizer(default_corpus() + [line for a in train for line in arena_text(a)])
+        model = tiny_model(tokenizer, hidden_size=args.hidden, layers=args.layers)
+        model.save_pretrained(work / "base")
+        tokenizer.save_pretrained(work / "base")
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
     with GymThread(ServeConfig(port=0, arenas=[str(work / "train.jsonl"), str(work / "heldout.jsonl")])) as gym:
 
         def heldout_reward(folder: Path, tag: str) -> dict:
+            report = work / f"eval-{tag}" / "report.json"
+            if report.exists():  # a resumed run: this stage was evaluated already
+                return json.loads(report.read_text())["overall"]
             model, tok = load_pretrained(str(folder))
             config = EvalConfig(policy="oracle", gym=gym.url, arenas="heldout-*", concurrency=8, out=work / f"eval-{tag}", max_turns=4, max_tokens=96)
             from clients import evaluation
@@ -74,14 +82,19 @@ def main() -> None:
                 evaluation.make_policy = original
 
         results["before SFT"] = heldout_reward(work / "base", "base")
-        asyncio.run(run_eval(EvalConfig(policy="oracle", gym=gym.url, arenas="offline-*", concurrency=16, out=work / "oracle"), progress=False))
-        run_sft(SFTRunConfig(model=str(work / "base"), data=work / "oracle" / "trajectories.jsonl", out=work / "sft",
-                             max_steps=args.sft_steps, batch_size=8, learning_rate=args.sft_lr, save_steps=10_000,
-                             gradient_checkpointing=False))  # fmt: skip
+        if not (work / "oracle" / "report.json").exists():
+            asyncio.run(run_eval(EvalConfig(policy="oracle", gym=gym.url, arenas="offline-*", concurrency=16, out=work / "oracle"), progress=False))
+        if not (work / "sft" / "final").exists():
+            run_sft(SFTRunConfig(model=str(work / "base"), data=work / "oracle" / "trajectories.jsonl", out=work / "sft",
+                                 max_steps=args.sft_steps, batch_size=8, learning_rate=args.sft_lr, save_steps=10_000,
+                                 gradient_checkpointing=False))  # fmt: skip
         results["after SFT"] = heldout_reward(work / "sft" / "final", "sft")
-        run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, arenas=[str(work / "train.jsonl")], out=work / "grpo",
-                               max_steps=args.grpo_steps, batch_size=8, num_generations=4, learning_rate=args.grpo_lr, max_turns=4,
-                               max_new_tokens=96, save_steps=10_000, distractors={"low": 1}, gradient_checkpointing=False))  # fmt: skip
+        if not (work / "grpo" / "final").exists():
+            distractors = dict(zip(("high", "medium", "low"), (int(x) for x in args.distractors.split(","))))
+            run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, arenas=[str(work / "train.jsonl")], out=work / "grpo",
+                                   max_steps=args.grpo_steps, batch_size=8, num_generations=4, learning_rate=args.grpo_lr, max_turns=4,
+                                   max_new_tokens=96, save_steps=10_000, distractors=distractors, temperature=args.grpo_temperature,
+                                   gradient_checkpointing=False))  # fmt: skip
         results["after GRPO"] = heldout_reward(work / "grpo" / "final", "grpo")
     wall = time.perf_counter() - t0
     for stage, o in results.items():
@@ -92,7 +105,8 @@ def main() -> None:
         update_section(args.write, "## Tiny training run", "\n".join([
             "## Tiny training run (bench/tiny_training_run.py)", "",
             f"`python bench/tiny_training_run.py --train {args.train} --heldout {args.heldout} --sft-steps {args.sft_steps} "
-            f"--grpo-steps {args.grpo_steps}{f' --mix {args.mix}' if args.mix else ''} --hidden {args.hidden} --layers {args.layers} --sft-lr {args.sft_lr} --grpo-lr {args.grpo_lr}` "
+            f"--grpo-steps {args.grpo_steps}{f' --mix {args.mix}' if args.mix else ''} --hidden {args.hidden} --layers {args.layers} --sft-lr {args.sft_lr} --grpo-lr {args.grpo_lr} "
+            f"--grpo-temperature {args.grpo_temperature} --distractors {args.distractors}` "
             f"on {device}, {time.strftime('%Y-%m-%d')}, {wall:.0f} s. Tiny Qwen3 ({args.layers} layers, hidden {args.hidden}) from scratch; held-out = {args.heldout} offline arenas from another seed, played over MCP.", "",
             "| stage | reward | recall | precision | success |", "| --- | --- | --- | --- | --- |",
             *[f"| {s} | {o['reward']:.3f} | {o['recall']:.3f} | {o['precision']:.3f} | {o['success_rate']:.1%} |" for s, o in results.items()], "",

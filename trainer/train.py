@@ -101,7 +101,7 @@ def run_sft(config: SFTRunConfig) -> dict[str, Any]:
     args = SFTConfig(
         output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate, assistant_only_loss=True, max_length=config.max_length, logging_steps=1,
-        save_steps=config.save_steps, report_to=[], use_cpu=not _cuda(), gradient_checkpointing=config.gradient_checkpointing,
+        save_steps=config.save_steps, report_to=[], use_cpu=not _cuda(), **_checkpointing(SFTConfig, config.gradient_checkpointing),
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
@@ -119,9 +119,11 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
         num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
         max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
         report_to=[], use_cpu=not _cuda(), seed=config.seed, temperature=config.temperature,
-        gradient_checkpointing=config.gradient_checkpointing,
         mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
     )  # fmt: skip
+    from trl import GRPOConfig
+
+    arguments.update(_checkpointing(GRPOConfig, config.gradient_checkpointing))
     if config.vllm_server:
         from trl.import_utils import is_vllm_available
 
@@ -174,6 +176,15 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
         if gym_thread is not None:
             gym_thread.stop()
     return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
+
+
+def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:
+    """transformers 5.2x renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns);
+    older 5.x, like the GPU machine's 5.17, only knows the old one."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def _cuda() -> bool:
