@@ -40,7 +40,10 @@ def test_only_nonzero_variance_groups_and_overflow_carried():
 
 
 def test_short_batches_are_filled_and_counted_when_nothing_varies():
-    play, _ = player({"flat0": [0.0], "flat1": [1.0]})
+    play, calls = player({"flat0": [0.0], "flat1": [1.0]})
     abf = AdaptiveBatchFiller(play=play, extra_prompts=["flat0"], group_size=2, max_extra_rounds=2)
     batch = abf.fill(["flat0", "flat0", "flat1", "flat1"])
     assert len(batch) == 4 and abf.stats.short_batches == 1 and abf.stats.groups_drawn == 4 and abf.stats.groups_dropped == 6
+    # the filler is the flat groups already played (the trainer's own first), not a third round of rollouts
+    assert len(calls) == 3 and [e.reward["prompt"] for e in batch] == ["flat0", "flat0", "flat1", "flat1"]
+    assert not any(AdaptiveBatchFiller.has_signal(batch[i : i + 2]) for i in (0, 2))

@@ -49,7 +49,8 @@ class AdaptiveBatchFiller:
         rewards = [float(e.reward.get("reward", 0.0)) for e in group]
         return len(rewards) > 1 and statistics.pvariance(rewards) > 0.0
 
-    def _play_groups(self, prompts: list[Any]) -> None:
+    def _play_groups(self, prompts: list[Any], flat: list[list[EpisodeTokens]]) -> None:
+        """Valid groups go to the buffer; flat ones to `flat`, the batch's last resort."""
         episodes = self.play(prompts)
         for start in range(0, len(episodes), self.group_size):
             group = episodes[start : start + self.group_size]
@@ -58,28 +59,34 @@ class AdaptiveBatchFiller:
                 self.buffer.append(group)
             else:
                 self.stats.groups_dropped += 1
+                flat.append(group)
 
     def fill(self, prompts: list[Any]) -> list[EpisodeTokens]:
         """One batch of `len(prompts) // group_size` groups, valid ones first."""
         needed = len(prompts) // self.group_size
         self.stats.batches += 1
         self.stats.carried += min(len(self.buffer), needed)
+        flat: list[list[EpisodeTokens]] = []
         if len(self.buffer) < needed:
-            self._play_groups(prompts)
+            self._play_groups(prompts, flat)
         rounds = 0
         while len(self.buffer) < needed and rounds < self.max_extra_rounds and self.extra_prompts:
             rounds += 1
             short = needed - len(self.buffer)
             picks = [self._rng.choice(self.extra_prompts) for _ in range(short)]
             self.stats.groups_drawn += short
-            self._play_groups([p for p in picks for _ in range(self.group_size)])
+            self._play_groups([p for p in picks for _ in range(self.group_size)], flat)
         batch: list[EpisodeTokens] = []
         while self.buffer and len(batch) < len(prompts):
             batch.extend(self.buffer.popleft())
-        if len(batch) < len(prompts):  # nothing better could be found: zero-advantage groups, which GRPO ignores
+        if len(batch) < len(prompts):
+            # nothing better was found: zero-advantage groups, which GRPO ignores. The ones this call already
+            # played serve; playing the prompts again would cost a rollout round for no gradient.
             self.stats.short_batches += 1
-            filler = self.play(prompts[len(batch) :])
-            batch.extend(filler)
+            while flat and len(batch) < len(prompts):
+                batch.extend(flat.pop(0))
+            if len(batch) < len(prompts):
+                batch.extend(self.play(prompts[len(batch) :]))
         return batch
 
     def log(self) -> dict[str, float]:
