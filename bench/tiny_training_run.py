@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--mix", default=None, help="scenario mix, e.g. single_hop=1 (default: the generator's)")
     ap.add_argument("--sft-lr", type=float, default=3e-3)
     ap.add_argument("--grpo-lr", type=float, default=1e-4)
+    ap.add_argument("--grpo-generations", type=int, default=4, help="GRPO group size (the batch holds 2 groups)")
     ap.add_argument("--grpo-temperature", type=float, default=1.0, help="sampling temperature of GRPO's rollouts")
     ap.add_argument("--distractors", default="0,0,1", help="distractor tools per band in GRPO episodes: high,medium,low")
     ap.add_argument("--work", type=Path, default=None, help="work folder; a stage whose output is there already is skipped")
@@ -92,7 +93,8 @@ def main() -> None:
         if not (work / "grpo" / "final").exists():
             distractors = dict(zip(("high", "medium", "low"), (int(x) for x in args.distractors.split(","))))
             run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, arenas=[str(work / "train.jsonl")], out=work / "grpo",
-                                   max_steps=args.grpo_steps, batch_size=8, num_generations=4, learning_rate=args.grpo_lr, max_turns=4,
+                                   max_steps=args.grpo_steps, batch_size=2 * args.grpo_generations, num_generations=args.grpo_generations,
+                                   learning_rate=args.grpo_lr, max_turns=4,
                                    max_new_tokens=96, save_steps=10_000, distractors=distractors, temperature=args.grpo_temperature,
                                    gradient_checkpointing=False))  # fmt: skip
         results["after GRPO"] = heldout_reward(work / "grpo" / "final", "grpo")
@@ -106,7 +108,7 @@ def main() -> None:
             "## Tiny training run (bench/tiny_training_run.py)", "",
             f"`python bench/tiny_training_run.py --train {args.train} --heldout {args.heldout} --sft-steps {args.sft_steps} "
             f"--grpo-steps {args.grpo_steps}{f' --mix {args.mix}' if args.mix else ''} --hidden {args.hidden} --layers {args.layers} --sft-lr {args.sft_lr} --grpo-lr {args.grpo_lr} "
-            f"--grpo-temperature {args.grpo_temperature} --distractors {args.distractors}` "
+            f"--grpo-generations {args.grpo_generations} --grpo-temperature {args.grpo_temperature} --distractors {args.distractors}` "
             f"on {device}, {time.strftime('%Y-%m-%d')}, {wall:.0f} s. Tiny Qwen3 ({args.layers} layers, hidden {args.hidden}) from scratch; held-out = {args.heldout} offline arenas from another seed, played over MCP.", "",
             "| stage | reward | recall | precision | success |", "| --- | --- | --- | --- | --- |",
             *[f"| {s} | {o['reward']:.3f} | {o['recall']:.3f} | {o['precision']:.3f} | {o['success_rate']:.1%} |" for s, o in results.items()], "",
