@@ -1,11 +1,13 @@
 """Gym tool-call throughput against a bare MCP server, measured in the same run with the same client.
 
 (a) a bare mcp low-level server with a trivial tool; (b) a gym arena tool that reads and writes SQLite
-through the sandbox. Both run as their own process on loopback; one client process drives them with the
-official SDK client over one shared HTTP pool. Prints calls/s and p50/p99 latency at 1 and 50 concurrent
-episodes, the ratio b/a, then 1,000 concurrent gym episodes with an error count.
+through the sandbox; (c) for attribution, the same gym with its sandbox stubbed out in-process. Each runs as
+its own process on loopback; one client process drives them with the official SDK client over one shared HTTP
+pool. At 1 and 50 concurrent episodes the three alternate in rounds (this machine's speed drifts from minute
+to minute, and a round is short enough that its sides see the same machine); printed: calls/s, p50/p99
+latency, the median per-round b/a and c/a. Then 1,000 concurrent gym episodes with an error count.
 
-    python bench/gym_throughput.py [--calls 400] [--write docs/benchmarks.md]
+    python bench/gym_throughput.py [--calls 3000] [--rounds 9] [--big 1000] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
