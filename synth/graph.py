@@ -27,6 +27,13 @@ def server_header(server: ServerDoc) -> str:
     return f"Server {server.name}. Tools:\n{tool_list(server)}\n\n"
 
 
+async def ask_for_query(llm: LLMClient, prompt: str) -> str | None:
+    """A synthesis prompt whose answer is one user request: the request, or None when the model gave none."""
+    answer = await llm.chat_json([{"role": "user", "content": prompt + 'Reply with JSON: {"query": REQUEST}'}])
+    query = answer.get("query") if isinstance(answer, dict) else None
+    return query if isinstance(query, str) and query.strip() else None
+
+
 async def propose_chains(llm: LLMClient, server: ServerDoc, rounds: int = 3) -> list[list[str]]:
     """Several independent proposal rounds; tool names the server does not have are dropped."""
     names = {t.name for t in server.tools}
@@ -97,13 +104,11 @@ async def verify_chain(llm: LLMClient, server: ServerDoc, tools: list[str], vote
         if sum(chain.votes) * 2 <= voters:
             chain.reason = f"majority vote rejected it ({sum(chain.votes)}/{voters})"
             return chain
-        query = await llm.chat_json([{"role": "user", "content": (
+        text = await ask_for_query(llm, (
             f"### STAGE: chain_to_query\n{server_header(server)}"
             f"Write one user request that needs exactly these tools in this order: {json.dumps(tools)}. "
-            'Reply with JSON: {"query": REQUEST}'
-        )}])  # fmt: skip
-        text = query.get("query") if isinstance(query, dict) else None
-        if not isinstance(text, str) or not text.strip():
+        ))  # fmt: skip
+        if text is None:
             chain.reason = "back-translation produced no query"
             return chain
         back = await llm.chat_json([{"role": "user", "content": (

@@ -11,7 +11,7 @@ import random
 from pydantic import BaseModel
 
 from gym_server.models import ServerDoc
-from synth.graph import server_header, tool_list
+from synth.graph import ask_for_query, server_header, tool_list
 from synth.llm import LLMClient, LLMError
 from synth.models import SynthTask, ToolChain, stable_id
 
@@ -36,13 +36,12 @@ class TaskRules(BaseModel):
 
 
 async def chain_task(llm: LLMClient, server: ServerDoc, chain: ToolChain) -> SynthTask:
-    answer = await llm.chat_json([{"role": "user", "content": (
+    query = await ask_for_query(llm, (
         f"### STAGE: task_from_chain\n{server_header(server)}"
         f"Write a realistic user request whose solution uses these tools in order: {json.dumps(chain.tools)}. "
-        "Include every concrete value the tools will need. Reply with JSON: {\"query\": REQUEST}"
-    )}])  # fmt: skip
-    query = answer.get("query") if isinstance(answer, dict) else None
-    if not isinstance(query, str) or not query.strip():
+        "Include every concrete value the tools will need. "
+    ))  # fmt: skip
+    if query is None:
         raise LLMError("task generation returned no query")
     return SynthTask(id=stable_id(server.name, "chain", chain.tools, query), server=server.name, query=query, kind="chain", chain=chain.tools)
 
@@ -64,12 +63,8 @@ async def augment(llm: LLMClient, task: SynthTask, kind: str, rng: random.Random
         "complexity": "Make it harder by adding one realistic constraint or condition, same intent, same values.",
         "persona": f"Rewrite it as {persona} would write it, same intent, same values.",
     }[kind]
-    answer = await llm.chat_json([{"role": "user", "content": (
-        f"### STAGE: augment\nKind: {kind}\nRequest: {task.query}\n{instruction} Keep the language of the request. "
-        'Reply with JSON: {"query": REQUEST}'
-    )}])  # fmt: skip
-    query = answer.get("query") if isinstance(answer, dict) else None
-    if not isinstance(query, str) or not query.strip():
+    query = await ask_for_query(llm, f"### STAGE: augment\nKind: {kind}\nRequest: {task.query}\n{instruction} Keep the language of the request. ")
+    if query is None:
         raise LLMError(f"{kind} augmentation returned no query")
     return task.model_copy(update={"id": stable_id(task.id, kind, query), "query": query, "augmentation": kind, "persona": persona})
 
