@@ -58,7 +58,7 @@ class ArenaRuntime:
     arena: Arena
     validators: dict[str, ArgumentValidator]
     template: bytes
-    mcp_tools: dict[str, types.Tool] = field(default_factory=dict)
+    mcp_tools: dict[str, types.Tool]
 
 
 @dataclass(slots=True)

@@ -114,16 +114,16 @@ def run_sft(config: SFTRunConfig) -> dict[str, Any]:
 def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
     """`GRPOConfig` fields for a run. With a vLLM server, TRL pushes the policy's weights to it before every
     step; that push needs vllm installed here too, so its absence is an error now, not after the gym started."""
+    from trl import GRPOConfig
+
     arguments: dict[str, Any] = dict(
         output_dir=str(config.out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         num_generations=config.num_generations, beta=0.0, learning_rate=config.learning_rate,
         max_completion_length=config.max_completion_length, logging_steps=1, save_steps=config.save_steps,
         report_to=[], use_cpu=not _cuda(), seed=config.seed, temperature=config.temperature,
         mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
+        **_checkpointing(GRPOConfig, config.gradient_checkpointing),
     )  # fmt: skip
-    from trl import GRPOConfig
-
-    arguments.update(_checkpointing(GRPOConfig, config.gradient_checkpointing))
     if config.vllm_server:
         from trl.import_utils import is_vllm_available
 

@@ -9,7 +9,7 @@ sends. Episodes run concurrently (each turn in a worker thread), and vLLM batche
 
 from __future__ import annotations
 
-import threading
+import functools
 from typing import Any
 
 import httpx2
@@ -21,20 +21,14 @@ class VLLMServerError(RuntimeError):
     """The vLLM server cannot be reached or answered something that is not a completion."""
 
 
-def vllm_server_generate_fn(
-    base_url: str, max_new_tokens: int, temperature: float = 1.0, *, timeout_s: float = 600.0, client: httpx2.Client | None = None
-) -> GenerateFn:
+def vllm_server_generate_fn(base_url: str, max_new_tokens: int, temperature: float = 1.0, *, timeout_s: float = 600.0) -> GenerateFn:
     """A `GenerateFn` backed by the server at `base_url`; fails loudly (never an empty turn) when it is down."""
     base = base_url.rstrip("/")
-    http = client or httpx2.Client(timeout=timeout_s, limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64))
-    model_lock = threading.Lock()
-    model_id: list[str] = []
+    http = httpx2.Client(timeout=timeout_s, limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64))
 
+    @functools.cache  # asked once, on the first turn; a failed ask is not cached and is asked again
     def served_model() -> str:
-        with model_lock:
-            if not model_id:
-                model_id.append(str(_request(http, "GET", f"{base}/v1/models")["data"][0]["id"]))
-            return model_id[0]
+        return str(_request(http, "GET", f"{base}/v1/models")["data"][0]["id"])
 
     def generate(ids: list[int]) -> tuple[list[int], list[float]]:
         payload = {
