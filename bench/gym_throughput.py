@@ -139,6 +139,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=9, help="interleaved bare/gym rounds per concurrency level")
     ap.add_argument("--big", type=int, default=1000, help="concurrent gym episodes in the soak")
     ap.add_argument("--write", type=Path, default=None)
+    ap.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="concurrency levels to compare")
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
     args = ap.parse_args()
 
@@ -163,7 +164,7 @@ async def main() -> None:
                 created = await asyncio.gather(*(http.post(f"{base}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
                 return [r.json()["mcp_url"] for r in created]
 
-            for concurrency in (1, 50):
+            for concurrency in args.episodes:
                 per = max(1, args.calls // concurrency // args.rounds)
                 # warm-up at this concurrency, untimed: opens the HTTP connections and the servers' caches
                 await drive(http, [bare + "/mcp"] * concurrency, 5)

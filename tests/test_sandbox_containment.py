@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,102 @@ def test_docker_backend_is_optional():
     assert resolve_backend(SandboxConfig(backend="auto")) == "process"
     with pytest.raises(SandboxUnavailable, match="no Docker engine"):
         resolve_backend(SandboxConfig(backend="docker"))
+
+
+# -- arena code that rewrites the worker around it ------------------------------------------------------------
+# Arena code reaches every module through sys.modules and can rebind anything in them, including the worker's
+# own globals. These tests plant such rebindings and check that nothing planted ever runs unguarded.
+
+REBIND_THE_GUARD = """
+import collections
+def unguard(db):
+    modules = collections._sys.modules
+    me = modules["__main__"]
+    me._DENIED_EVENT_PREFIXES = ("nothing-is-denied",)
+    me.SandboxViolation = KeyError
+    me.ALLOWED_MODULES = frozenset({"os", "socket"})
+    return modules["os"].listdir("/")
+"""
+
+
+async def test_rebinding_the_guards_globals_lifts_nothing():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState())
+        outcome = await pool.call(REBIND_THE_GUARD, "unguard", {}, state)
+        assert not outcome.ok and outcome.kind == "sandbox_error", outcome
+        assert "not permitted in the sandbox: os.listdir" in outcome.error
+
+
+PLANT_HIJACKS = """
+import collections, json
+def plant(db):
+    sys = collections._sys
+    os, builtins = sys.modules["os"], sys.modules["builtins"]
+    marks = sys.path  # a list no restore resets: where the hijacks leave word for the probe
+
+    def hijack(*args, **kwargs):
+        try:
+            os.listdir("/")
+            marks.append("astra-escaped")
+        except BaseException:
+            marks.append("astra-contained")
+        return "hijacked"
+
+    class Planted(Exception):
+        def __str__(self):
+            return hijack()
+
+    class FakeModule:
+        setrlimit = connect = staticmethod(hijack)
+
+    json.dumps = json.loads = hijack
+    json._default_encoder.encode = json._default_decoder.decode = hijack
+    for name in ("len", "type", "str", "callable", "memoryview", "isinstance", "dict", "zip"):
+        setattr(builtins, name, hijack)
+    sys.modules["resource"] = sys.modules["sqlite3"] = FakeModule()
+    me = sys.modules["__main__"]
+    for name in ("_describe", "_dict_row", "_deny_attach", "_not_json", "_restricted_import", "PREFIX"):
+        setattr(me, name, hijack)
+    raise Planted()
+
+def probe(db):
+    import collections, json
+    sys = collections._sys
+    marks = [m for m in sys.path if m.startswith("astra-")]
+    return {"marks": marks, "dumps": json.dumps([1]), "len": len("abc"), "fake": type(sys.modules["resource"]).__name__}
+"""
+
+
+async def test_code_planted_for_the_worker_runs_guarded_and_is_gone_by_the_next_call():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:  # one worker: the probe runs where the plant ran
+        state = await pool.build_state(InitialState(ddl=["CREATE TABLE kv (k TEXT, v TEXT)"]))
+        planted = await pool.call(PLANT_HIJACKS, "plant", {}, state)
+        assert not planted.ok
+        probe = await pool.call(PLANT_HIJACKS, "probe", {}, state)
+        assert probe.ok, probe
+        assert "astra-escaped" not in probe.result["marks"]
+        assert "astra-contained" in probe.result["marks"]  # the worker did call a hijack: the test tests something
+        assert probe.result["dumps"] == "[1]" and probe.result["len"] == 3 and probe.result["fake"] == "module"
+        write = await pool.call("def f(db):\n    db.execute('INSERT INTO kv VALUES (1, 2)')\n    return 'ok'\n", "f", {}, state)
+        assert write.ok and write.result == "ok" and write.state
+
+
+async def test_a_worker_that_quit_while_idle_is_replaced_before_use():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState())
+        (only,) = pool._all
+        only.kill()
+        await only.proc.wait()
+        outcome = await pool.call("def f(db):\n    return 'fine'\n", "f", {}, state)
+        assert outcome.ok and outcome.result == "fine"
+        assert pool.replaced == 1
+
+
+async def test_a_reply_that_does_not_answer_the_request_is_refused(monkeypatch):
+    stale = Path(__file__).parent / "fixtures" / "stale_worker.py"
+    monkeypatch.setattr(SandboxPool, "_argv", lambda self: [sys.executable, str(stale)])
+    async with SandboxPool(SandboxConfig(workers=1, backend="process")) as pool:
+        outcome = await pool.call("def f(db):\n    return 1\n", "f", {}, b"")
+        assert not outcome.ok and outcome.kind == "sandbox_error"
+        assert "does not answer this request" in outcome.error
+        assert pool.replaced == 1

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -90,10 +91,20 @@ class _Worker:
     info: dict[str, Any] = field(default_factory=dict)
 
     async def exchange(self, header: dict[str, Any], blob: bytes, timeout: float) -> tuple[dict[str, Any], bytes]:
-        self.writer.write(encode_frame(header, blob))
+        """One request and its reply. The reply must echo the request's random `seq`: arena code that garbled
+        the worker's framing cannot pass off bytes it left in the stream as the answer to a later call."""
+        seq = secrets.randbits(63)
+        self.writer.write(encode_frame({**header, "seq": seq}, blob))
         async with asyncio.timeout(timeout):  # no extra task per call, unlike wait_for
             await self.writer.drain()
-            return await _read_frame(self.reader)
+            reply, out = await _read_frame(self.reader)
+        if reply.get("seq") != seq:
+            raise FrameError("the reply does not answer this request")
+        return reply, out
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and not self.reader.at_eof()
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -224,6 +235,9 @@ class SandboxPool:
         if self._closed:
             raise SandboxUnavailable("the sandbox is closed")
         worker = await self._idle.get()
+        while not worker.alive:  # it quit while idle (a worker does when arena code wrecks its housekeeping)
+            self._replace(worker)
+            worker = await self._idle.get()
         try:
             code_id = header.get("code_id")
             if source is not None and code_id not in worker.known_code:
