@@ -35,6 +35,9 @@ from gym_server.schemas import ArgumentValidator, compile_validator
 from gym_server.store import ArenaStore
 from gym_server.upstreams import UpstreamConfig, UpstreamSession
 
+_measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
+"""The size check's serializer, built once: `json.dumps` with options builds a new encoder on every call."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -249,7 +252,7 @@ class EpisodeManager:
             return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None
         if not isinstance(arguments, dict):
             return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None
-        size = len(json.dumps(arguments, ensure_ascii=False, default=str))
+        size = len(_measure_arguments(arguments))
         if size > self.limits.max_argument_bytes:
             return (
                 CallStatus.invalid_arguments, None,

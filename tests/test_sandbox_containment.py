@@ -222,3 +222,22 @@ async def test_a_reply_that_does_not_answer_the_request_is_refused(monkeypatch):
         assert not outcome.ok and outcome.kind == "sandbox_error"
         assert "does not answer this request" in outcome.error
         assert pool.replaced == 1
+
+
+async def test_each_call_sees_the_state_it_brings_not_the_one_the_worker_expected():
+    """A worker preloads the state its last call left, for the next call; a call that brings another state
+    (another episode, or an older image of the same one) must see exactly that one."""
+    source = (
+        "def get(db):\n    return db.execute(\"SELECT v FROM kv\").fetchone()['v']\n"
+        "def put(db, v):\n    db.execute('UPDATE kv SET v = ?', (v,))\n    return v\n"
+    )
+
+    def world(value: str) -> InitialState:
+        return InitialState(ddl=["CREATE TABLE kv (v TEXT)"], rows={"kv": [{"v": value}]})
+
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        a, b = await pool.build_state(world("a")), await pool.build_state(world("b"))
+        put = await pool.call(source, "put", {"v": "a1"}, a)
+        assert put.ok and put.state
+        seen = [(await pool.call(source, "get", {}, image)).result for image in (b, a, put.state, a, put.state, put.state)]
+    assert seen == ["b", "a", "a1", "a", "a1", "a1"]

@@ -237,6 +237,10 @@ class Worker:
         self.safe_builtins = _safe_builtins()
         self.cpu_deadline: float = 0.0
         self._spare: sqlite3.Connection | None = None
+        self._spare_image: bytes | None = None
+        self.next_image: bytes = b""
+        """The state the next call most likely brings: the one this call left. Under light load the same episode
+        keeps landing on this worker (the pool hands out idle workers last-in-first-out)."""
         # captured C callables and constants (see the class docstring)
         self._connect, self._compile, self._exec = sqlite3.connect, compile, exec
         self._setrlimit, self._rlimit_cpu, self._unlimited = resource.setrlimit, resource.RLIMIT_CPU, resource.RLIM_INFINITY
@@ -295,16 +299,36 @@ class Worker:
         conn.set_progress_handler(self._sql_deadline, 20_000)
         return conn
 
-    def prepare_spare(self) -> None:
-        """Open the next call's connection while idle: opening one costs more than loading an image into it,
-        and arena code never saw this one, so it is as fresh as one opened on demand."""
+    def prepare_spare(self, image: bytes = b"") -> None:
+        """Open the next call's connection while idle, load `image` into it and have SQLite read its schema:
+        on a new connection, reading the schema costs more than the statements of a typical tool call. Arena
+        code never saw this connection, so it is as fresh as one opened on demand."""
         if self._spare is None:
             self._spare = self._new_connection()
+        if image and self._spare_image is None:
+            try:
+                self._spare.deserialize(image)
+                self._spare.set_authorizer(self._deny_attach)
+                self._spare.execute("SELECT 1 FROM sqlite_master LIMIT 0")
+                self._spare_image = image
+            except sqlite3.Error:
+                self._spare.close()
+                self._spare = None
 
     def open_state(self, image: bytes) -> sqlite3.Connection:
-        conn, self._spare = self._spare or self._new_connection(), None
+        conn, loaded = self._spare, self._spare_image
+        self._spare = self._spare_image = None
+        if conn is not None and loaded is not None:
+            if loaded == image:
+                return conn  # loaded, guarded and its schema read while the worker idled
+            if not image:  # an empty database is wanted: start from a new handle
+                conn.close()
+                conn = None
+            else:
+                conn.set_authorizer(None)  # deserialize attaches internally; the authorizer is set again below
+        conn = conn or self._new_connection()
         if image:
-            conn.deserialize(image)  # attaches internally, so the authorizer comes after it
+            conn.deserialize(image)
         conn.set_authorizer(self._deny_attach)
         return conn
 
@@ -356,6 +380,7 @@ class Worker:
             return {"ok": False, "kind": "need_source"}, b""
         except SyntaxError as exc:
             return {"ok": False, "kind": "tool_error", "error": f"arena code does not compile: {exc}"}, b""
+        self.next_image = image
         conn = self.open_state(image)
         namespace: dict[str, Any] = {"__builtins__": self._dict(self.safe_builtins), "__name__": "arena"}
         name, arguments, guard, run = req["function"], req["arguments"], self.guard, self._exec
@@ -378,7 +403,10 @@ class Worker:
             changed = conn.total_changes > 0
             # the result's JSON travels in the blob, ahead of the new image, so it is encoded once
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
-            return header, text + conn.serialize() if changed else text
+            if not changed:
+                return header, text
+            self.next_image = conn.serialize()
+            return header, text + self.next_image
         except self._no_such_function:
             return {"ok": False, "kind": "tool_error", "error": f"the arena defines no function {name!r}"}, b""
         except self._cpu_limit:
@@ -399,6 +427,7 @@ class Worker:
             conn.close()
 
     def op_build_state(self, req: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        self.next_image = b""
         conn = self.open_state(b"")
 
         def build() -> None:
@@ -497,7 +526,7 @@ def serve(worker: Worker, snapshot: ModuleSnapshot, proto_in: int, proto_out: in
 
     def housekeeping() -> None:
         snapshot.restore()
-        worker.prepare_spare()
+        worker.prepare_spare(worker.next_image)
     while True:
         try:
             req, blob = worker.read_request(proto_in)
