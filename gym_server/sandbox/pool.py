@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -132,6 +133,8 @@ class SandboxPool:
         self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()
         """Last in, first out: light load keeps landing on the same cache-warm worker."""
         self._all: set[_Worker] = set()
+        self._retiring: set[_Worker] = set()
+        """Replaced workers whose process is still being reaped: closing the pool reaps them too."""
         self._respawns: set[asyncio.Task[None]] = set()
         self._closed = False
         self.replaced = 0
@@ -154,8 +157,9 @@ class SandboxPool:
         self._closed = True
         for task in list(self._respawns):
             task.cancel()
-        await asyncio.gather(*(w.reap() for w in list(self._all)), return_exceptions=True)
+        await asyncio.gather(*(w.reap() for w in [*self._all, *self._retiring]), return_exceptions=True)
         self._all.clear()
+        self._retiring.clear()
 
     async def __aenter__(self) -> SandboxPool:
         await self.start()
@@ -198,23 +202,32 @@ class SandboxPool:
             raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**20)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**20)
+        except BaseException:
+            ours.close()
+            proc.kill()
+            raise
         worker = _Worker(proc, reader, writer, jail)
         self._all.add(worker)
         try:
             worker.info, _ = await asyncio.wait_for(_read_frame(reader), self.config.start_timeout_s)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, FrameError) as exc:
+        except BaseException as exc:  # cancelled (the pool is closing) included: never leave a process behind
             self._all.discard(worker)
-            await worker.reap()
-            raise SandboxUnavailable(f"a sandbox worker did not start ({type(exc).__name__})") from None
+            await asyncio.shield(worker.reap())
+            if isinstance(exc, (asyncio.TimeoutError, asyncio.IncompleteReadError, FrameError)):
+                raise SandboxUnavailable(f"a sandbox worker did not start ({type(exc).__name__})") from None
+            raise
         return worker
 
     def _replace(self, worker: _Worker) -> None:
         self._all.discard(worker)
+        self._retiring.add(worker)
         self.replaced += 1
 
         async def respawn() -> None:
             await worker.reap()
+            self._retiring.discard(worker)
             delay = 0.05
             while not self._closed:
                 try:
@@ -268,7 +281,7 @@ class SandboxPool:
         return reply, out
 
     async def call(self, source: str, function: str, arguments: dict[str, Any], state: bytes) -> SandboxOutcome:
-        code_id = hashlib.sha256(source.encode()).hexdigest()
+        code_id = _code_id(source)
         header = {"op": "call", "code_id": code_id, "function": function, "arguments": arguments, "cpu_s": self.config.cpu_s}
         reply, blob = await self._run(header, state, source)
         if not reply.get("ok"):
@@ -296,6 +309,12 @@ class SandboxPool:
             "network_isolated": all(w.info.get("network_isolated") for w in self._all) if self._all else None,
             "filesystem_hidden": all(w.info.get("filesystem_hidden") for w in self._all) if self._all else None,
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_id(source: str) -> str:
+    """Arena sources are long-lived strings (a str caches its hash), so the digest is computed once per arena."""
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def _death_reason(returncode: int | None) -> str:

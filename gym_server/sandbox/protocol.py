@@ -20,8 +20,12 @@ class FrameError(Exception):
     """The peer sent something that is not a frame (or one over the size limits)."""
 
 
+_encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Built once: `json.dumps` with options builds a new encoder per call, and this runs on every tool call."""
+
+
 def encode_frame(header: dict[str, Any], blob: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    head = _encode_header(header).encode()
     return PREFIX.pack(len(head), len(blob)) + head + blob
 
 
