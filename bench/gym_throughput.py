@@ -7,7 +7,7 @@ pool. At 1 and 50 concurrent episodes the three alternate in rounds (this machin
 to minute, and a round is short enough that its sides see the same machine); printed: calls/s, p50/p99
 latency, the median per-round b/a and c/a. Then 1,000 concurrent gym episodes with an error count.
 
-    python bench/gym_throughput.py [--calls 3000] [--rounds 9] [--big 1000] [--write docs/benchmarks.md]
+    python bench/gym_throughput.py [--calls 3000] [--rounds 25] [--big 1000] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def summary(latencies: list[float], wall: float) -> dict[str, float]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=2000, help="calls per concurrency level")
-    ap.add_argument("--rounds", type=int, default=9, help="interleaved bare/gym rounds per concurrency level")
+    ap.add_argument("--calls", type=int, default=3000, help="calls per concurrency level")
+    ap.add_argument("--rounds", type=int, default=25, help="interleaved bare/gym rounds per concurrency level")
     ap.add_argument("--big", type=int, default=1000, help="concurrent gym episodes in the soak")
     ap.add_argument("--write", type=Path, default=None)
     ap.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="concurrency levels to compare")
