@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -241,3 +242,43 @@ async def test_each_call_sees_the_state_it_brings_not_the_one_the_worker_expecte
         assert put.ok and put.state
         seen = [(await pool.call(source, "get", {}, image)).result for image in (b, a, put.state, a, put.state, put.state)]
     assert seen == ["b", "a", "a1", "a", "a1", "a1"]
+
+
+GC_WINDOW_PROBE = """
+import gc, sqlite3, sys
+from gym_server.sandbox.worker import Guard
+
+guard = Guard()
+guard.arm()
+marks = []
+
+class Ghost:  # an arena object whose finalizer tries the event the worker is about to be allowed
+    def __del__(self):
+        try:
+            sqlite3.connect(sys.argv[1])
+            marks.append("escaped")
+        except PermissionError:
+            marks.append("denied")
+
+guard.expect("sqlite3.connect", "sqlite3.connect/handle")
+collector_was_on = gc.isenabled()
+for _ in range(5000):  # garbage cycles that an automatic collection would finalize right here
+    ghost = Ghost()
+    ghost.me = ghost
+del ghost
+connection = sqlite3.connect(":memory:")  # the worker's own call gets the announced events
+guard.expect()
+gc.collect()  # the ghosts are finalized now, with nothing announced
+print(collector_was_on, gc.isenabled(), sorted(set(marks)), connection is not None)
+"""
+
+
+def test_no_arena_finalizer_runs_while_the_guard_lets_an_event_through(tmp_path):
+    """While the worker announces an event to the guard, the collector is off: a finalizer run by a collection
+    in that window would otherwise get the event (here: opening a file-backed SQLite database)."""
+    target = tmp_path / "escaped.db"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", GC_WINDOW_PROBE, str(target)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "['denied']", "True"]
+    assert not target.exists()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import gc
 import io
 import json
 import json.encoder
@@ -123,15 +124,30 @@ class Guard:
         def arm() -> None:
             state["armed"] = True
 
+        gc_disable, gc_enable = gc.disable, gc.enable
+
         def expect(*events: str) -> None:
-            """Let exactly these events through, in this order; `expect()` withdraws what was not used."""
+            """Let exactly these events through, in this order; `expect()` withdraws what was not used.
+
+            While events are expected the garbage collector is off: a collection could otherwise run the
+            finalizer of an arena object between the announcement and the worker's own call, and that
+            finalizer would get the announced event."""
+            if events:
+                gc_disable()
             state["expect"] = list(events)
+            if not events:
+                gc_enable()
 
         def expect_exec(code: Any) -> None:
             state["code"] = code
 
         def read_frames(on: bool) -> None:
+            """Allow reading traceback frames; the collector is off meanwhile, for the reason `expect` gives."""
+            if on:
+                gc_disable()
             state["frames"] = on
+            if not on:
+                gc_enable()
 
         sys.addaudithook(hook)
         self.arm, self.expect, self.expect_exec, self.read_frames = arm, expect, expect_exec, read_frames
