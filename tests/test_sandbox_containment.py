@@ -282,3 +282,50 @@ def test_no_arena_finalizer_runs_while_the_guard_lets_an_event_through(tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "['denied']", "True"]
     assert not target.exists()
+
+
+POISON_THE_GUARDS_OWN_CALLS = """
+import collections
+def poison(db):
+    sys = collections._sys
+    builtins, os = sys.modules["builtins"], sys.modules["os"]
+    marks = sys.path
+
+    class Matches:
+        def __eq__(self, other):
+            return True
+
+    class AllowAll:  # what the guard would hold as its list of announced events, if it built it with our `list`
+        def __bool__(self):
+            return True
+        def __getitem__(self, i):
+            return Matches()
+        def __delitem__(self, i):
+            pass
+
+    class Spy:  # compared by the worker's restore after the call; tries a refused operation from there
+        def __eq__(self, other):
+            try:
+                os.listdir("/")
+                marks.append("astra-escaped")
+            except BaseException:
+                marks.append("astra-contained")
+            return False
+
+    builtins.list = lambda *args: AllowAll()
+    collections.namedtuple = Spy()
+    return "poisoned"
+
+def probe(db):
+    import collections
+    return [m for m in collections._sys.path if m.startswith("astra-")]
+"""
+
+
+async def test_builtins_rebound_by_arena_code_never_reach_the_guards_state():
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState())
+        await pool.call(POISON_THE_GUARDS_OWN_CALLS, "poison", {}, state)
+        marks = await pool.call(POISON_THE_GUARDS_OWN_CALLS, "probe", {}, state)
+        assert marks.ok, marks
+        assert "astra-contained" in marks.result and "astra-escaped" not in marks.result

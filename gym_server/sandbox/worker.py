@@ -102,8 +102,11 @@ class Guard:
     callables; arena code can reach neither (see the module docstring)."""
 
     def __init__(self) -> None:
-        denied = _DENIED_EVENT_PREFIXES  # captured now: rebinding the module global later changes nothing
+        # Everything the hook and its switches use is captured now, builtins included: arena code can rebind
+        # module globals and `builtins.list`, and the switches run right after arena code returns.
+        denied = _DENIED_EVENT_PREFIXES
         violation = SandboxViolation
+        new_list = list
         state: dict[str, Any] = {"armed": False, "expect": [], "code": None, "frames": False}
 
         def hook(event: str, args: tuple[Any, ...]) -> None:
@@ -134,7 +137,7 @@ class Guard:
             finalizer would get the announced event."""
             if events:
                 gc_disable()
-            state["expect"] = list(events)
+            state["expect"] = new_list(events)
             if not events:
                 gc_enable()
 
