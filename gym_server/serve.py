@@ -16,6 +16,12 @@ from gym_server.app import create_app
 from gym_server.config import ServeConfig
 
 
+KEEP_ALIVE_S = 30
+"""How long the gym keeps an idle HTTP connection open. It must outlast the clients' own keep-alive (httpx
+drops idle connections after 5 s): with equal timeouts a client can send a request on a connection the server
+is closing that instant, and the request fails with "server disconnected" instead of being served."""
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is IPPROTO_TCP, and
@@ -33,7 +39,7 @@ def _uvicorn(config: ServeConfig, **extra: Any) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
             app, log_level=config.log_level if config.log_level != "info" else "warning", access_log=False,
-            timeout_keep_alive=30, backlog=2048, **extra,
+            timeout_keep_alive=KEEP_ALIVE_S, backlog=2048, **extra,
         )  # fmt: skip
     )
 
@@ -55,7 +61,9 @@ class AppThread:
         self._sock = bind(host, port)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, backlog=2048))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, log_level=log_level, access_log=False, backlog=2048, timeout_keep_alive=KEEP_ALIVE_S)
+        )
         self._thread = threading.Thread(target=self._run, name="astra-app", daemon=True)
         self._error: BaseException | None = None
 

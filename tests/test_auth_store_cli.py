@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -161,3 +162,24 @@ def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
         proc.wait(30)
     bad = subprocess.run([*CLI, "serve", "--arenas", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such file or directory" in bad.stderr
+
+
+async def test_an_idle_connection_outlives_the_clients_keep_alive(gym):
+    """httpx drops idle connections after 5 s. The gym must keep them longer, or a client that reuses one at
+    that instant sends into a closing socket and the request fails without being served."""
+    reader, writer = await asyncio.open_connection(*gym.url.removeprefix("http://").split(":"))
+    request = f"GET /healthz HTTP/1.1\r\nHost: {gym.url.removeprefix('http://')}\r\n\r\n".encode()
+    try:
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(5.5)  # longer than httpx's keep-alive: the same connection must still serve
+            writer.write(request)
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+    finally:
+        writer.close()

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from clients.evaluation import EvalConfig, run_eval
+from clients.evaluation import TRAJECTORIES, EvalConfig, load_records, run_eval
 from gym_server.config import ServeConfig
 from gym_server.sandbox.pool import SandboxConfig, SandboxPool
 from gym_server.serve import GymThread
@@ -37,7 +37,9 @@ async def test_1000_offline_arenas_validate_and_the_oracle_solves_them_over_mcp(
     with GymThread(ServeConfig(port=0, arenas=[str(store)], sandbox=SandboxConfig(workers=2))) as gym:
         report = await run_eval(EvalConfig(policy="oracle", gym=gym.url, concurrency=32, out=tmp_path / "eval"), progress=False)
     overall = report["overall"]
-    assert overall["episodes"] == 1000 and overall["errors"] == 0 and overall["success_rate"] == 1.0 and overall["reward"] == 1.0
+    failed = [(r.arena_id, r.error) for r in load_records(tmp_path / "eval" / TRAJECTORIES) if r.error][:5]
+    assert overall["episodes"] == 1000 and overall["errors"] == 0, (overall, failed)
+    assert overall["success_rate"] == 1.0 and overall["reward"] == 1.0, overall
     assert set(report["by_scenario_type"]) == set(SCENARIOS)
 
 
