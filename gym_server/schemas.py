@@ -68,19 +68,19 @@ _IS_TYPE: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: type(v) is dict,
 }
 _SCALARS = (str, int, float, bool, type(None))
-
-
-def _is_number(v: Any) -> bool:
-    return type(v) is int or type(v) is float
+_is_number, _is_str, _is_list, _is_dict = _IS_TYPE["number"], _IS_TYPE["string"], _IS_TYPE["array"], _IS_TYPE["object"]
 
 
 def _certain_check(schema: Any) -> Callable[[Any], bool] | None:
     if schema is True or schema == {}:
         return lambda v: True
-    if not isinstance(schema, dict) or not set(schema) - _ANNOTATIONS <= _FAST_KEYWORDS.keys():
+    if not isinstance(schema, dict):
+        return None
+    keywords = set(schema) - _ANNOTATIONS
+    if not keywords <= _FAST_KEYWORDS.keys():
         return None
     checks: list[Callable[[Any], bool]] = []
-    for keyword in set(schema) - _ANNOTATIONS:
+    for keyword in keywords:
         check = _FAST_KEYWORDS[keyword](schema[keyword], schema)
         if check is None:
             return None
@@ -148,18 +148,6 @@ def _bound(test: Callable[[Any, Any], bool], applies: Callable[[Any], bool]) -> 
         return lambda v: not applies(v) or test(v, limit)
 
     return build
-
-
-def _is_str(v: Any) -> bool:
-    return type(v) is str
-
-
-def _is_list(v: Any) -> bool:
-    return type(v) is list
-
-
-def _is_dict(v: Any) -> bool:
-    return type(v) is dict
 
 
 _FAST_KEYWORDS: dict[str, Callable[[Any, dict[str, Any]], Callable[[Any], bool] | None]] = {

@@ -207,6 +207,8 @@ class SandboxPool:
         except BaseException:
             ours.close()
             proc.kill()
+            if jail:
+                shutil.rmtree(jail, ignore_errors=True)
             raise
         worker = _Worker(proc, reader, writer, jail)
         self._all.add(worker)

@@ -218,19 +218,14 @@ class ModuleSnapshot:
     object then only ever runs under the guard, so what it can reach is what arena code reaches anyway."""
 
     def __init__(self) -> None:
-        self._modules = sys.modules
-        self._modules_saved = dict(sys.modules)
-        self._dicts = [(ns, dict(ns)) for ns in _namespaces(list(sys.modules.values()))]
-        self._clear, self._update, self._values, self._list, self._len = dict.clear, dict.update, dict.values, list, len
+        namespaces = [sys.modules, *_namespaces(list(sys.modules.values()))]  # sys.modules first: it is restored first
+        self._dicts = [(ns, dict(ns)) for ns in namespaces]
+        self._clear, self._update = dict.clear, dict.update
 
     def restore(self) -> int:
         """Put back what arena code rebound, added or deleted; return how many namespaces it touched."""
-        clear, update, values, as_list, size = self._clear, self._update, self._values, self._list, self._len
+        clear, update = self._clear, self._update
         touched = 0
-        if size(self._modules) != size(self._modules_saved) or as_list(values(self._modules)) != as_list(values(self._modules_saved)):
-            clear(self._modules)
-            update(self._modules, self._modules_saved)
-            touched += 1
         for live, saved in self._dicts:
             try:
                 same = live == saved
@@ -540,12 +535,14 @@ def _on_cpu_limit(signum: int, frame: Any, limit_exceeded: type[BaseException] =
     raise limit_exceeded()
 
 
-def serve(worker: Worker, snapshot: ModuleSnapshot, proto_in: int, proto_out: int) -> None:
-    """The request loop. Runs with the guard armed; see the module docstring for what it may touch."""
+def serve(worker: Worker, snapshot: ModuleSnapshot, proto_in: int, proto_out: int, grace_s: float = IDLE_GRACE_S) -> None:
+    """The request loop. Runs with the guard armed; see the module docstring for what it may touch (the grace
+    is a default argument so that it is read once, not from an arena-writable global after each call)."""
 
     def housekeeping() -> None:
         snapshot.restore()
         worker.prepare_spare(worker.next_image)
+
     while True:
         try:
             req, blob = worker.read_request(proto_in)
@@ -572,7 +569,7 @@ def serve(worker: Worker, snapshot: ModuleSnapshot, proto_in: int, proto_out: in
             # Housekeeping, off the reply's critical path: first let the gym run (IDLE_GRACE_S), then put back
             # what arena code rebound in any module, then open the next call's connection, all before the next
             # request is even read.
-            worker._select([proto_in], [], [], IDLE_GRACE_S)
+            worker._select([proto_in], [], [], grace_s)
             try:  # under a CPU budget: an arena object's __eq__ runs during the comparison
                 worker.run_limited(housekeeping, cpu_s=2.0)
             except BaseException:
