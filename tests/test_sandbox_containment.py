@@ -37,7 +37,7 @@ ATTACKS = {
     "frame_walk": {}, "chroot_breakout": {}, "host_file": {"path": "/tmp/astra-pwned"}, "list_root": {},
     "run_shell": {}, "fork_bomb": {}, "connect": {"port": 9}, "unix_socket": {}, "outliving_thread": {},
     "remove_authorizer": {}, "load_builtin_module": {}, "spinning_result": {}, "deep_result": {}, "huge_result": {},
-    "forge_reply": {},
+    "forge_reply": {}, "exec_memory": {},
 }  # fmt: skip
 HARMLESS_SUCCESS = {"kill_template": [], "poison_caches": "poisoned"}
 """Under the kernel layer alone these run to their end: nothing is killed, and the poison stays in the process."""
@@ -90,7 +90,7 @@ async def test_the_kernel_refuses_what_the_second_layer_would(pool):
     """The probe each template start runs: a call's process tries each operation and the kernel says no."""
     isolation = pool.health()["isolation"]
     assert isolation["allowed_in_call"] == []
-    assert {"socket_inet", "socket_unix", "open_file", "fork", "kill_other", "setuid_root", "chroot", "signal_handler"} <= set(isolation["refused_in_call"])
+    assert {"socket_inet", "socket_unix", "open_file", "fork", "kill_other", "setuid_root", "chroot", "signal_handler", "exec_memory"} <= set(isolation["refused_in_call"])
     assert isolation["uid"] not in (0, None) and isolation["capabilities"] == "0000000000000000"
     assert isolation["seccomp"] and isolation["no_new_privs"] and all(isolation["namespaces"].values())
 

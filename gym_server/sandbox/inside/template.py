@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import mmap
 import os
 import resource
 import select
@@ -99,6 +100,7 @@ def probe() -> dict[str, Any]:
     attempt("setuid_root", lambda: os.setuid(0))
     attempt("chroot", lambda: os.chroot("/"))
     attempt("signal_handler", lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+    attempt("exec_memory", lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC).close())
     return {"uid": os.getuid(), "attempts": results}
 
 
