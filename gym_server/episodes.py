@@ -213,6 +213,7 @@ class EpisodeManager:
         self._release(episode)
 
     def _release(self, episode: Episode) -> None:
+        self.pool.release(episode.id)
         for session in episode.upstreams.values():
             task = asyncio.get_running_loop().create_task(session.close())
             self._closing.add(task)
@@ -289,7 +290,7 @@ class EpisodeManager:
             return await self._forward(episode, arena.id, served.spec.name, arguments)
         if arena.kind == "emulator" and self.llm_emulator is not None:
             return await self._emulate_by_llm(episode, arena, served.spec, arguments)
-        outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
+        outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
         if not outcome.ok:
             status = CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error
             return status, None, outcome.error, None

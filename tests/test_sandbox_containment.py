@@ -204,3 +204,58 @@ async def test_without_a_kernel_sandbox_the_gym_refuses_unless_told(monkeypatch)
         assert not health["isolation"]["namespaces"]["net"]  # reported as it is, not as configured
         outcome = await pool.call(CHECK, "check", {}, await pool.build_state(WORLD))
         assert outcome.ok and outcome.result == CLEAN
+
+
+# -- one process per episode and arena ----------------------------------------------------------------------------
+
+
+async def test_an_episodes_process_serves_only_that_episodes_arena(pool):
+    """What an arena's code leaves in its process stays with the same episode's later calls to that arena: the
+    next episode, and another arena of the same episode, get processes of their own."""
+    state = await pool.build_state(WORLD)
+    poisoned = await pool.call(ATTACKS_SOURCE, "poison_caches", {}, state, owner="ep1/attacks")
+    assert poisoned.ok or pool.config.audit_hook
+    other_episode = await pool.call(ATTACKS_SOURCE, "check", {}, state, owner="ep2/attacks")
+    assert other_episode.ok and other_episode.result == CLEAN, other_episode
+    other_arena = await pool.call(CHECK, "check", {}, state, owner="ep1/clean")
+    assert other_arena.ok and other_arena.result == CLEAN, other_arena
+    same = await pool.call(ATTACKS_SOURCE, "check", {}, state, owner="ep1/attacks")
+    if poisoned.ok:  # the kernel layer alone let the poison in: only its own episode's arena sees it
+        assert same.ok and same.result != CLEAN
+    pool.release("ep1")
+    pool.release("ep2")
+    assert pool.health()["episode_processes"] == 0
+
+
+async def test_every_call_gets_a_fresh_handle_and_namespace_in_a_reused_process():
+    source = (
+        "SEEN = []\n"
+        "def dirty(db):\n"
+        "    SEEN.append(1)\n"
+        "    db.execute('CREATE TEMP TABLE leak (x)')\n"
+        "    db.create_function('upper', 1, lambda s: 'hijacked')\n"
+        "    db.row_factory = None\n"
+        "    return len(SEEN)\n"
+        "def probe(db):\n"
+        "    temps = db.execute(\"SELECT count(*) AS n FROM sqlite_temp_master\").fetchone()['n']\n"
+        "    return [temps, db.execute(\"SELECT upper('a') AS u\").fetchone()['u'], len(SEEN)]\n"
+    )
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(InitialState(ddl=["CREATE TABLE kv (k TEXT, v TEXT)"]))
+        for _ in range(2):
+            assert (await pool.call(source, "dirty", {}, state, owner="ep/a")).result == 1
+            probe = await pool.call(source, "probe", {}, state, owner="ep/a")
+            assert probe.ok and probe.result == [0, "A", 0], probe
+        assert pool.health()["episode_processes"] == 1 and pool.replaced == 0
+
+
+async def test_a_reused_process_keeps_a_cpu_budget_per_call_and_idle_processes_are_bounded():
+    async with SandboxPool(SandboxConfig(**{**LIMITS, "call_timeout_s": 20.0}, max_idle_processes=2)) as pool:
+        state = await pool.build_state(WORLD)
+        for owner in ("a/x", "b/x", "c/x"):
+            assert (await pool.call(ATTACKS_SOURCE, "echo", {"text": owner}, state, owner=owner)).result == owner
+        assert pool.health()["episode_processes"] == 2  # the least recently used was closed
+        spun = await pool.call(ATTACKS_SOURCE, "spin", {}, state, owner="c/x")
+        assert not spun.ok and "CPU" in spun.error
+        again = await pool.call(ATTACKS_SOURCE, "check", {}, state, owner="c/x")
+        assert again.ok and again.result == CLEAN

@@ -27,7 +27,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +62,10 @@ class SandboxConfig(BaseModel):
     memory_mb: int = Field(default=1024, ge=64, description="Address-space limit of a call's process.")
     max_result_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest tool result (JSON bytes); larger is a tool error.")
     max_result_depth: int = Field(default=64, ge=2, le=512, description="Deepest nesting of a tool result.")
+    max_idle_processes: int = Field(
+        default=256, ge=0, le=65536,
+        description="Processes kept between an episode's calls (one per episode and arena); the least recently used close first.",
+    )
     audit_hook: bool = Field(
         default=True,
         description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",
@@ -217,12 +221,14 @@ class _Template:
 
 @dataclass(eq=False, slots=True)
 class _Process:
-    """A call's process as the gym sees it: its id at the template and our end of its socket."""
+    """A sandbox process as the gym sees it: its id at the template, our end of its socket and, once it served
+    an episode's call, the arena code it is bound to."""
 
     template: _Template
     id: int
     sock: socket.socket
     spawned_after: int
+    code_id: str | None = None
 
     def has_code(self, code_id: str) -> bool:
         sent = self.template.cached.get(code_id)
@@ -276,6 +282,8 @@ class SandboxPool:
         self.backend: launching.Kind | None = None
         self._template: _Template | None = None
         self._spares: deque[_Process] = deque()
+        self._owned: OrderedDict[str, _Process] = OrderedDict()
+        """Idle processes bound to an episode's arena (`owner`), least recently used first."""
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
         self._closed = False
@@ -297,6 +305,8 @@ class SandboxPool:
         self._closed = True
         while self._spares:
             self._spares.popleft().sock.close()
+        while self._owned:
+            self._owned.popitem()[1].sock.close()
         if self._template is not None:
             await self._template.stop()
 
@@ -366,7 +376,9 @@ class SandboxPool:
                     raise FrameError(f"the template answered {ready.get('op')!r} instead of ready")
                 template.facts = ready.get("facts") or {}
                 template.reader = loop.create_task(template.read_control())
-                reply, _ = await self._exchange(self._spawn(template), {"op": "probe"}, b"")
+                prober = self._spawn(template)
+                reply, _ = await self._exchange(prober, {"op": "probe"}, b"")
+                prober.sock.close()
                 template.probe = reply.get("probe") or {}
         except (asyncio.TimeoutError, EOFError, OSError, FrameError, ValueError) as exc:
             stderr = b""
@@ -414,6 +426,8 @@ class SandboxPool:
                 logger.error("sandbox: the template died (%s); starting a new one", template.dead)
                 while self._spares:
                     self._spares.popleft().sock.close()
+                while self._owned:
+                    self._owned.popitem()[1].sock.close()
                 await template.stop()
             self._template = await self._start_template()
             self.restarts += 1
@@ -425,7 +439,6 @@ class SandboxPool:
         try:
             ours.setblocking(False)
             process = _Process(template, next(template.ids), ours, 0)
-            template.exits[process.id] = asyncio.get_running_loop().create_future()
             template.send({"op": "spawn", "id": process.id}, fds=(theirs.fileno(),))
             process.spawned_after = template.sent
         finally:
@@ -453,27 +466,31 @@ class SandboxPool:
             process.template.send({"op": "kill", "id": process.id})
 
     async def _exchange(self, process: _Process, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
-        """One request and its reply on a process's socket; the process is killed if anything goes wrong."""
+        """One request and its reply on a process's socket. Anything going wrong kills the process and closes
+        its socket; after a good reply the caller decides whether the process serves again."""
         loop = asyncio.get_running_loop()
         seq = secrets.randbits(63)
+        exits = process.template.exits
+        exits[process.id] = loop.create_future()
         try:
             async with asyncio.timeout(self.config.call_timeout_s):
                 await loop.sock_sendall(process.sock, encode_frame({**header, "seq": seq}, blob))
                 head_len, blob_len = check_prefix(await _recv_exactly(loop, process.sock, PREFIX.size))
                 body = await _recv_exactly(loop, process.sock, head_len + blob_len)
+            reply = decode_header(body[:head_len])
+            if reply.get("seq") != seq:
+                raise FrameError("the reply does not answer this request")
         except BaseException:
             self._kill(process)
-            raise
-        finally:
             process.sock.close()
-        process.template.exits.pop(process.id, None)  # it answered: how it exits no longer matters
-        reply = decode_header(body[:head_len])
-        if reply.get("seq") != seq:
-            raise FrameError("the reply does not answer this request")
+            raise
+        exits.pop(process.id, None)  # it answered: how it exits no longer matters
         return reply, body[head_len:]
 
-    async def _run(self, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
-        """Run one request in a fresh process; every failure of the sandbox becomes a sandbox_error header."""
+    async def _run(self, header: dict[str, Any], blob: bytes, source: bytes = b"", owner: str | None = None) -> tuple[dict[str, Any], bytes]:
+        """Run one request; every failure of the arena's process becomes a sandbox_error header, while a busy or
+        dead sandbox raises `SandboxUnavailable`. With an `owner` (an episode's arena) the process that served
+        the owner's last call serves this one too; any other request gets a process of its own."""
         if self._closed or self._slots is None:
             raise SandboxUnavailable("the sandbox is closed")
         try:
@@ -482,9 +499,20 @@ class SandboxPool:
         except asyncio.TimeoutError:
             raise SandboxUnavailable(f"the sandbox is busy: no process came free within {self.config.queue_timeout_s:g} s") from None
         try:
-            process = await self._checkout()
+            code_id = header.get("code_id")
+            process = self._owned.pop(owner, None) if owner is not None else None
+            if process is not None and (process.template.dead is not None or process.code_id != code_id):
+                process.sock.close()
+                process = None
+            if process is None:
+                process = await self._checkout()
+            send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
+            request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0}
             try:
-                return await self._exchange(process, header, blob)
+                reply, out = await self._exchange(process, request, source + blob if send else blob)
+                if reply.get("kind") == "need_source" and source:
+                    reply, out = await self._exchange(process, {**request, "source_bytes": len(source)}, source + blob)
+                    reply["compiled"] = True
             except asyncio.TimeoutError:
                 return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b""
             except (EOFError, ConnectionError, FrameError) as exc:
@@ -492,23 +520,35 @@ class SandboxPool:
                 if process.template.dead is not None:
                     raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
                 return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b""
+            if owner is not None and reply.get("retire") is False:
+                process.code_id = code_id
+                self._owned[owner] = process
+                while len(self._owned) > self.config.max_idle_processes:
+                    self._owned.popitem(last=False)[1].sock.close()  # it reads end-of-file and exits
+            else:
+                process.sock.close()
+            return reply, out
         finally:
             self._slots.release()
 
+    def release(self, episode_id: str) -> None:
+        """The episode ended: close the processes that served its arenas."""
+        prefix = f"{episode_id}/"
+        for owner in [o for o in self._owned if o.startswith(prefix)]:
+            self._owned.pop(owner).sock.close()
+
     # -- work ---------------------------------------------------------------------------------------------------
-    async def call(self, source: str, function: str, arguments: dict[str, Any], state: bytes) -> SandboxOutcome:
+    async def call(self, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None) -> SandboxOutcome:
+        """Run `function` of the arena `source` on `state`. `owner` names the episode and arena the call belongs
+        to (`episode_id/arena_id`): that episode's later calls to that arena reuse the process, nothing else does."""
         code_id = _code_id(source)
         header: dict[str, Any] = {"op": "call", "code_id": code_id, "function": function, "arguments": arguments}
-        template = await self._live_template()
-        send_source = not (self._spares and self._spares[0].template is template and self._spares[0].has_code(code_id))
-        encoded = source.encode() if send_source else b""
-        reply, blob = await self._run({**header, "source_bytes": len(encoded)}, encoded + state)
-        if reply.get("kind") == "need_source":
-            encoded = source.encode()
-            reply, blob = await self._run({**header, "source_bytes": len(encoded)}, encoded + state)
+        encoded = source.encode()
+        reply, blob = await self._run(header, state, encoded, owner)
         if not reply.get("ok"):
             return SandboxOutcome(ok=False, kind=reply.get("kind", "sandbox_error"), error=str(reply.get("error"))[:4000])
-        if reply.get("compiled") and code_id not in template.cached and len(encoded) <= MAX_CACHED_SOURCE_BYTES and template.dead is None:
+        template = self._template
+        if reply.get("compiled") and template is not None and template.dead is None and code_id not in template.cached and len(encoded) <= MAX_CACHED_SOURCE_BYTES:
             template.send({"op": "cache", "code_id": code_id}, encoded)
             template.cached[code_id] = template.sent
         return self._outcome(reply, blob)
@@ -547,6 +587,7 @@ class SandboxPool:
             "unsafe": self.unsafe,
             "alive": template is not None and template.dead is None,
             "waiting_processes": len(self._spares),
+            "episode_processes": len(self._owned),
             "max_active": self.config.max_active,
             "killed": self.replaced,
             "restarts": self.restarts,

@@ -1,11 +1,11 @@
-"""One request in a call's process: run an arena function (or build an initial state) against a private
+"""Requests in a sandbox process: run an arena function (or build an initial state) against a private
 in-memory SQLite image and answer with the result and, when it changed, the new image.
 
-The process serves this one request and exits, so nothing arena code leaves behind (threads cannot start,
-module caches, patched classes) reaches another call. Arena code can still rebind anything in this process's
-modules before the reply is written, so everything the reply path uses is captured when the `Executor` is
-built, before the guard is armed, and results are checked by exact type: no arena method runs while the
-result is measured and encoded.
+A process serves one episode's calls to one arena (or a single call) and nothing else, so nothing arena code
+leaves behind reaches another episode or arena. Arena code can rebind anything in this process's modules, so
+everything the process uses after arena code has run is captured when the `Executor` is built, before any
+arena code runs, and results are checked by exact type: no arena method runs while a result is measured and
+encoded. Every call gets a fresh SQLite handle and a fresh module namespace.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class Executor:
         self._memoryview, self._describe = memoryview, describe
         self._no_such_function, self._cpu_limit, self._violation = _NoSuchFunction, CPULimitExceeded, SandboxViolation
         self._rejected = ResultRejected
+        self._row_factory, self._deny, self._sql_error = _dict_row, _deny_attach, sqlite3.OperationalError
         self.cpu_deadline = 0.0
         self.conn = self._new_connection()
 
@@ -139,11 +140,21 @@ class Executor:
 
     # -- state --------------------------------------------------------------------------------------------------
     def _new_connection(self) -> sqlite3.Connection:
-        conn = self._connect(":memory:", isolation_level=None, check_same_thread=False)
-        conn.row_factory = _dict_row
+        self.guard.expect("sqlite3.connect", "sqlite3.connect/handle")
+        try:
+            conn = self._connect(":memory:", isolation_level=None, check_same_thread=False)
+        finally:
+            self.guard.expect()
+        conn.row_factory = self._row_factory
         conn.set_progress_handler(self._sql_deadline, 20_000)
-        conn.set_authorizer(_deny_attach)
+        conn.set_authorizer(self._deny)
         return conn
+
+    def next_call(self) -> None:
+        """A fresh handle for the next call: nothing the last one left on its handle (TEMP tables, functions,
+        settings) reaches it."""
+        self.conn.close()
+        self.conn = self._new_connection()
 
     def _sql_deadline(self) -> int:
         return 1 if self.cpu_deadline and self._process_time() > self.cpu_deadline else 0
@@ -152,7 +163,7 @@ class Executor:
         if image:
             self.conn.set_authorizer(None)  # deserialize attaches internally
             self.conn.deserialize(image)
-            self.conn.set_authorizer(_deny_attach)
+            self.conn.set_authorizer(self._deny)
 
     def warm_up(self) -> None:
         """Run a call-shaped piece of our own code on a scratch database while the process waits for its request.
@@ -257,7 +268,7 @@ class Executor:
             return {"ok": False, "kind": "sandbox_error", "error": f"memory limit exceeded ({self.memory_mb} MiB)"}, b""
         except self._violation as exc:
             return {"ok": False, "kind": "sandbox_error", "error": self._str(exc)}, b""
-        except sqlite3.OperationalError as exc:
+        except self._sql_error as exc:
             if "interrupted" in self._str(exc):
                 return {"ok": False, "kind": "sandbox_error", "error": f"CPU time limit exceeded in SQL ({self.cpu_s:g} s)"}, b""
             return {"ok": False, "kind": "tool_error", "error": self._describe(exc, guard)}, b""

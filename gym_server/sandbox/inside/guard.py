@@ -49,15 +49,23 @@ class CPULimitExceeded(BaseException):
 
 class Guard:
     """The audit hook's switches. The hook's state lives in closures; arena code can reach neither them nor the
-    frames that hold them (frame access is refused, and signal handlers cannot be installed under seccomp)."""
+    frames that hold them (frame access is refused, and signal handlers cannot be installed under seccomp).
+
+    A process serves the calls of one episode's arena, so once armed the hook stays armed across calls: the
+    process's own steps that it refuses (opening the next call's SQLite handle) are let through one announced
+    event at a time, on C callables captured before any arena code ran (`expect`)."""
 
     def __init__(self) -> None:
-        denied = _DENIED_EVENT_PREFIXES  # captured: arena code can rebind module globals
-        violation = SandboxViolation
-        state: dict[str, Any] = {"armed": False, "code": None, "frames": False}
+        # captured: arena code can rebind module globals and builtins (`list` included)
+        denied, violation, new_list = _DENIED_EVENT_PREFIXES, SandboxViolation, list
+        state: dict[str, Any] = {"armed": False, "expect": [], "code": None, "frames": False}
 
         def hook(event: str, args: tuple[Any, ...]) -> None:
             if not state["armed"]:
+                return
+            expected = state["expect"]
+            if expected and event == expected[0]:
+                del expected[0]  # each announced event, once, in order
                 return
             if event == "exec" and args and state["code"] is not None and args[0] is state["code"]:
                 state["code"] = None  # the arena module body we are about to run, once
@@ -75,6 +83,15 @@ class Guard:
 
         gc_disable, gc_enable = gc.disable, gc.enable
 
+        def expect(*events: str) -> None:
+            """Let exactly these events through, in this order; `expect()` withdraws what was not used. The
+            collector is off meanwhile: a collection could run an arena object's finalizer in the window."""
+            if events:
+                gc_disable()
+            state["expect"] = new_list(events)
+            if not events:
+                gc_enable()
+
         def read_frames(on: bool) -> None:
             """Allow reading traceback frames. The collector is off meanwhile: a collection could otherwise run
             an arena object's finalizer while frame reads are let through."""
@@ -85,7 +102,7 @@ class Guard:
                 gc_enable()
 
         sys.addaudithook(hook)
-        self.arm, self.expect_exec, self.read_frames = arm, expect_exec, read_frames
+        self.arm, self.expect, self.expect_exec, self.read_frames = arm, expect, expect_exec, read_frames
 
 
 def _restricted_import(name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0) -> Any:

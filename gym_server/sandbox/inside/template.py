@@ -118,6 +118,8 @@ class Template:
         if base_bpf:
             self.kernel.install_filter(base_bpf)
         self.code_cache: dict[str, Any] = {}
+        self.code: Any = None
+        """In a call's process: the code of the arena it serves."""
         self.children: dict[int, int] = {}
         """pid -> the gym's id for that call's process."""
         self.pids: dict[int, int] = {}
@@ -223,7 +225,9 @@ class Template:
             os.closerange(CALL_FD + 1, 1 << 16)
             s = self.settings
             memory = int(s["memory_mb"]) * 1024 * 1024
-            cpu = max(1, int(float(s["cpu_s"]) + 0.999))
+            # The CPU limit is the process's, for all its calls: 2 x cpu_s, and a process that has used cpu_s
+            # retires after its reply, so every call has at least cpu_s and at most 2 x cpu_s.
+            cpu = max(1, int(2 * float(s["cpu_s"]) + 0.999))
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
             resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
@@ -238,43 +242,67 @@ class Template:
                 self.kernel.install_filter(self.call_bpf)
             executor.warm_up()
             status = 0
-            self.serve_call(executor)
+            self.serve_calls(executor)
         except BaseException:
             status = status or 71
         finally:
             os._exit(status)
 
-    def serve_call(self, executor: Executor) -> None:
-        try:
-            req, blob = executor.read_request(CALL_FD)
-        except (EOFError, ValueError, UnicodeDecodeError):
-            return
-        op = req.get("op")
-        if op == "call":
-            n = int(req.get("source_bytes") or 0)
-            source, image = (blob[:n].decode(), blob[n:]) if n else (None, blob)
+    def serve_calls(self, executor: Executor) -> None:
+        """Serve requests until the gym closes the socket or a reply says `retire`. A process runs one arena's
+        code (the first request binds it) for one episode; the gym sends other episodes and arenas elsewhere."""
+        bound: str | None = None
+        cpu_s, process_time = float(self.settings["cpu_s"]), executor._process_time
+        while True:
             try:
-                code, fresh = executor.compiled(str(req["code_id"]), source)
-            except KeyError:
-                header, out = {"ok": False, "kind": "need_source"}, b""
-            except (SyntaxError, ValueError) as exc:
-                header, out = {"ok": False, "kind": "tool_error", "error": f"arena code does not compile: {exc}"}, b""
-            else:
-                executor.load(image)
+                req, blob = executor.read_request(CALL_FD)
+            except (EOFError, ValueError, UnicodeDecodeError):
+                return
+            op = req.get("op")
+            if op == "call":
+                header, out = self.call(executor, req, blob, bound)
+                bound = bound or (str(req["code_id"]) if header.get("kind") != "need_source" else None)
+                if header.get("kind") == "need_source":
+                    header["retire"] = False  # the gym sends the source on this same socket
+                else:
+                    header["retire"] = not req.get("keep") or process_time() > cpu_s or header.get("kind") == "need_fresh"
+            elif op == "build_state" and bound is None:
                 if self.arm_guard:
                     self.guard.arm()
-                header, out = executor.call(req, code, image)
-                header["compiled"] = fresh
-        elif op == "build_state":
-            if self.arm_guard:
-                self.guard.arm()
-            header, out = executor.build_state(req)
-        elif op == "probe":
-            header, out = {"ok": True, "probe": probe()}, b""
+                header, out = executor.build_state(req)
+                header["retire"] = True
+            elif op == "probe" and bound is None:
+                header, out = {"ok": True, "probe": probe(), "retire": True}, b""
+            else:
+                header, out = {"ok": False, "kind": "sandbox_error", "error": f"unexpected op {op!r}", "retire": True}, b""
+            header["seq"] = req.get("seq")
+            executor.write_reply(CALL_FD, header, out)
+            if header["retire"]:
+                return
+
+    def call(self, executor: Executor, req: dict[str, Any], blob: bytes, bound: str | None) -> tuple[dict[str, Any], bytes]:
+        code_id = str(req["code_id"])
+        if bound is not None and code_id != bound:
+            return {"ok": False, "kind": "need_fresh"}, b""
+        n = int(req.get("source_bytes") or 0)
+        source, image = (blob[:n].decode(), blob[n:]) if n else (None, blob)
+        if bound is None:  # the first call: compile (or take the template's code) before anything is armed
+            try:
+                code, fresh = executor.compiled(code_id, source)
+            except KeyError:
+                return {"ok": False, "kind": "need_source"}, b""
+            except (SyntaxError, ValueError) as exc:
+                return {"ok": False, "kind": "tool_error", "error": f"arena code does not compile: {exc}"}, b""
+            self.code = code
         else:
-            header, out = {"ok": False, "kind": "sandbox_error", "error": f"unknown op {op!r}"}, b""
-        header["seq"] = req.get("seq")
-        executor.write_reply(CALL_FD, header, out)
+            executor.next_call()
+            fresh = False
+        executor.load(image)
+        if self.arm_guard:
+            self.guard.arm()
+        header, out = executor.call(req, self.code, image)
+        header["compiled"] = fresh
+        return header, out
 
 
 def _control_socket(argv: list[str]) -> socket.socket:
