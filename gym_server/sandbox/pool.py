@@ -1,14 +1,17 @@
-"""The gym's side of the sandbox: one template process inside the kernel boundary, and a fresh process forked
-from it for every call.
+"""The gym's side of the sandbox: one template process inside the kernel boundary, and the processes forked
+from it that run arena code.
 
-No call runs in a process that ran arena code before, so nothing one episode's (or one arena's) code does
-survives into another call: the state image a call returns is the only thing that flows on. Forks stay off the
-critical path: `workers` processes are kept forked and waiting, each call takes one and asks for a replacement,
-and a call's request is written into its socket even before the template has forked the process behind it.
+An episode's calls to one arena run in one process forked for that episode and arena alone (`owner`), reused
+only for that pair and closed when the episode ends; any other request (initial states, validation,
+synthesis) gets a fresh process of its own. No call runs in a process that ran arena code for another episode
+or another arena, so the state image a call returns is the only thing that flows between them. Forks stay off
+the critical path: `workers` processes are kept forked, warmed up and waiting, each new owner takes one and
+asks for a replacement, and a request is written into its socket even before the template has forked the
+process behind it.
 
 Calls are bounded everywhere the gym waits: a free slot (`max_active` calls at once, first come first served,
 within `queue_timeout_s`), the call itself (`call_timeout_s` wall clock, then the process is killed), and the
-reply (result size and depth). A cancelled call (the client gave up) kills its process.
+reply (result size and depth). A cancelled call kills its process.
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
-"""The template: the one long-lived process inside the sandbox. It never runs arena code; it forks a fresh
-process for every call.
+"""The template: the one long-lived process inside the sandbox. It never runs arena code; it forks the processes
+that do.
 
 Started by the gym (`gym_server.sandbox.launch`) inside bubblewrap's namespaces, or in a container, as
 
     python -I -S -B -c "...; template.main()" --fd N | --connect PATH [--drop UID:GID]
 
 It talks to the gym over one SOCK_SEQPACKET control socket: `init` (limits and the two seccomp programs), then
-`spawn` (with the socket of a call's process attached), `kill` and `cache` (a code object to compile once, so
+`spawn` (with the socket of a new process attached), `kill` and `cache` (a code object to compile once, so
 that processes forked later inherit it compiled). It answers `ready` (the isolation it finds itself under) and
-`exited` (how each call's process ended).
+`exited` (how a process ended, when it did not end by answering).
 
-A call's process, right after the fork: keeps only its own socket, takes its limits (address space, CPU, no
+A forked process, right after the fork: keeps only its own socket, takes its limits (address space, CPU, no
 files, no core), opens its SQLite handle, stacks the call filter (an allow-list: no fork, no files, no
-sockets, no signal handlers, no signals but to itself), reads its one request, arms the audit hook, runs the
-arena code, replies and exits. Nothing it does can reach another call.
+sockets, no signal handlers, no signals but to itself), warms up, and serves: the first call binds it to one
+arena's code; it serves that episode's later calls to that arena (the gym sends nothing else to it) until the
+gym closes its socket or its CPU budget is half spent. Requests without `keep` get a process to themselves.
 """
 
 from __future__ import annotations
