@@ -259,3 +259,17 @@ async def test_a_reused_process_keeps_a_cpu_budget_per_call_and_idle_processes_a
         assert not spun.ok and "CPU" in spun.error
         again = await pool.call(ATTACKS_SOURCE, "check", {}, state, owner="c/x")
         assert again.ok and again.result == CLEAN
+
+
+async def test_waiting_for_a_slot_has_a_deadline():
+    async with SandboxPool(SandboxConfig(**{**LIMITS, "max_active": 1, "queue_timeout_s": 0.3})) as pool:
+        state = await pool.build_state(WORLD)
+        sleeper = asyncio.create_task(pool.call(ATTACKS_SOURCE, "sleep_forever", {}, state))
+        await asyncio.sleep(0.1)
+        started = time.perf_counter()
+        with pytest.raises(SandboxUnavailable, match="busy"):
+            await pool.call(ATTACKS_SOURCE, "echo", {"text": "x"}, state)
+        assert time.perf_counter() - started < 1.0
+        sleeper.cancel()
+        await asyncio.gather(sleeper, return_exceptions=True)
+        assert (await pool.call(ATTACKS_SOURCE, "echo", {"text": "x"}, state)).result == "x"

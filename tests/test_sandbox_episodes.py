@@ -5,6 +5,7 @@ other arenas served in its own episode (distractor tools); oversized results are
 from __future__ import annotations
 
 import ast
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,3 +118,22 @@ async def test_an_episodes_log_is_bounded(http):
         log = (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).json()
     assert [a.is_error for a in answers] == [False, False, False, True, True]
     assert "Call refused" in result_text(answers[3]) and len(log["calls"]) == 3
+
+
+async def test_a_busy_sandbox_is_a_protocol_error_not_a_logged_call(http, tmp_path):
+    from mcp.shared.exceptions import MCPError
+
+    store = tmp_path / "attacks.jsonl"
+    store.write_text(attacks_arena().model_dump_json(by_alias=True) + "\n")
+    config = ServeConfig(port=0, arenas=[str(store)], sandbox=SandboxConfig(workers=1, max_active=1, queue_timeout_s=0.3, call_timeout_s=2.0))
+    with GymThread(config) as gym:
+        sleeper, waiter = await new_episode(http, gym, "kernel-attacks"), await new_episode(http, gym, "kernel-attacks")
+        async with mcp_session(http, sleeper["mcp_url"]) as slow, mcp_session(http, waiter["mcp_url"]) as client:
+            holding = asyncio.create_task(slow.call_tool("sleep_forever", {}))  # takes the only slot for 2 s
+            await asyncio.sleep(0.3)
+            with pytest.raises(MCPError, match="busy"):
+                await client.call_tool("echo", {"text": "x"})
+            assert (await holding).is_error  # killed at the wall clock: the arena's own fault, logged
+            assert result_json(await client.call_tool("echo", {"text": "x"})) == "x"
+        log = (await http.get(f"{gym.url}/api/episodes/{waiter['episode_id']}")).json()
+    assert [c["tool"] for c in log["calls"]] == ["echo"]  # the refused call was never a call
