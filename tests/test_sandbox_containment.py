@@ -273,3 +273,13 @@ async def test_waiting_for_a_slot_has_a_deadline():
         sleeper.cancel()
         await asyncio.gather(sleeper, return_exceptions=True)
         assert (await pool.call(ATTACKS_SOURCE, "echo", {"text": "x"}, state)).result == "x"
+
+
+async def test_a_call_cannot_leave_a_huge_state_nor_an_idle_process_holding_memory(pool):
+    state = await pool.build_state(WORLD)
+    grown = await pool.call(ATTACKS_SOURCE, "grow_state", {}, state, owner="mem/attacks")
+    assert not grown.ok and "limit is" in grown.error and grown.state is None
+    held = await pool.call(ATTACKS_SOURCE, "hold_memory", {}, state, owner="mem/attacks")
+    assert held.ok or pool.config.audit_hook  # the audit hook forbids nothing here: it is plain memory
+    assert "mem/attacks" not in pool._owned  # it grew past keep_rss_mb, so it retired instead of waiting
+    pool.release("mem")

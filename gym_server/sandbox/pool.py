@@ -58,15 +58,17 @@ class SandboxConfig(BaseModel):
         "Never for untrusted arenas; every call's log then says so.",
     )
     workers: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256, description="Call processes kept forked and waiting.")
-    max_active: int = Field(default=64, ge=1, le=4096, description="Calls running at once; more wait their turn, first come first served.")
+    max_active: int = Field(default=32, ge=1, le=4096, description="Calls running at once; more wait their turn, first come first served.")
     call_timeout_s: float = Field(default=10.0, gt=0, description="Wall-clock limit of one call.")
     queue_timeout_s: float = Field(default=30.0, gt=0, description="How long a call may wait for a free slot.")
     cpu_s: float = Field(default=5.0, gt=0, description="CPU-time limit of one call.")
-    memory_mb: int = Field(default=1024, ge=64, description="Address-space limit of a call's process.")
+    memory_mb: int = Field(default=512, ge=64, description="Address-space limit of each sandbox process.")
+    max_state_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Largest SQLite state image a call may leave.")
+    keep_rss_mb: int = Field(default=64, ge=16, description="A process whose resident memory peaked above this retires after its call instead of waiting for the episode's next one.")
     max_result_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest tool result (JSON bytes); larger is a tool error.")
     max_result_depth: int = Field(default=64, ge=2, le=512, description="Deepest nesting of a tool result.")
     max_idle_processes: int = Field(
-        default=256, ge=0, le=65536,
+        default=128, ge=0, le=65536,
         description="Processes kept between an episode's calls (one per episode and arena); the least recently used close first.",
     )
     audit_hook: bool = Field(
@@ -369,6 +371,7 @@ class SandboxPool:
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
                 c = self.config
                 settings = {"cpu_s": c.cpu_s, "memory_mb": c.memory_mb, "max_result_bytes": c.max_result_bytes,
+                            "max_state_bytes": c.max_state_bytes, "keep_rss_mb": c.keep_rss_mb,
                             "max_result_depth": c.max_result_depth, "audit_hook": c.audit_hook}  # fmt: skip
                 template.send({"op": "init", "settings": settings, "base_bpf_bytes": len(base)}, base + call)
                 message = await loop.sock_recv(ctl, MAX_CONTROL_BYTES)
@@ -570,7 +573,10 @@ class SandboxPool:
             return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed result")
         if _too_deep(result, self.config.max_result_depth):
             return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned a result nested deeper than {self.config.max_result_depth} levels")
-        return SandboxOutcome(ok=True, result=result, state=blob[n:] if reply.get("changed") is True else None)
+        state = blob[n:] if reply.get("changed") is True else None
+        if state is not None and len(state) > self.config.max_state_bytes:
+            return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
+        return SandboxOutcome(ok=True, result=result, state=state)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""

@@ -15,6 +15,7 @@ import json
 import json.encoder
 import json.scanner
 import os
+import resource
 import sqlite3
 import sys
 import time
@@ -87,10 +88,10 @@ class Executor:
     """The references one request needs after arena code has run, captured before it runs."""
 
     def __init__(self, guard: Guard, builtins_: dict[str, Any], code_cache: dict[str, Any], *, cpu_s: float,
-                 memory_mb: int, max_result_bytes: int, max_result_depth: int) -> None:  # fmt: skip
+                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int) -> None:  # fmt: skip
         self.guard, self.builtins, self.code_cache = guard, builtins_, code_cache
         self.cpu_s, self.memory_mb = cpu_s, memory_mb
-        self.max_result_bytes, self.max_result_depth = max_result_bytes, max_result_depth
+        self.max_result_bytes, self.max_result_depth, self.max_state_bytes = max_result_bytes, max_result_depth, max_state_bytes
         self._connect, self._compile, self._exec = sqlite3.connect, compile, exec
         self._process_time, self._string_io, self._sys = time.process_time, io.StringIO, sys
         self._scan = json.scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
@@ -105,6 +106,7 @@ class Executor:
         self._memoryview, self._describe = memoryview, describe
         self._no_such_function, self._cpu_limit, self._violation = _NoSuchFunction, CPULimitExceeded, SandboxViolation
         self._rejected = ResultRejected
+        self._rusage, self._rusage_self = resource.getrusage, resource.RUSAGE_SELF
         self._row_factory, self._deny, self._sql_error = _dict_row, _deny_attach, sqlite3.OperationalError
         self.cpu_deadline = 0.0
         self.conn = self._new_connection()
@@ -149,6 +151,11 @@ class Executor:
         conn.set_progress_handler(self._sql_deadline, 20_000)
         conn.set_authorizer(self._deny)
         return conn
+
+    def grown(self, limit_kb: int) -> bool:
+        """Whether this process's peak resident memory passed `limit_kb`: such a process retires after its reply,
+        so idle processes kept for episodes stay small."""
+        return self._rusage(self._rusage_self).ru_maxrss > limit_kb
 
     def next_call(self) -> None:
         """A fresh handle for the next call: nothing the last one left on its handle (TEMP tables, functions,
@@ -256,8 +263,11 @@ class Executor:
         try:
             text = self.run_limited(invoke)
             changed = conn.total_changes > 0
+            image = conn.serialize() if changed else b""
+            if self._len(image) > self.max_state_bytes:
+                return {"ok": False, "kind": "tool_error", "error": f"the call grew the state to {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
-            return header, (text + conn.serialize() if changed else text)
+            return header, text + image
         except self._rejected as exc:
             return {"ok": False, "kind": "tool_error", "error": f"tool returned a value the gym does not pass on: {exc}"}, b""
         except self._no_such_function:
@@ -298,7 +308,10 @@ class Executor:
 
         try:
             self.run_limited(build)
-            return {"ok": True}, conn.serialize()
+            image = conn.serialize()
+            if self._len(image) > self.max_state_bytes:
+                return {"ok": False, "kind": "tool_error", "error": f"initial state does not build: {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
+            return {"ok": True}, image
         except self._cpu_limit:
             return {"ok": False, "kind": "sandbox_error", "error": "CPU time limit exceeded building the state"}, b""
         except MemoryError:

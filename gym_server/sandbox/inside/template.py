@@ -238,6 +238,7 @@ class Template:
             executor = Executor(
                 self.guard, self.builtins, self.code_cache, cpu_s=float(s["cpu_s"]), memory_mb=int(s["memory_mb"]),
                 max_result_bytes=int(s["max_result_bytes"]), max_result_depth=int(s["max_result_depth"]),
+                max_state_bytes=int(s["max_state_bytes"]),
             )  # fmt: skip
             if self.call_bpf:
                 self.kernel.install_filter(self.call_bpf)
@@ -254,6 +255,7 @@ class Template:
         code (the first request binds it) for one episode; the gym sends other episodes and arenas elsewhere."""
         bound: str | None = None
         cpu_s, process_time = float(self.settings["cpu_s"]), executor._process_time
+        keep_kb = int(self.settings["keep_rss_mb"]) * 1024
         while True:
             try:
                 req, blob = executor.read_request(CALL_FD)
@@ -266,7 +268,9 @@ class Template:
                 if header.get("kind") == "need_source":
                     header["retire"] = False  # the gym sends the source on this same socket
                 else:
-                    header["retire"] = not req.get("keep") or process_time() > cpu_s or header.get("kind") == "need_fresh"
+                    header["retire"] = (
+                        not req.get("keep") or process_time() > cpu_s or header.get("kind") == "need_fresh" or executor.grown(keep_kb)
+                    )
             elif op == "build_state" and bound is None:
                 if self.arm_guard:
                     self.guard.arm()
