@@ -332,15 +332,16 @@ def main(argv: list[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     ctl = _control_socket(argv)
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
-    os.close(devnull)
     message = ctl.recv(MAX_CONTROL_BYTES)
     header, payload = _decode(message)
     if header.get("op") != "init":
         raise SystemExit("the first control message must be init")
     base_len = int(header["base_bpf_bytes"])
     template = Template(ctl, header["settings"], payload[:base_len], payload[base_len:])
+    os.dup2(devnull, 2)  # until here a failure's traceback reaches the gym, which names it in its error
+    os.close(devnull)
     template.serve()
 
 
