@@ -28,6 +28,7 @@ from gym_server.models import (
     EpisodeLog,
     FailureKind,
     FailurePolicy,
+    RewardBreakdown,
     ToolSpec,
 )
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -43,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 class EpisodeNotFound(KeyError):
     pass
+
+
+class EpisodeScored(Exception):
+    """The episode was scored: its tools answer no more."""
 
 
 class EpisodeRejected(ValueError):
@@ -93,12 +98,15 @@ class Episode:
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     emulator_history: list[dict[str, Any]] = field(default_factory=list)
     """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
-    """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
+    scored: RewardBreakdown | None = None
+    """The first score, which is final: later score requests return it, and the tools stop answering."""
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
-            created_at=self.created_at, calls=list(self.calls),
+            created_at=self.created_at, calls=list(self.calls), scored=self.scored,
         )  # fmt: skip
 
 
@@ -125,6 +133,9 @@ class EpisodeManager:
 
     def __len__(self) -> int:
         return len(self._episodes)
+
+    def __contains__(self, episode_id: str) -> bool:
+        return episode_id in self._episodes
 
     # -- arenas ------------------------------------------------------------------------------
     async def runtime(self, arena_id: str) -> ArenaRuntime:
@@ -231,6 +242,8 @@ class EpisodeManager:
     # -- calls -------------------------------------------------------------------------------
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
         async with episode.lock:
+            if episode.scored is not None:
+                raise EpisodeScored(episode.id)
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
             served = episode.tools.get(name)
