@@ -139,13 +139,17 @@ def test_serve_config_from_yaml(tmp_path: Path):
     path.write_text("port: 9123\nfailure_rate: 0.2\nsandbox:\n  workers: 3\n")
     config = ServeConfig.load(path, port=9000)
     assert config.port == 9000 and config.failure_rate == 0.2 and config.sandbox.workers == 3
+    path.write_text("token: op\nagent_tokens: [a, b]\nagent_arenas: ['offline-*']\nagent_limits: {live_episodes: 8, creations_per_minute: 60, burst: 8}\n")
+    config = ServeConfig.load(path)
+    assert config.agent_tokens == ["a", "b"] and config.agent_limits.live_episodes == 8 and config.operator_limits.live_episodes == 10_000
     path.write_text("prot: 1\n")
     with pytest.raises(ValidationError, match="prot"):
         ServeConfig.load(path)
 
 
 def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
-    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--workers", "1"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--agent-token", "ag3nt", "--agent-arena", "clinic-*", "--workers", "1"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         url = line.split(" at ")[1].split()[0]
@@ -162,6 +166,10 @@ def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
         assert httpx2.get(f"{url}/healthz", headers={"Authorization": "Bearer t0k"}).json()["arenas"] == 13
         assert httpx2.get(f"{url}/api/arenas").status_code == 401
         assert httpx2.get(f"{url}/api/arenas", headers={"Authorization": "Bearer t0k"}).status_code == 200
+        agent = {"Authorization": "Bearer ag3nt"}
+        assert httpx2.get(f"{url}/api/arenas/clinic-book-d02", headers=agent).status_code == 403  # no gold for agents
+        assert httpx2.post(f"{url}/api/episodes", json={"arena_id": "airline-seats-aa100"}, headers=agent).status_code == 403
+        assert httpx2.post(f"{url}/api/episodes", json={"arena_id": "clinic-book-d02"}, headers=agent).status_code == 201
     finally:
         proc.terminate()
         proc.wait(30)
