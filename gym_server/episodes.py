@@ -98,6 +98,7 @@ class Episode:
     upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
     emulator_history: list[dict[str, Any]] = field(default_factory=list)
     """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
+    """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
     key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
     scored: RewardBreakdown | None = None
@@ -200,11 +201,13 @@ class EpisodeManager:
         self._episodes[episode.id] = episode
         return episode
 
-    def get(self, episode_id: str) -> Episode:
+    def get(self, episode_id: str, touch: bool = True) -> Episode:
+        """`touch=False` looks without keeping the episode alive (a request not yet authorized must not)."""
         episode = self._episodes.get(episode_id)
         if episode is None:
             raise EpisodeNotFound(episode_id)
-        episode.last_used = time.monotonic()
+        if touch:
+            episode.last_used = time.monotonic()
         return episode
 
     def delete(self, episode_id: str) -> None:

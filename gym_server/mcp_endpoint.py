@@ -99,7 +99,7 @@ class EpisodeMCPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
         try:
-            episode = self.manager.get(episode_id)
+            episode = self.manager.get(episode_id, touch=False)
         except EpisodeNotFound:
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": f"episode {episode_id!r} does not exist (ended or expired)"}}
             await JSONResponse(body, status_code=404)(scope, receive, send)

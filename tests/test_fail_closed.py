@@ -142,3 +142,35 @@ async def test_toolbox_tells_a_refused_call_from_a_call_without_an_answer():
     box._client = Refusing(-32603)  # an internal error / HTTP 5xx: the gym failed, not the agent
     failed = await box.call("get_flight", {})
     assert failed.transport_error and box.transport_errors == ["the call to get_flight failed: MCP error -32603: refused get_flight"]
+
+
+async def test_a_grpo_rollout_the_gym_stops_serving_fails_instead_of_earning_a_reward(locked_gym):
+    import httpx2
+
+    from clients.rollout import EpisodeNotPlayed
+    from trainer.rollout import MCPRollout
+
+    manager = locked_gym.app.state.manager
+    before = set(manager._episodes)
+
+    class Tok:  # the smallest tokenizer the rollout needs; every turn "generates" one tool call
+        eos_token, eos_token_id = "<e>", 0
+
+        def apply_chat_template(self, messages, tools, tokenize, add_generation_prompt):
+            return "x"
+
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": [1]}
+
+        def decode(self, ids, skip_special_tokens):
+            return '<tool_call>{"name": "get_flight", "arguments": {"flight_id": "AA100"}}</tool_call>'
+
+    def generate(ids):  # the episode ends on the gym while the model thinks
+        for eid in set(manager._episodes) - before:
+            httpx2.delete(f"{locked_gym.url}/api/episodes/{eid}", headers={"Authorization": f"Bearer {TOKEN}"})
+        return [0], [0.0]
+
+    rollout = MCPRollout(locked_gym.url, max_turns=3, token=TOKEN)  # the token reaches REST; the MCP URL carries its key
+    prompt = [{"role": "user", "content": "q", "arena_id": "airline-seats-aa100"}]
+    with pytest.raises(EpisodeNotPlayed, match="does not exist"):
+        await rollout.play([prompt], Tok(), generate)

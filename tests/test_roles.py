@@ -173,3 +173,15 @@ def test_agent_tokens_need_an_operator_token_and_must_differ_from_it():
         ServeConfig(token=None, agent_tokens=["a"])
     with pytest.raises(ValueError, match="must not be the operator"):
         ServeConfig(token="same", agent_tokens=["same"])
+
+
+async def test_a_request_without_the_key_does_not_keep_an_episode_alive(locked, client):
+    episode = await create(client, OPERATOR)
+    held = locked.app.state.manager.get(episode["episode_id"])
+    held.last_used -= 1000.0  # idle for a while
+    stale = held.last_used
+    bare = episode["mcp_url"].split("?")[0]
+    assert (await client.post(f"{bare}?key=guess", json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 403
+    assert held.last_used == stale  # the TTL still runs: a stranger cannot pin episodes in memory
+    assert (await client.post(episode["mcp_url"], json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 200
+    assert held.last_used > stale

@@ -13,13 +13,14 @@ The arena of a prompt rides in its user message (`{"role": "user", "content": ..
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clients.agent import parse_arguments
-from clients.gym_client import GymClient
+from clients.gym_client import GymClient, GymError
 from clients.rollout import EpisodeNotPlayed
 from clients.tool_calls import parse_tool_calls
 from clients.toolbox import MCPToolbox, shared_http_client
@@ -153,7 +154,8 @@ class MCPRollout:
                 return await self._turns(gym, box, created.episode_id, user["content"], tokenizer, generate)
         finally:
             self.episodes_played += 1
-            await gym.delete(created.episode_id)
+            with contextlib.suppress(GymError):  # an episode already gone must not hide why the rollout failed
+                await gym.delete(created.episode_id)
 
     async def _turns(self, gym: GymClient, box: MCPToolbox, episode_id: str, question: str, tokenizer: Any, generate: GenerateFn) -> EpisodeTokens:
         tools = box.openai_tools()
