@@ -185,3 +185,11 @@ async def test_a_request_without_the_key_does_not_keep_an_episode_alive(locked, 
     assert held.last_used == stale  # the TTL still runs: a stranger cannot pin episodes in memory
     assert (await client.post(episode["mcp_url"], json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 200
     assert held.last_used > stale
+
+
+async def test_an_open_gym_still_needs_the_episodes_key_on_its_mcp_url(gym, http):
+    episode = (await http.post(f"{gym.url}/api/episodes", json={"arena_id": ARENA})).json()
+    bare = episode["mcp_url"].split("?")[0]
+    assert (await http.post(bare, json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 403
+    assert (await http.post(episode["mcp_url"], json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 200
+    assert "sandbox" in (await http.get(f"{gym.url}/healthz")).json()  # no token: everyone is the operator
