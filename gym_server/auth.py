@@ -68,9 +68,9 @@ class Authenticator:
         self._known: list[tuple[str, Principal]] = []
         if operator_token:
             self._known.append((operator_token, Principal(Role.operator, "operator")))
-        for token in agent_tokens or []:
-            fingerprint = hashlib.sha256(token.encode()).hexdigest()[:12]
-            self._known.append((token, Principal(Role.agent, f"agent:{fingerprint}")))
+        for i, token in enumerate(agent_tokens or [], 1):  # numbered: two tokens never share a quota or episodes
+            fingerprint = hashlib.sha256(token.encode()).hexdigest()[:8]
+            self._known.append((token, Principal(Role.agent, f"agent-{i}:{fingerprint}")))
 
     def identify(self, header: str | None) -> Principal | None:
         """The principal for an Authorization header, None for a missing or wrong token; always OPEN_GYM
