@@ -56,6 +56,11 @@ class GymClient:
             raise GymError(f"{method} {url}: {response.status_code}: {_message(response)}")
         return response
 
+    async def check_access(self) -> None:
+        """Raise `GymError` now if a gym is unreachable or refuses the token, before a long run depends on it."""
+        for url in self.urls:
+            await self._request("GET", f"{url}/api/arenas", params={"limit": 1})
+
     async def health(self) -> list[dict[str, Any]]:
         return [(await self._request("GET", f"{u}/healthz")).json() for u in self.urls]
 

@@ -231,9 +231,9 @@ def eval_(
         f"[bold]{o['episodes']}[/] episodes, {o['scored']} scored: reward {o['reward']:.3f}, recall {o['recall']:.3f}, "
         f"precision {o['precision']:.3f}, success {o['success_rate']:.1%}; infrastructure errors {o['errors']}"
     )
-    for cause, n in report["infrastructure_errors"]["causes"].items():
-        from rich.markup import escape
+    from rich.markup import escape
 
+    for cause, n in report["infrastructure_errors"]["causes"].items():
         err.print(f"[yellow]not played, not scored:[/] {n} x {escape(cause)}", highlight=False)
     console.print(f"report: {cfg.out / 'report.md'}")
 
@@ -511,6 +511,8 @@ def train_grpo(
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
 ) -> None:
     """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
+    from clients.gym_client import GymError
+    from clients.rollout import EpisodeNotPlayed
     from trainer.train import GRPORunConfig, run_grpo
 
     try:
@@ -521,7 +523,7 @@ def train_grpo(
                             keep_resume_state=keep_resume_state, resume=resume, vllm_server=vllm_server,
                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
         result = run_grpo(cfg)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, GymError, EpisodeNotPlayed) as exc:
         _fail(str(exc), code=1)
     console.print_json(json.dumps(result))
 

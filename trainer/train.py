@@ -7,6 +7,7 @@ no entropy term, F1 reward from the gym, Adaptive Batch Filling and banded distr
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,8 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
 
 
 def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
+    if config.gym:
+        asyncio.run(_check_gym(config.gym, config.token))
     import fnmatch
 
     from datasets import Dataset
@@ -178,6 +181,15 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
         if gym_thread is not None:
             gym_thread.stop()
     return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
+
+
+async def _check_gym(url: str, token: str | None) -> None:
+    """A wrong token or a dead gym fails the run now, not after the model loaded."""
+    from clients.gym_client import GymClient
+    from clients.toolbox import shared_http_client
+
+    async with shared_http_client(max_connections=4) as http:
+        await GymClient(url, http, token).check_access()
 
 
 def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:
