@@ -62,7 +62,8 @@ class Quotas:
         limits = self.limits_for(principal)
         account = self._account(principal)
         if len(account.owned) + account.pending >= limits.live_episodes:
-            account.owned = {eid for eid in account.owned if self.live(eid)}
+            # in place: a creation in flight holds this set's `add`, and its episode must not land in a stale copy
+            account.owned.difference_update([eid for eid in account.owned if not self.live(eid)])
             if len(account.owned) + account.pending >= limits.live_episodes:
                 raise QuotaExceeded(f"this token already holds {limits.live_episodes} live episodes (its quota); delete some", 1)
         now = time.monotonic()

@@ -13,7 +13,7 @@ from mcp.shared.exceptions import MCPError
 
 from gym_server.builtin import builtin_arenas
 from gym_server.config import ServeConfig
-from gym_server.quotas import TokenLimits
+from gym_server.quotas import QuotaExceeded, TokenLimits
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import GymThread
 from tests.conftest import mcp_session
@@ -193,3 +193,23 @@ async def test_an_open_gym_still_needs_the_episodes_key_on_its_mcp_url(gym, http
     assert (await http.post(bare, json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 403
     assert (await http.post(episode["mcp_url"], json=LIST_TOOLS, headers=MCP_HEADERS)).status_code == 200
     assert "sandbox" in (await http.get(f"{gym.url}/healthz")).json()  # no token: everyone is the operator
+
+
+def test_quota_pruning_keeps_an_episode_whose_creation_was_in_flight():
+    from gym_server.auth import Principal, Role
+    from gym_server.quotas import Quotas
+
+    live = {"b"}
+    quotas = Quotas(lambda p: TokenLimits(live_episodes=2, creations_per_minute=600, burst=10), live.__contains__)
+    agent = Principal(Role.agent, "agent-1")
+    with quotas.creating(agent) as owned:
+        owned("gone")  # an episode that has since ended
+    with quotas.creating(agent) as building_a:
+        with quotas.creating(agent) as building_b:  # at the limit: prunes "gone" while A is still being built
+            building_b("b")
+        live.add("a")
+        building_a("a")
+    assert quotas.owns(agent, "a") and quotas.owns(agent, "b") and not quotas.owns(agent, "gone")
+    with pytest.raises(QuotaExceeded, match="2 live episodes"):
+        with quotas.creating(agent):
+            pass
