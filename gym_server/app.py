@@ -100,6 +100,8 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         ttl_s=config.episode_ttl_s,
         max_episodes=config.max_episodes,
         max_argument_bytes=config.max_argument_bytes,
+        max_result_bytes=config.sandbox.max_result_bytes,
+        max_calls=config.max_calls_per_episode,
         default_failure=FailurePolicy(rate=config.failure_rate, kinds=config.failure_kinds, timeout_delay_s=config.timeout_delay_s),
     )
     manager = EpisodeManager(store, pool, limits)

@@ -23,6 +23,7 @@ app.add_typer(synth_app, name="synth")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+UNSAFE_HELP = "Run arena code without the kernel sandbox where bubblewrap, namespaces or seccomp are missing (trusted arenas only; every call's log says so). Also: ASTRA_GYM_UNSAFE_SANDBOX=1."
 ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="Arena sources: 'builtin', files, directories (repeatable).")]
 
 
@@ -49,13 +50,14 @@ def serve(
     workers: Annotated[Optional[int], typer.Option(help="Sandbox worker processes.")] = None,
     sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
     call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
+    unsafe_sandbox: Annotated[Optional[bool], typer.Option("--unsafe-sandbox", help=UNSAFE_HELP)] = None,
     upstream: Annotated[Optional[list[str]], typer.Option(help="Front a real MCP server: NAME=COMMAND or NAME=URL (repeatable).")] = None,
     otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp?key=KEY."""
     from gym_server.serve import serve as run
 
-    sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s}.items() if v is not None}
+    sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s, "unsafe": unsafe_sandbox}.items() if v is not None}
     try:
         cfg = ServeConfig.load(
             config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
@@ -130,9 +132,10 @@ def arenas_show(arena_id: str, arenas: ArenasOpt = None) -> None:
 def arenas_validate(
     paths: Annotated[Optional[list[str]], typer.Argument(help="Stores to validate (default: builtin).")] = None,
     workers: Annotated[int, typer.Option(help="Sandbox workers.")] = 2,
+    unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help=UNSAFE_HELP)] = False,
 ) -> None:
     """Check a store: schema, DAG, unique tool names, and every gold call run in the sandbox."""
-    from gym_server.sandbox.pool import SandboxConfig, SandboxPool
+    from gym_server.sandbox.pool import SandboxConfig, SandboxPool, SandboxUnavailable
     from gym_server.store import ArenaStore
     from gym_server.validation import validate_store
 
@@ -142,10 +145,13 @@ def arenas_validate(
         _fail(str(exc))
 
     async def run() -> list:
-        async with SandboxPool(SandboxConfig(workers=workers)) as pool:
+        async with SandboxPool(SandboxConfig(workers=workers, unsafe=True) if unsafe_sandbox else SandboxConfig(workers=workers)) as pool:
             return await validate_store(store, pool)
 
-    reports = asyncio.run(run())
+    try:
+        reports = asyncio.run(run())
+    except SandboxUnavailable as exc:
+        _fail(str(exc))
     bad = [r for r in reports if not r.ok]
     for r in bad:
         console.print(f"[red]✗[/] {r.arena_id}")

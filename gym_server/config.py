@@ -46,6 +46,7 @@ class ServeConfig(BaseModel):
     episode_ttl_s: float = Field(default=1800.0, gt=0, description="Idle episodes are deleted after this long.")
     max_episodes: int = Field(default=10_000, ge=1)
     max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
+    max_calls_per_episode: int = Field(default=500, ge=1, description="Calls one episode may make; later ones are refused unrun.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")

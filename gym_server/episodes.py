@@ -31,7 +31,7 @@ from gym_server.models import (
     RewardBreakdown,
     ToolSpec,
 )
-from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
+from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import ArgumentValidator, compile_validator
 from gym_server.store import ArenaStore
 from gym_server.upstreams import UpstreamConfig, UpstreamSession
@@ -42,8 +42,15 @@ _measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
 logger = logging.getLogger(__name__)
 
 
+_MAX_ERROR_CHARS = 4000
+
+
 class EpisodeNotFound(KeyError):
     pass
+
+
+class CallRefused(Exception):
+    """The call was not run: the episode may make no more calls."""
 
 
 class EpisodeScored(Exception):
@@ -116,6 +123,9 @@ class EpisodeLimits:
     ttl_s: float = 1800.0
     max_episodes: int = 10_000
     max_argument_bytes: int = 64 * 1024
+    max_result_bytes: int = 256 * 1024
+    max_calls: int = 500
+    """Calls one episode may log; later calls are refused unrun, so an episode's log has a size bound."""
     default_failure: FailurePolicy = field(default_factory=FailurePolicy)
 
 
@@ -244,17 +254,25 @@ class EpisodeManager:
 
     # -- calls -------------------------------------------------------------------------------
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
+        """Run and log one call. Raises `CallRefused` (the episode's log is full), `EpisodeScored` (the score is
+        final) and `SandboxUnavailable` (the sandbox cannot run anything now): none is a call the tool answered,
+        so none is logged or scored."""
         async with episode.lock:
             if episode.scored is not None:
                 raise EpisodeScored(episode.id)
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
+            if index >= self.limits.max_calls:
+                raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
             status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            if status is CallStatus.ok and len(_measure_arguments(result)) > self.limits.max_result_bytes:
+                status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.limits.max_result_bytes} bytes of JSON"
             entry = CallLogEntry(
-                index=index, tool=name, arguments=arguments, status=status, result=result, error=error,
-                injected=injected, source_arena=served.runtime.arena.id if served and served.distractor else None,
-                started_at=started, latency_ms=(time.perf_counter() - t0) * 1000,
+                index=index, tool=name, arguments=arguments, status=status, result=result,
+                error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
+                source_arena=served.runtime.arena.id if served and served.distractor else None,
+                started_at=started, latency_ms=(time.perf_counter() - t0) * 1000, unsafe_sandbox=self.pool.unsafe or None,
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
@@ -288,10 +306,7 @@ class EpisodeManager:
             return await self._forward(episode, arena.id, served.spec.name, arguments)
         if arena.kind == "emulator" and self.llm_emulator is not None:
             return await self._emulate_by_llm(episode, arena, served.spec, arguments)
-        try:
-            outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
-        except SandboxUnavailable as exc:
-            return CallStatus.sandbox_error, None, f"the sandbox is unavailable: {exc}", None
+        outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
         if not outcome.ok:
             status = CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error
             return status, None, outcome.error, None

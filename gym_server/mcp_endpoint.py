@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from gym_server.auth import episode_key_matches
-from gym_server.episodes import Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
+from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
 from gym_server.models import CallLogEntry, CallStatus
+from gym_server.sandbox.pool import SandboxUnavailable
 
 
 _current_episode: ContextVar[Episode | None] = ContextVar("astra_current_episode", default=None)
@@ -78,6 +79,10 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
             entry = await manager.call_tool(episode, params.name, params.arguments if params.arguments is not None else {})
         except EpisodeScored:
             raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
+        except CallRefused as exc:
+            return types.CallToolResult(content=[types.TextContent(type="text", text=f"Call refused: {exc}")], is_error=True)
+        except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
+            raise MCPError(types.INTERNAL_ERROR, f"the gym's sandbox cannot run tools right now: {exc}") from None
         return tool_result(entry)
 
     server = Server(

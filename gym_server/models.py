@@ -223,6 +223,8 @@ class CallLogEntry(BaseModel):
     """Set when the tool is a distractor from another arena."""
     started_at: float
     latency_ms: float
+    unsafe_sandbox: bool | None = None
+    """True when the gym ran this call's arena code without its kernel sandbox (`--unsafe-sandbox`)."""
 
 
 class EpisodeLog(BaseModel):
