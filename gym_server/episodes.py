@@ -28,6 +28,7 @@ from gym_server.models import (
     EpisodeLog,
     FailureKind,
     FailurePolicy,
+    RewardBreakdown,
     ToolSpec,
 )
 from gym_server.sandbox.pool import SandboxPool
@@ -50,6 +51,10 @@ class EpisodeNotFound(KeyError):
 
 class CallRefused(Exception):
     """The call was not run: the episode may make no more calls."""
+
+
+class EpisodeScored(Exception):
+    """The episode was scored: its tools answer no more."""
 
 
 class EpisodeRejected(ValueError):
@@ -101,11 +106,15 @@ class Episode:
     emulator_history: list[dict[str, Any]] = field(default_factory=list)
     """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
     """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
+    scored: RewardBreakdown | None = None
+    """The first score, which is final: later score requests return it, and the tools stop answering."""
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
-            created_at=self.created_at, calls=list(self.calls),
+            created_at=self.created_at, calls=list(self.calls), scored=self.scored,
         )  # fmt: skip
 
 
@@ -135,6 +144,9 @@ class EpisodeManager:
 
     def __len__(self) -> int:
         return len(self._episodes)
+
+    def __contains__(self, episode_id: str) -> bool:
+        return episode_id in self._episodes
 
     # -- arenas ------------------------------------------------------------------------------
     async def runtime(self, arena_id: str) -> ArenaRuntime:
@@ -199,11 +211,13 @@ class EpisodeManager:
         self._episodes[episode.id] = episode
         return episode
 
-    def get(self, episode_id: str) -> Episode:
+    def get(self, episode_id: str, touch: bool = True) -> Episode:
+        """`touch=False` looks without keeping the episode alive (a request not yet authorized must not)."""
         episode = self._episodes.get(episode_id)
         if episode is None:
             raise EpisodeNotFound(episode_id)
-        episode.last_used = time.monotonic()
+        if touch:
+            episode.last_used = time.monotonic()
         return episode
 
     def delete(self, episode_id: str) -> None:
@@ -241,9 +255,12 @@ class EpisodeManager:
 
     # -- calls -------------------------------------------------------------------------------
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
-        """Run and log one call. Raises `CallRefused` (the episode's log is full) and `SandboxUnavailable` (the
-        sandbox cannot run anything now): neither is a call the tool answered, so neither is logged or scored."""
+        """Run and log one call. Raises `CallRefused` (the episode's log is full), `EpisodeScored` (the score is
+        final) and `SandboxUnavailable` (the sandbox cannot run anything now): none is a call the tool answered,
+        so none is logged or scored."""
         async with episode.lock:
+            if episode.scored is not None:
+                raise EpisodeScored(episode.id)
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
             if index >= self.limits.max_calls:

@@ -25,7 +25,8 @@ from mcp.shared.exceptions import MCPError
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound
+from gym_server.auth import episode_key_matches
+from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
 from gym_server.models import CallLogEntry, CallStatus
 from gym_server.sandbox.pool import SandboxUnavailable
 
@@ -76,6 +77,8 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
         episode = _episode_of(manager, ctx)
         try:
             entry = await manager.call_tool(episode, params.name, params.arguments if params.arguments is not None else {})
+        except EpisodeScored:
+            raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
         except CallRefused as exc:
             return types.CallToolResult(content=[types.TextContent(type="text", text=f"Call refused: {exc}")], is_error=True)
         except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
@@ -91,7 +94,8 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
 
 
 class EpisodeMCPEndpoint:
-    """ASGI endpoint for `/episodes/{episode_id}/mcp`: unknown episodes get a 404 before MCP sees them."""
+    """ASGI endpoint for `/episodes/{episode_id}/mcp?key=KEY`: unknown episodes get a 404 and a missing or
+    wrong key a 403 before MCP sees them (see gym_server.auth)."""
 
     def __init__(self, manager: EpisodeManager, sessions: StreamableHTTPSessionManager) -> None:
         self.manager = manager
@@ -100,10 +104,14 @@ class EpisodeMCPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
         try:
-            episode = self.manager.get(episode_id)
+            episode = self.manager.get(episode_id, touch=False)
         except EpisodeNotFound:
             body = {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": f"episode {episode_id!r} does not exist (ended or expired)"}}
             await JSONResponse(body, status_code=404)(scope, receive, send)
+            return
+        if not episode_key_matches(scope, episode.key):
+            message = "this episode's MCP URL needs its key (?key=...): use the mcp_url the episode's creation returned"
+            await JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": message}}, status_code=403)(scope, receive, send)
             return
         token = _current_episode.set(episode)
         try:

@@ -234,6 +234,8 @@ class EpisodeLog(BaseModel):
     failure: FailurePolicy
     created_at: float
     calls: list[CallLogEntry]
+    scored: RewardBreakdown | None = None
+    """The episode's final score, once it was scored."""
 
 
 class ScoreRequest(BaseModel):
