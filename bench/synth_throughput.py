@@ -24,7 +24,7 @@ from starlette.routing import Route  # noqa: E402
 
 from bench.gym_throughput import update_section  # noqa: E402
 from gym_server.serve import AppThread  # noqa: E402
-from synth.llm import LLMClient, LLMConfig  # noqa: E402
+from clients.llm import LLMClient, LLMConfig  # noqa: E402
 
 LATENCY_S = 0.2
 

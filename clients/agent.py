@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import httpx2
 
-from clients.chat_http import ChatHTTPError, post_chat_completion
+from clients.llm import ChatHTTPError, post_chat_completion
 from clients.records import Timings, TokenUsage
 from clients.toolbox import MCPToolbox
 

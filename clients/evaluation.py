@@ -26,6 +26,7 @@ from clients.policies import ChatPolicy, OraclePolicy, Policy, RandomPolicy, loc
 from clients.records import TrajectoryRecord
 from clients.rollout import run_episode
 from clients.toolbox import shared_http_client
+from gym_server.jsonl import read_rows
 
 TRAJECTORIES = "trajectories.jsonl"
 
@@ -74,17 +75,7 @@ def make_policy(config: EvalConfig, http: Any) -> Policy:
 
 
 def load_records(path: Path) -> list[TrajectoryRecord]:
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    records.append(TrajectoryRecord.model_validate_json(line))
-                except ValueError:
-                    continue  # a line cut short by a kill: that episode is simply played again
-    return records
+    return read_rows(path, TrajectoryRecord)  # a line cut short by a kill: that episode is simply played again
 
 
 async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:

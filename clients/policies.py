@@ -21,7 +21,6 @@ from clients.gym_client import GymClient
 from clients.records import Timings
 from clients.toolbox import MCPToolbox
 from gym_server.models import EpisodeCreated
-from gym_server.validation import gold_plan
 
 
 @dataclass
@@ -67,8 +66,7 @@ class OraclePolicy:
 
     async def play(self, ctx: EpisodeContext) -> AgentResult:
         arena = await ctx.gym.arena(ctx.arena_id)  # the admin view carries the gold calls
-        by_id = {s.id: s for s in arena.subtasks}
-        calls = [(by_id[i].gold_call.tool, dict(by_id[i].gold_call.arguments)) for i in gold_plan(arena)]  # type: ignore[union-attr]
+        calls = [(s.gold_call.tool, dict(s.gold_call.arguments)) for s in arena.gold_plan()]  # type: ignore[union-attr]
         return await _scripted(ctx, calls, arena.final_answer)
 
 

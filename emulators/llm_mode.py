@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gym_server.models import Arena, ToolSpec
+from clients.llm import LLMClient, LLMConfig, LLMError
+from gym_server.backends import ToolAnswer
+from gym_server.episodes import Episode
+from gym_server.models import Arena, ArenaKind, CallStatus, ToolSpec
 from gym_server.schemas import compile_validator
-from synth.llm import LLMClient, LLMError
 
 SYSTEM = (
     "You are the backend of the tool server {name!r}: {description}\n"
@@ -54,3 +56,39 @@ class LLMEmulator:
             if problem:
                 raise LLMError(f"the emulator model's result does not match {tool.name}'s output schema: {problem}")
         return True, result
+
+
+class LLMEmulatorBackend:
+    """The gym's backend for `emulator` arenas when a model plays them (`astra-gym emulate --llm-base-url`):
+    it replaces the schema emulator's sandboxed code. Each episode's calls and answers are its state."""
+
+    kinds: tuple[ArenaKind, ...] = ("emulator",)
+
+    def __init__(self, config: LLMConfig) -> None:
+        self.config = config
+        self._client: LLMClient | None = None
+        self._emulator: LLMEmulator | None = None
+        self._history: dict[str, list[dict[str, Any]]] = {}
+
+    async def start(self) -> list[Arena]:
+        self._client = await LLMClient(self.config).__aenter__()
+        self._emulator = LLMEmulator(self._client)
+        return []
+
+    async def call(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> ToolAnswer:
+        assert self._emulator is not None, "the gym starts its backends before serving"
+        history = self._history.setdefault(episode.id, [])
+        try:
+            ok, value = await self._emulator.respond(arena, history, tool, arguments)
+        except LLMError as exc:
+            return ToolAnswer(CallStatus.upstream_error, error=f"the emulator's model failed: {exc}")
+        history.append({"tool": tool.name, "arguments": arguments, "ok": ok, "answer": value})
+        return ToolAnswer.ok(value) if ok else ToolAnswer(CallStatus.tool_error, error=value)
+
+    def end(self, episode_id: str) -> None:
+        self._history.pop(episode_id, None)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None

@@ -1,8 +1,8 @@
 """The gym's ASGI app: REST contract of ../shared/DESIGN.md plus every episode's MCP endpoint.
 
-`create_app(config)` builds everything from the config alone (no globals), so tests start as many
-independent gyms as they like. The lifespan owns the sandbox pool, the MCP session manager and the
-idle-episode reaper.
+`create_app(config, backends)` builds everything from the config and the tool backends the assembling command
+passes in (no globals), so tests start as many independent gyms as they like. The lifespan owns the sandbox
+pool, the backends, the MCP session manager and the idle-episode reaper.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import fnmatch
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
+from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
@@ -79,21 +80,12 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
         raise _HTTPError(422, f"invalid {model.__name__} body", detail) from None
 
 
-async def _front_upstreams(config: ServeConfig, store: ArenaStore, manager: EpisodeManager) -> None:
-    from gym_server.upstreams import describe
-
-    for upstream in config.upstreams:
-        try:
-            arena = await describe(upstream)
-        except Exception as exc:
-            raise RuntimeError(f"upstream MCP server {upstream.name!r} ({upstream.command or upstream.url}) did not answer: {exc}") from exc
-        store.add([arena], source=f"upstream {upstream.name}")
-        manager.upstreams[arena.id] = upstream
-        logger.info("fronting MCP server %s as %s (%d tools)", upstream.name, arena.id, len(arena.tools))
-
-
-def create_app(config: ServeConfig | None = None) -> Starlette:
+def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> Starlette:
+    """`backends` serve the arena kinds the sandbox does not (fronted MCP servers, LLM emulators); each one's
+    `start` may add arenas to the store. Upstreams in the config with no backend for them are refused."""
     config = config or ServeConfig()
+    if config.upstreams and not any("upstream" in b.kinds for b in backends):
+        raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
     store = ArenaStore(config.arenas)
     pool = SandboxPool(config.sandbox)
     limits = EpisodeLimits(
@@ -104,35 +96,12 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         max_calls=config.max_calls_per_episode,
         default_failure=FailurePolicy(rate=config.failure_rate, kinds=config.failure_kinds, timeout_delay_s=config.timeout_delay_s),
     )
-    manager = EpisodeManager(store, pool, limits)
+    manager = EpisodeManager(store, pool, limits, backends)
     authenticator = Authenticator(config.token, config.agent_tokens)
     quotas = Quotas(lambda p: config.operator_limits if p.role is Role.operator else config.agent_limits, manager.__contains__)
     sessions = StreamableHTTPSessionManager(
         app=build_mcp_server(manager, otel_spans=config.otel_spans), json_response=True, stateless=True, max_request_body_size=config.max_request_bytes
     )
-
-    def handled(fn: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except _HTTPError as exc:
-                return error(exc.status, exc.message, exc.detail)
-            except EpisodeNotFound as exc:
-                return error(404, f"episode {exc.args[0]!r} does not exist (ended or expired)")
-            except ArenaNotFound as exc:
-                return error(404, f"arena {exc.args[0]!r} is not in this gym's store")
-            except InvalidArena as exc:
-                return error(422, str(exc))
-            except EpisodeRejected as exc:
-                return error(exc.status, str(exc))
-            except SandboxUnavailable as exc:
-                return error(503, f"the sandbox is unavailable: {exc}")
-            except Forbidden as exc:
-                return error(403, str(exc))
-            except QuotaExceeded as exc:
-                return error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-        return endpoint
 
     async def healthz(request: Request) -> Response:
         principal = principal_of(request)
@@ -203,16 +172,14 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await pool.start()
-        llm = None
+        started: list[ToolBackend] = []
         try:
-            await _front_upstreams(config, store, manager)
-            if config.emulator_llm is not None:
-                from emulators.llm_mode import LLMEmulator
-                from synth.llm import LLMClient
-
-                llm = await LLMClient(config.emulator_llm).__aenter__()
-                manager.llm_emulator = LLMEmulator(llm)
+            for backend in backends:
+                started.append(backend)
+                if arenas := await backend.start():
+                    store.add(arenas, source=f"{type(backend).__name__} ({', '.join(a.id for a in arenas)})")
         except BaseException:
+            await _close(started)
             await pool.close()
             raise
         reaper = asyncio.create_task(manager.run_expiry(min(30.0, config.episode_ttl_s / 4)))
@@ -222,27 +189,72 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         finally:
             reaper.cancel()
             await manager.close()
+            await _close(started)
             await pool.close()
-            if llm is not None:
-                await llm.__aexit__(None, None, None)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/arenas", handled(list_arenas), methods=["GET"]),
-        Route("/api/arenas/{arena_id:path}", handled(show_arena), methods=["GET"]),
-        Route("/api/episodes", handled(create_episode), methods=["POST"]),
-        Route("/api/episodes/{episode_id}", handled(episode_log), methods=["GET"]),
-        Route("/api/episodes/{episode_id}", handled(delete_episode), methods=["DELETE"]),
-        Route("/api/episodes/{episode_id}/score", handled(score), methods=["POST"]),
+        Route("/api/arenas", list_arenas, methods=["GET"]),
+        Route("/api/arenas/{arena_id:path}", show_arena, methods=["GET"]),
+        Route("/api/episodes", create_episode, methods=["POST"]),
+        Route("/api/episodes/{episode_id}", episode_log, methods=["GET"]),
+        Route("/api/episodes/{episode_id}", delete_episode, methods=["DELETE"]),
+        Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.config = config
     app.state.manager = manager
     app.state.store = store
     app.state.pool = pool
     app.add_middleware(BearerAuth, authenticator=authenticator)
     return app
+
+
+async def _close(backends: Sequence[ToolBackend]) -> None:
+    for backend in reversed(backends):
+        try:
+            await backend.close()
+        except Exception:
+            logger.exception("closing the tool backend %s failed", type(backend).__name__)
+
+
+def _answer(status: int, message: Any = str) -> Any:
+    """An exception handler that answers `status` with the contract's error body, worded by `message(exc)`."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        return error(status, message(exc))
+
+    return handle
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _HTTPError)
+    return error(exc.status, exc.message, exc.detail)
+
+
+async def _rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EpisodeRejected)
+    return error(exc.status, str(exc))
+
+
+async def _over_quota(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QuotaExceeded)
+    return error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+
+EXCEPTION_HANDLERS = {
+    _HTTPError: _http_error,
+    EpisodeNotFound: _answer(404, lambda exc: f"episode {exc.args[0]!r} does not exist (ended or expired)"),
+    ArenaNotFound: _answer(404, lambda exc: f"arena {exc.args[0]!r} is not in this gym's store"),
+    InvalidArena: _answer(422),
+    EpisodeRejected: _rejected,
+    SandboxUnavailable: _answer(503, lambda exc: f"the sandbox is unavailable: {exc}"),
+    Forbidden: _answer(403),
+    QuotaExceeded: _over_quota,
+}
+"""The REST routes' domain errors as the contract's `{"error", "detail"}` bodies (Starlette's exception
+middleware maps them; no route catches its own)."""
 
 
 def _agent_may_create(body: EpisodeCreate, exposed: list[str]) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from gym_server.schemas import SchemaError, compile_validator
 
 if TYPE_CHECKING:
     from gym_server.models import Arena
+
+
+class Node(Protocol):
+    """A sub-task as far as the dependency graph goes (an arena's `SubTask`, a synthesized QA item's)."""
+
+    id: str
+    depends_on: list[str]
 
 
 def dependency_cycle(edges: dict[str, list[str]]) -> list[str] | None:
@@ -56,6 +64,24 @@ def topological_order(edges: dict[str, list[str]]) -> list[str]:
     return order
 
 
+def graph_problems(subtasks: Sequence[Node]) -> list[str]:
+    """What makes a sub-task graph unusable: repeated ids, dependencies on unknown ids, cycles."""
+    problems: list[str] = []
+    ids = [s.id for s in subtasks]
+    dup_ids = sorted({i for i in ids if ids.count(i) > 1})
+    if dup_ids:
+        problems.append(f"duplicate sub-task ids: {dup_ids}")
+    known = set(ids)
+    for sub in subtasks:
+        missing = [d for d in sub.depends_on if d not in known]
+        if missing:
+            problems.append(f"sub-task {sub.id!r} depends on unknown sub-tasks {missing}")
+    cycle = dependency_cycle({s.id: [d for d in s.depends_on if d in known] for s in subtasks})
+    if cycle:
+        problems.append(f"dependency cycle: {' -> '.join(cycle)}")
+    return problems
+
+
 def structural_problems(arena: Arena) -> list[str]:
     problems: list[str] = []
     tool_names = [t.name for t in arena.tools]
@@ -68,17 +94,10 @@ def structural_problems(arena: Arena) -> list[str]:
             validators[tool.name] = compile_validator(tool.input_schema)
         except SchemaError as exc:
             problems.append(f"tool {tool.name!r}: inputSchema does not compile: {exc}")
-    ids = [s.id for s in arena.subtasks]
-    if not ids and arena.kind == "arena":  # emulators and upstreams serve tools with no questions
+    if not arena.subtasks and arena.kind == "arena":  # emulators and upstreams serve tools with no questions
         problems.append("no sub-tasks")
-    dup_ids = sorted({i for i in ids if ids.count(i) > 1})
-    if dup_ids:
-        problems.append(f"duplicate sub-task ids: {dup_ids}")
-    known = set(ids)
+    problems += graph_problems(arena.subtasks)
     for sub in arena.subtasks:
-        missing = [d for d in sub.depends_on if d not in known]
-        if missing:
-            problems.append(f"sub-task {sub.id!r} depends on unknown sub-tasks {missing}")
         if sub.gold_call is None:
             continue
         if sub.gold_call.tool not in validators:
@@ -88,9 +107,6 @@ def structural_problems(arena: Arena) -> list[str]:
         error = validators[sub.gold_call.tool].first_error(sub.gold_call.arguments)
         if error:
             problems.append(f"sub-task {sub.id!r}: gold arguments do not match the schema: {error}")
-    cycle = dependency_cycle({s.id: [d for d in s.depends_on if d in known] for s in arena.subtasks})
-    if cycle:
-        problems.append(f"dependency cycle: {' -> '.join(cycle)}")
     if arena.kind == "arena" and arena.subtasks and not any(s.gold_call for s in arena.subtasks):
         problems.append("no sub-task has a gold call: nothing to score")
     return problems

@@ -55,6 +55,7 @@ def serve(
     otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp?key=KEY."""
+    from clients.upstreams import upstream_backends
     from gym_server.serve import serve as run
 
     sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s, "unsafe": unsafe_sandbox}.items() if v is not None}
@@ -65,7 +66,7 @@ def serve(
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
         )  # fmt: skip
         if upstream:
-            from gym_server.upstreams import UpstreamConfig
+            from gym_server.config import UpstreamConfig
 
             cfg.upstreams.extend(UpstreamConfig.parse(u) for u in upstream)
     except (ValueError, OSError) as exc:
@@ -79,7 +80,7 @@ def serve(
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
     try:
-        run(cfg, on_ready=ready)
+        run(cfg, on_ready=ready, backends=upstream_backends(cfg))
     except OSError as exc:
         _fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
     except ValueError as exc:  # a store that cannot be read, a bad sandbox backend
@@ -286,9 +287,9 @@ def emulate(
 
     from emulators.compile import compile_server
     from gym_server.store import write_bundle
+    from clients.llm import LLMConfig
+    from emulators.llm_mode import LLMEmulatorBackend
     from synth.tooldocs import collect
-
-    from synth.llm import LLMConfig
 
     emulator_llm = None
     if llm_base_url:
@@ -303,14 +304,14 @@ def emulate(
     arenas = [compile_server(s, failure_rate) for s in servers]
     path = store or Path(tempfile.mkdtemp(prefix="astra-emulate-")) / "emulators.jsonl"
     write_bundle(arenas, path)
-    cfg = ServeConfig(host=host, port=port, arenas=[str(path)], token=token, episode_ttl_s=7 * 24 * 3600, emulator_llm=emulator_llm)
+    cfg = ServeConfig(host=host, port=port, arenas=[str(path)], token=token, episode_ttl_s=7 * 24 * 3600)
     import time
 
     import httpx2
 
     from gym_server.serve import GymThread
 
-    gym = GymThread(cfg)
+    gym = GymThread(cfg, [LLMEmulatorBackend(emulator_llm)] if emulator_llm else [])
     try:
         gym.start()
     except (RuntimeError, TimeoutError) as exc:
@@ -347,7 +348,7 @@ def _sft_command(stages: tuple[str, ...]):
         import yaml
         from pydantic import ValidationError
 
-        from synth.llm import LLMError
+        from clients.llm import LLMError
         from synth.pipeline import SFTSynthConfig, run_pipeline
 
         data = (yaml.safe_load(config.read_text()) or {}) if config else {}
@@ -400,7 +401,7 @@ def synth_arenas(
 
     if mode == "llm":
         from synth.arenas.llm_pipeline import LLMArenaConfig, run_llm_synthesis
-        from synth.llm import LLMConfig, LLMError
+        from clients.llm import LLMConfig, LLMError
 
         if not (llm_base_url and model):
             _fail("--mode llm needs --llm-base-url and --model")

@@ -12,8 +12,38 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gym_server.models import FailureKind
 from gym_server.quotas import TokenLimits
 from gym_server.sandbox.pool import SandboxConfig
-from gym_server.upstreams import UpstreamConfig
-from synth.llm import LLMConfig
+
+
+class UpstreamConfig(BaseModel):
+    """A real MCP server the gym fronts (`--upstream NAME=COMMAND` or `NAME=URL`). Only the operator's config
+    names one, never an arena store: starting a command is the operator's decision. The backend that talks to
+    it is `clients.upstreams.UpstreamBackend`, wired in by the command that assembles the app."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    command: str | None = Field(default=None, description="stdio server command line")
+    url: str | None = Field(default=None, description="Streamable HTTP endpoint")
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> UpstreamConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an upstream needs exactly one of command or url")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str) -> UpstreamConfig:
+        """`NAME=COMMAND ...` or `NAME=http(s)://...`."""
+        name, sep, target = spec.partition("=")
+        if not sep or not target.strip():
+            raise ValueError(f"upstream {spec!r}: expected NAME=COMMAND or NAME=URL")
+        target = target.strip()
+        if target.startswith(("http://", "https://")):
+            return cls(name=name.strip(), url=target)
+        return cls(name=name.strip(), command=target)
+
+    @property
+    def arena_id(self) -> str:
+        return f"mcp-{self.name}"
 
 
 class ServeConfig(BaseModel):
@@ -50,7 +80,6 @@ class ServeConfig(BaseModel):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
-    emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
     log_level: str = "info"
 

@@ -14,11 +14,13 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
 
+from gym_server.backends import SandboxBackend, ToolBackend
 from gym_server.failures import MESSAGES, injected_failure
 from gym_server.models import (
     Arena,
@@ -34,7 +36,6 @@ from gym_server.models import (
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import ArgumentValidator, compile_validator
 from gym_server.store import ArenaStore
-from gym_server.upstreams import UpstreamConfig, UpstreamSession
 
 _measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
 """The size check's serializer, built once: `json.dumps` with options builds a new encoder on every call."""
@@ -102,10 +103,6 @@ class Episode:
     last_used: float = field(default_factory=time.monotonic)
     calls: list[CallLogEntry] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    upstreams: dict[str, UpstreamSession] = field(default_factory=dict)
-    emulator_history: list[dict[str, Any]] = field(default_factory=list)
-    """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
-    """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
     key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
     scored: RewardBreakdown | None = None
@@ -130,15 +127,17 @@ class EpisodeLimits:
 
 
 class EpisodeManager:
-    def __init__(self, store: ArenaStore, pool: SandboxPool, limits: EpisodeLimits | None = None) -> None:
+    def __init__(
+        self, store: ArenaStore, pool: SandboxPool, limits: EpisodeLimits | None = None, backends: Sequence[ToolBackend] = ()
+    ) -> None:  # fmt: skip
         self.store = store
         self.pool = pool
         self.limits = limits or EpisodeLimits()
         self._episodes: dict[str, Episode] = {}
-        self.upstreams: dict[str, UpstreamConfig] = {}
-        self.llm_emulator: Any = None
-        """An `emulators.llm_mode.LLMEmulator` when emulators answer by LLM instead of by schema."""
-        self._closing: set[asyncio.Task[None]] = set()
+        self.backends: dict[str, ToolBackend] = {}
+        """The backend of each arena kind: the sandbox's, then each passed one for the kinds it names."""
+        for backend in [SandboxBackend(pool), *backends]:
+            self.backends.update(dict.fromkeys(backend.kinds, backend))
         self._runtimes: OrderedDict[str, ArenaRuntime] = OrderedDict()
         self._building: dict[str, asyncio.Future[ArenaRuntime]] = {}
 
@@ -227,18 +226,13 @@ class EpisodeManager:
         self._release(episode)
 
     def _release(self, episode: Episode) -> None:
-        self.pool.release(episode.id)
-        for session in episode.upstreams.values():
-            task = asyncio.get_running_loop().create_task(session.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        episode.upstreams.clear()
+        for backend in {id(b): b for b in self.backends.values()}.values():
+            backend.end(episode.id)
 
     async def close(self) -> None:
         for episode in list(self._episodes.values()):
             self._release(episode)
         self._episodes.clear()
-        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def expire_idle(self) -> int:
         cutoff = time.monotonic() - self.limits.ttl_s
@@ -303,46 +297,8 @@ class EpisodeManager:
                 await asyncio.sleep(episode.failure.timeout_delay_s)
             return CallStatus.injected_failure, None, MESSAGES[kind], kind
         arena = served.runtime.arena
-        if arena.kind == "upstream":
-            return await self._forward(episode, arena.id, served.spec.name, arguments)
-        if arena.kind == "emulator" and self.llm_emulator is not None:
-            return await self._emulate_by_llm(episode, arena, served.spec, arguments)
-        outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
-        if not outcome.ok:
-            status = CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error
-            return status, None, outcome.error, None
-        if outcome.state is not None:
-            episode.states[arena.id] = outcome.state
-        return CallStatus.ok, outcome.result, None, None
-
-    async def _forward(self, episode: Episode, arena_id: str, name: str, arguments: dict[str, Any]) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
-        config = self.upstreams.get(arena_id)
-        if config is None:
-            return CallStatus.upstream_error, None, f"the MCP server behind {arena_id!r} is not configured on this gym", None
-        session = episode.upstreams.get(arena_id)
-        if session is None:
-            session = episode.upstreams[arena_id] = UpstreamSession(config)
-        try:
-            answer = await session.call(name, arguments)
-        except Exception as exc:  # the upstream did not start: every later call says so too
-            return CallStatus.upstream_error, None, f"the MCP server {config.name!r} is unreachable: {type(exc).__name__}: {exc}", None
-        if answer.transport_error:
-            return CallStatus.upstream_error, None, answer.text, None
-        if answer.is_error:
-            return CallStatus.tool_error, None, answer.text, None
-        if answer.structured is not None:
-            return CallStatus.ok, answer.structured, None, None
-        try:
-            return CallStatus.ok, json.loads(answer.text), None, None
-        except ValueError:
-            return CallStatus.ok, answer.text, None, None
-
-    async def _emulate_by_llm(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
-        from synth.llm import LLMError
-
-        try:
-            ok, value = await self.llm_emulator.respond(arena, episode.emulator_history, tool, arguments)
-        except LLMError as exc:
-            return CallStatus.upstream_error, None, f"the emulator's model failed: {exc}", None
-        episode.emulator_history.append({"tool": tool.name, "arguments": arguments, "ok": ok, "answer": value})
-        return (CallStatus.ok, value, None, None) if ok else (CallStatus.tool_error, None, value, None)
+        backend = self.backends.get(arena.kind)
+        if backend is None:
+            return CallStatus.upstream_error, None, f"this gym has no backend for {arena.kind} arenas such as {arena.id!r}", None
+        answer = await backend.call(episode, arena, served.spec, arguments)
+        return answer.status, answer.result, answer.error, None

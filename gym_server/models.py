@@ -16,6 +16,9 @@ ARENA_FORMAT_VERSION = 1
 JSONValue = Any
 """A JSON-serializable value (what tools take and return)."""
 
+ArenaKind = Literal["arena", "emulator", "upstream"]
+"""What serves an arena's tools: its own code (`arena`), a tool doc's emulator, or a fronted MCP server."""
+
 
 class ScenarioType(str, Enum):
     """ASTRA's four shapes of sub-question dependency graph."""
@@ -24,6 +27,31 @@ class ScenarioType(str, Enum):
     parallel_single_hop = "parallel_single_hop"
     multi_hop = "multi_hop"
     parallel_multi_hop = "parallel_multi_hop"
+
+
+class ToolAnnotations(BaseModel):
+    """MCP tool annotations: hints about what a call does. Clients use them to decide what is safe to repeat
+    (the toolbox retries a read-only or idempotent call after a transport error, never a writing one)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    title: str | None = None
+    read_only_hint: bool | None = Field(default=None, alias="readOnlyHint")
+    """The tool changes nothing."""
+    destructive_hint: bool | None = Field(default=None, alias="destructiveHint")
+    """A writing tool may delete or overwrite (rather than only add)."""
+    idempotent_hint: bool | None = Field(default=None, alias="idempotentHint")
+    """Calling it twice with the same arguments has no further effect."""
+    open_world_hint: bool | None = Field(default=None, alias="openWorldHint")
+    """It reaches beyond the episode's own world (a fronted real server); arenas and emulators are closed."""
+
+    @classmethod
+    def reading(cls, title: str | None = None) -> ToolAnnotations:
+        return cls(title=title, read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+    @classmethod
+    def writing(cls, title: str | None = None, destructive: bool = False) -> ToolAnnotations:
+        return cls(title=title, read_only_hint=False, destructive_hint=destructive, idempotent_hint=False, open_world_hint=False)
 
 
 class ToolSpec(BaseModel):
@@ -35,6 +63,16 @@ class ToolSpec(BaseModel):
     description: str = ""
     input_schema: dict[str, Any] = Field(alias="inputSchema")
     output_schema: dict[str, Any] | None = Field(default=None, alias="outputSchema")
+    annotations: ToolAnnotations | None = None
+
+    @classmethod
+    def from_mcp(cls, tool: dict[str, Any]) -> ToolSpec:
+        """A tool as another MCP server lists it: the fields the gym serves, annotation keys it knows."""
+        data = {k: tool[k] for k in ("name", "description", "inputSchema", "outputSchema") if tool.get(k) is not None}
+        hints = tool.get("annotations")
+        if isinstance(hints, dict):
+            data["annotations"] = {k: v for k, v in hints.items() if k in _ANNOTATION_KEYS}
+        return cls.model_validate(data)
 
     @field_validator("input_schema")
     @classmethod
@@ -42,6 +80,9 @@ class ToolSpec(BaseModel):
         if schema.get("type") != "object":
             raise ValueError("inputSchema must be a JSON Schema with type 'object'")
         return schema
+
+
+_ANNOTATION_KEYS = {f.alias or n for n, f in ToolAnnotations.model_fields.items()}
 
 
 class ServerDoc(BaseModel):
@@ -113,7 +154,7 @@ class Arena(BaseModel):
     SQLite connection (rows as dicts)."""
     initial_state: InitialState = Field(default_factory=InitialState)
     provenance: Provenance = Field(default_factory=Provenance)
-    kind: Literal["arena", "emulator", "upstream"] = "arena"
+    kind: ArenaKind = "arena"
     """An emulator serves a tool doc's tools, an upstream a real MCP server's; neither has questions to score."""
     failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     """This arena's default injected-failure rate (emulators: 0.2); an episode's own rate wins."""
@@ -126,6 +167,14 @@ class Arena(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def gold_plan(self) -> list[SubTask]:
+        """The sub-tasks with a gold call, each after everything it depends on (ties keep file order): the one
+        order the oracle plays, validation executes and scoring matches calls in."""
+        from gym_server.arena_checks import topological_order
+
+        scored = {s.id: s for s in self.scored_subtasks}
+        return [scored[i] for i in topological_order({s.id: s.depends_on for s in self.subtasks}) if i in scored]
 
     @property
     def tool_by_name(self) -> dict[str, ToolSpec]:
@@ -145,13 +194,6 @@ class ArenaSummary(BaseModel):
     n_subtasks: int
     n_tools: int
     language: str = "en"
-
-
-class ArenaPage(BaseModel):
-    items: list[ArenaSummary]
-    total: int
-    offset: int
-    limit: int
 
 
 class FailureKind(str, Enum):
@@ -259,8 +301,3 @@ class RewardBreakdown(BaseModel):
     final_answer_correct: bool | None = None
     """Whether the submitted final answer matches the arena's, under the same normalization; None if none
     was submitted. Reported, not part of the reward."""
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: Any = None

@@ -12,26 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gym_server.answers import answers_equal, result_contains_answer
-from gym_server.arena_checks import topological_order
 from gym_server.models import Arena, CallLogEntry, CallStatus, JSONValue, RewardBreakdown
 
 
 def score_episode(arena: Arena, calls: Sequence[CallLogEntry], final_answer: JSONValue = None) -> RewardBreakdown:
-    scored = {s.id: s for s in arena.scored_subtasks}
-    order = [i for i in topological_order({s.id: s.depends_on for s in arena.subtasks}) if i in scored]
+    plan = arena.gold_plan()
     used: set[int] = set()
     solved: list[str] = []
-    for sub_id in order:
-        sub = scored[sub_id]
+    for sub in plan:
         assert sub.gold_call is not None
         for call in calls:
             if call.index in used or call.status is not CallStatus.ok or call.source_arena is not None:
                 continue
             if call.tool == sub.gold_call.tool and result_contains_answer(sub.answer, call.result):
                 used.add(call.index)
-                solved.append(sub_id)
+                solved.append(sub.id)
                 break
-    n, n_hat, c = len(scored), len(solved), len(calls)
+    n, n_hat, c = len(plan), len(solved), len(calls)
     recall = n_hat / n if n else 0.0
     precision = n_hat / c if c else 0.0
     reward = 2 * precision * recall / (precision + recall) if n_hat else 0.0
@@ -42,6 +39,6 @@ def score_episode(arena: Arena, calls: Sequence[CallLogEntry], final_answer: JSO
         solved=n_hat,
         n_subtasks=n,
         tool_calls=c,
-        solved_subtasks=sorted(solved, key=order.index),
+        solved_subtasks=solved,
         final_answer_correct=None if final_answer is None else answers_equal(arena.final_answer, final_answer),
     )

@@ -9,11 +9,13 @@ import asyncio
 import secrets
 import socket
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
 from gym_server.app import create_app
+from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 
 
@@ -35,8 +37,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn(config: ServeConfig, **extra: Any) -> uvicorn.Server:
-    app = create_app(config)
+def _uvicorn(config: ServeConfig, backends: Sequence[ToolBackend], **extra: Any) -> uvicorn.Server:
+    app = create_app(config, backends)
     return uvicorn.Server(
         uvicorn.Config(
             app, log_level=config.log_level if config.log_level != "info" else "warning", access_log=False,
@@ -45,10 +47,10 @@ def _uvicorn(config: ServeConfig, **extra: Any) -> uvicorn.Server:
     )
 
 
-def serve(config: ServeConfig, on_ready: Any = None) -> None:
+def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBackend] = ()) -> None:
     """Serve in the foreground; `on_ready(url, app)` runs once the socket is bound and the store loaded."""
     sock = bind(config.host, config.port)
-    server = _uvicorn(config)
+    server = _uvicorn(config, backends)
     if on_ready is not None:
         host, port = sock.getsockname()[:2]
         on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", server.config.app)
@@ -104,15 +106,15 @@ class AppThread:
 class GymThread(AppThread):
     """A real gym on a loopback port (tests, demos, in-process evaluation and training)."""
 
-    def __init__(self, config: ServeConfig | None = None) -> None:
+    def __init__(self, config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> None:
         self.config = config or ServeConfig()
-        super().__init__(create_app(self.config), self.config.port, host=self.config.host)
+        super().__init__(create_app(self.config, backends), self.config.port, host=self.config.host)
 
     @classmethod
-    def private(cls, config: ServeConfig | None = None) -> GymThread:
+    def private(cls, config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> GymThread:
         """An in-process gym behind a fresh random operator token (`.config.token`): other users of the machine
         cannot drive it, and a token set in the environment for some other gym does not lock its own clients out."""
-        return cls((config or ServeConfig()).model_copy(update={"token": secrets.token_urlsafe(24), "agent_tokens": []}))
+        return cls((config or ServeConfig()).model_copy(update={"token": secrets.token_urlsafe(24), "agent_tokens": []}), backends)
 
     def start(self, timeout_s: float = 60.0) -> GymThread:
         super().start(timeout_s)

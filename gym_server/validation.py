@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from gym_server.answers import result_contains_answer
-from gym_server.arena_checks import topological_order
 from gym_server.models import Arena
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.store import ArenaStore, InvalidArena
@@ -24,12 +23,6 @@ class ValidationReport:
         return not self.problems
 
 
-def gold_plan(arena: Arena) -> list[str]:
-    """Sub-task ids with a gold call, in an order that respects dependencies (ties keep file order)."""
-    with_call = {s.id for s in arena.subtasks if s.gold_call}
-    return [i for i in topological_order({s.id: s.depends_on for s in arena.subtasks}) if i in with_call]
-
-
 async def validate_arena(arena: Arena, pool: SandboxPool) -> ValidationReport:
     report = ValidationReport(arena.id)
     try:
@@ -37,9 +30,8 @@ async def validate_arena(arena: Arena, pool: SandboxPool) -> ValidationReport:
     except ValueError as exc:
         report.problems.append(f"initial state: {exc}")
         return report
-    subtasks = {s.id: s for s in arena.subtasks}
-    for sub_id in gold_plan(arena):
-        call = subtasks[sub_id].gold_call
+    for sub in arena.gold_plan():
+        call, sub_id = sub.gold_call, sub.id
         assert call is not None
         outcome = await pool.call(arena.implementation, call.tool, call.arguments, state)
         if not outcome.ok:
@@ -47,9 +39,9 @@ async def validate_arena(arena: Arena, pool: SandboxPool) -> ValidationReport:
             return report  # later calls depend on this state; their failures would only echo this one
         if outcome.state is not None:
             state = outcome.state
-        if not result_contains_answer(subtasks[sub_id].answer, outcome.result):
+        if not result_contains_answer(sub.answer, outcome.result):
             report.problems.append(
-                f"sub-task {sub_id}: gold call {call.tool} returned {outcome.result!r}, not the answer {subtasks[sub_id].answer!r}"
+                f"sub-task {sub_id}: gold call {call.tool} returned {outcome.result!r}, not the answer {sub.answer!r}"
             )
     return report
 

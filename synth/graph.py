@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from gym_server.models import ServerDoc
-from synth.llm import LLMClient, LLMError
+from clients.llm import LLMClient, LLMError
 from synth.models import ToolChain, stable_id
 
 START = "<start>"

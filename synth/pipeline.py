@@ -22,9 +22,10 @@ from clients.agent import ChatEndpoint
 from clients.gym_client import GymClient
 from clients.toolbox import shared_http_client
 from emulators.compile import compile_server, emulator_id
+from gym_server.jsonl import append_rows, read_rows
 from gym_server.models import ServerDoc
 from synth.graph import sample_chains
-from synth.llm import LLMClient, LLMConfig
+from clients.llm import LLMClient, LLMConfig
 from synth.models import JudgedTrajectory, JudgeVerdict, SynthTask, ToolChain, stable_id
 from synth.tasks import TaskRules, tasks_for_server
 from synth.tooldocs import collect
@@ -54,28 +55,10 @@ class SFTSynthConfig(BaseModel):
     out: Path = Path("runs/sft")
 
 
-def _read(path: Path, model: type[BaseModel]) -> list[Any]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(model.model_validate_json(line))
-            except ValueError:
-                continue  # cut short by a kill: redone
-    return rows
-
-
-def _append(path: Path, rows: list[BaseModel]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("".join(r.model_dump_json() + "\n" for r in rows))
-        fh.flush()
-
-
 async def _servers(config: SFTSynthConfig) -> tuple[list[ServerDoc], dict[str, str]]:
     """The servers and, for each, the arena id rollouts use (emulator or fronted upstream)."""
-    from gym_server.upstreams import UpstreamConfig, describe
+    from clients.upstreams import describe
+    from gym_server.config import UpstreamConfig
 
     path = config.out / "servers.jsonl"
     arena_of: dict[str, str] = {}
@@ -112,7 +95,7 @@ async def run_pipeline(config: SFTSynthConfig, stages: tuple[Stage, ...] = STAGE
                 summary["trajectories"] = await _trajectories(config, llm, by_name, arena_of, progress)
         summary["llm"] = llm.usage.model_dump()
     if "export" in stages:
-        judged = apply_filter(_read(config.out / "trajectories.jsonl", JudgedTrajectory), config.min_reward, config.top_percent)
+        judged = apply_filter(read_rows(config.out / "trajectories.jsonl", JudgedTrajectory), config.min_reward, config.top_percent)
         summary["export"] = export_sft(judged, config.out / "sft", {s.name: {t.name for t in s.tools} for s in servers})
     (config.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -120,46 +103,46 @@ async def run_pipeline(config: SFTSynthConfig, stages: tuple[Stage, ...] = STAGE
 
 async def _chains(config: SFTSynthConfig, llm: LLMClient, servers: list[ServerDoc], progress: Progress) -> dict[str, int]:
     path = config.out / "chains.jsonl"
-    done = {c.server for c in _read(path, ToolChain)}
+    done = {c.server for c in read_rows(path, ToolChain)}
     todo = [s for s in servers if s.name not in done]
     task = progress.add_task("chains", total=len(todo))
     for server in todo:  # one write per server: a kill never leaves a server half-recorded
         chains = await sample_chains(llm, server, config.chains_per_server, config.seed, 2, config.max_chain_len)
-        _append(path, chains or [ToolChain(id=stable_id(server.name, "none"), server=server.name, tools=[], reason="no chain proposed")])
+        append_rows(path, chains or [ToolChain(id=stable_id(server.name, "none"), server=server.name, tools=[], reason="no chain proposed")])
         progress.advance(task)
-    rows = _read(path, ToolChain)
+    rows = read_rows(path, ToolChain)
     return {"verified": sum(c.verified for c in rows), "rejected": sum(not c.verified for c in rows)}
 
 
 async def _tasks(config: SFTSynthConfig, llm: LLMClient, by_name: dict[str, ServerDoc], progress: Progress) -> dict[str, int]:
     path = config.out / "tasks.jsonl"
-    chains = _read(config.out / "chains.jsonl", ToolChain)
-    done = {t.server for t in _read(path, SynthTask)}
+    chains = read_rows(config.out / "chains.jsonl", ToolChain)
+    done = {t.server for t in read_rows(path, SynthTask)}
     todo = [name for name in dict.fromkeys(c.server for c in chains) if name not in done and name in by_name]
     task = progress.add_task("tasks", total=len(todo))
     for name in todo:
         rows = await tasks_for_server(llm, by_name[name], [c for c in chains if c.server == name], config.task_rules, config.seed)
-        _append(path, rows)
+        append_rows(path, rows)
         progress.advance(task)
-    rows = _read(path, SynthTask)
+    rows = read_rows(path, SynthTask)
     return {"kept": sum(t.kept for t in rows), "rejected": sum(not t.kept for t in rows)}
 
 
 async def _trajectories(config: SFTSynthConfig, llm: LLMClient, by_name: dict[str, ServerDoc], arena_of: dict[str, str], progress: Progress) -> dict[str, int]:
-    from gym_server.config import ServeConfig
+    from clients.upstreams import upstream_backends
+    from gym_server.config import ServeConfig, UpstreamConfig
     from gym_server.serve import GymThread
     from gym_server.store import write_bundle
-    from gym_server.upstreams import UpstreamConfig
 
     path = config.out / "trajectories.jsonl"
-    done = {t.id for t in _read(path, JudgedTrajectory)}
-    tasks = [t for t in _read(config.out / "tasks.jsonl", SynthTask) if t.kept and t.id not in done and t.server in arena_of]
+    done = {t.id for t in read_rows(path, JudgedTrajectory)}
+    tasks = [t for t in read_rows(config.out / "tasks.jsonl", SynthTask) if t.kept and t.id not in done and t.server in arena_of]
     store = config.out / "emulators.jsonl"
     write_bundle([compile_server(s, config.failure_rate) for n, s in by_name.items() if arena_of[n].startswith("emu-")], store)
     gym_config = ServeConfig(port=0, arenas=[str(store)], upstreams=[UpstreamConfig.parse(u) for u in config.upstreams])
     bar = progress.add_task("rollouts", total=len(tasks))
     semaphore = asyncio.Semaphore(config.concurrency)
-    with GymThread.private(gym_config) as gym_thread:
+    with GymThread.private(gym_config, upstream_backends(gym_config)) as gym_thread:
         async with shared_http_client() as http:
             gym = GymClient(gym_thread.url, http, gym_thread.config.token)
             endpoint = ChatEndpoint(config.agent_base_url or config.llm.base_url, config.agent_model or config.llm.model, http)
@@ -170,11 +153,11 @@ async def _trajectories(config: SFTSynthConfig, llm: LLMClient, by_name: dict[st
                     record = await rollout(gym, http, endpoint, task, arena_of[task.server], max_turns=config.max_turns, seed=seed)
                     # a rollout the gym did not serve is not judged: it says nothing about the agent
                     verdict = JudgeVerdict(error=f"not played: {record.error}") if record.error else await judge(llm, task, record)
-                    _append(path, [JudgedTrajectory(id=task.id, task=task, record=record.model_dump(mode="json"), verdict=verdict)])
+                    append_rows(path, [JudgedTrajectory(id=task.id, task=task, record=record.model_dump(mode="json"), verdict=verdict)])
                     progress.advance(bar)
 
             await asyncio.gather(*(one(t) for t in tasks))
-    rows = _read(path, JudgedTrajectory)
+    rows = read_rows(path, JudgedTrajectory)
     failed = [r.record["error"] for r in rows if r.record.get("error")]
     if tasks and rows and len(failed) == len(rows):
         raise RuntimeError(f"no rollout could be played ({len(failed)} infrastructure errors); the first: {failed[0]}")

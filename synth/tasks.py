@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from gym_server.models import ServerDoc
 from synth.graph import ask_for_query, server_header, tool_list
-from synth.llm import LLMClient, LLMError
+from clients.llm import LLMClient, LLMError
 from synth.models import SynthTask, ToolChain, stable_id
 
 PERSONAS = [

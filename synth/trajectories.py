@@ -14,7 +14,7 @@ from clients.gym_client import GymClient
 from clients.policies import ChatPolicy
 from clients.records import TrajectoryRecord
 from clients.rollout import run_episode
-from synth.llm import LLMClient, LLMError
+from clients.llm import LLMClient, LLMError
 from synth.models import JUDGE_AXES, JudgedTrajectory, JudgeVerdict, SynthTask
 
 RUBRIC = {

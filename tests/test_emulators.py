@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,17 +34,10 @@ def _servers() -> list[ServerDoc]:
         {"type": "function", "function": {"name": "create_alert", "description": "Create a weather alert for a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "level": {"type": "integer"}}, "required": ["city"]}}},
         {"type": "function", "function": {"name": "list_alerts", "description": "List the weather alerts, by city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
     ]  # fmt: skip
-    path = FIXTURES.parent / "_weather.json"
-    servers.extend(detect_and_load(_write(path, weather))[0])
+    path = Path(tempfile.mkdtemp(prefix="astra-emulators-")) / "weather_tools.json"  # the file name names the server
+    path.write_text(json.dumps(weather))
+    servers.extend(detect_and_load(path)[0])
     return servers
-
-
-def _write(path: Path, data) -> Path:
-    import tempfile
-
-    target = Path(tempfile.mkdtemp()) / "weather_tools.json"
-    target.write_text(json.dumps(data))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,8 @@ def test_cli_emulate_serves_and_prints_mcp_urls(tmp_path):
 
         listed = httpx2.post(urls[0], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
                              headers={"Accept": "application/json, text/event-stream"}, timeout=30)  # fmt: skip
-        assert "create_ticket" in listed.text or "mean" in listed.text
+        names = {t["name"] for t in listed.json()["result"]["tools"]}
+        assert "create_ticket" in names and "mean" not in names  # the first URL serves the first doc's tools only
         assert len((tmp_path / "emu.jsonl").read_text().splitlines()) == 2
     finally:
         proc.terminate()
@@ -143,8 +138,9 @@ def test_cli_emulate_serves_and_prints_mcp_urls(tmp_path):
 
 
 async def test_llm_mode_answers_from_history_caches_and_fails_closed(gym, http, tmp_path):
+    from clients.llm import LLMConfig
+    from emulators.llm_mode import LLMEmulatorBackend
     from gym_server.serve import AppThread
-    from synth.llm import LLMConfig
     from tests.fixtures.scripted_llm import create_scripted_llm
 
     weather = [s for s in _servers() if s.name == "weather_tools"] + [s for s in _servers() if s.name == "ticket_api"]
@@ -152,9 +148,9 @@ async def test_llm_mode_answers_from_history_caches_and_fails_closed(gym, http, 
     write_bundle([compile_server(s) for s in weather], path)
     with AppThread(create_scripted_llm(gym.url)) as llm:
         async def session(model: str) -> list:
-            config = ServeConfig(port=0, arenas=[str(path)], sandbox=SandboxConfig(workers=1),
-                                 emulator_llm=LLMConfig(base_url=llm.url + "/v1", model=model, cache_path=tmp_path / "llm.sqlite"))  # fmt: skip
-            with GymThread(config) as emu:
+            config = ServeConfig(port=0, arenas=[str(path)], sandbox=SandboxConfig(workers=1))
+            backend = LLMEmulatorBackend(LLMConfig(base_url=llm.url + "/v1", model=model, cache_path=tmp_path / "llm.sqlite"))
+            with GymThread(config, [backend]) as emu:
                 episode = await new_episode(http, emu, "emu-weather_tools", failure_rate=0.0)
                 out = []
                 async with mcp_session(http, episode["mcp_url"]) as client:

@@ -12,7 +12,7 @@ from gym_server.serve import AppThread, GymThread
 from gym_server.store import write_bundle
 from gym_server.validation import validate_arena
 from synth.arenas.llm_pipeline import synthesize_arena
-from synth.llm import LLMClient, LLMConfig
+from clients.llm import LLMClient, LLMConfig
 from tests.fixtures.scripted_llm import create_scripted_llm
 
 

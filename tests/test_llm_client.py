@@ -1,11 +1,11 @@
-"""synth.llm: cache, retries, JSON extraction and repair, failures that never pass silently."""
+"""clients.llm: cache, retries, JSON extraction and repair, failures that never pass silently."""
 
 from __future__ import annotations
 
 import pytest
 
 from gym_server.serve import AppThread
-from synth.llm import LLMClient, LLMConfig, LLMError, extract_json
+from clients.llm import LLMClient, LLMConfig, LLMError, extract_json
 from tests.fixtures.scripted_llm import create_scripted_llm
 
 

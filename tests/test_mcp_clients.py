@@ -9,7 +9,6 @@ import pytest
 
 from gym_server.builtin import builtin_arenas
 from gym_server.models import Arena
-from gym_server.validation import gold_plan
 from tests.conftest import mcp_session, new_episode, result_json
 
 BUILTIN_IDS = [a.id for a in builtin_arenas()]
@@ -44,24 +43,27 @@ async def test_fastmcp_client_lists_and_calls_tools(gym, http):
     assert [c["status"] for c in log["calls"]] == ["ok", "invalid_arguments"]
 
 
-async def play_gold(http, gym, arena: Arena, mutate=None) -> dict:
+async def play_gold(http, gym, arena: Arena, mutate=None) -> tuple[dict, list[tuple[str, dict, bool]]]:
+    """Score of playing the gold plan (each call's arguments passed through `mutate`), and the calls made as
+    (tool, arguments, is_error)."""
     episode = await new_episode(http, gym, arena.id, seed=7)
-    subtasks = {s.id: s for s in arena.subtasks}
+    played = []
     async with mcp_session(http, episode["mcp_url"]) as client:
-        for sub_id in gold_plan(arena):
-            call = subtasks[sub_id].gold_call
+        for sub in arena.gold_plan():
+            call = sub.gold_call
             arguments = mutate(call.tool, dict(call.arguments)) if mutate else call.arguments
             result = await client.call_tool(call.tool, arguments)
-            assert mutate or not result.is_error, result
+            played.append((call.tool, arguments, bool(result.is_error)))
     scored = await http.post(f"{gym.url}/api/episodes/{episode['episode_id']}/score", json={"final_answer": arena.final_answer})
     assert scored.status_code == 200
-    return scored.json()
+    return scored.json(), played
 
 
 @pytest.mark.parametrize("arena_id", BUILTIN_IDS)
 async def test_oracle_plan_scores_one_on_every_builtin_arena(gym, http, arena_id):
     arena = Arena.model_validate((await http.get(f"{gym.url}/api/arenas/{arena_id}")).json())
-    score = await play_gold(http, gym, arena)
+    score, played = await play_gold(http, gym, arena)
+    assert not [p for p in played if p[2]], played
     assert score["reward"] == 1.0
     assert score["recall"] == 1.0 and score["precision"] == 1.0
     assert score["solved"] == score["n_subtasks"] == len(arena.scored_subtasks)
@@ -76,7 +78,10 @@ async def test_wrong_calls_score_below_one(gym, http):
             args["flight_id"] = "AA100"  # a real flight, just not the cheapest one
         return args
 
-    score = await play_gold(http, gym, arena, mutate=wrong_flight)
+    score, played = await play_gold(http, gym, arena, mutate=wrong_flight)
+    assert [(tool, args.get("flight_id"), failed) for tool, args, failed in played if "flight_id" in args] == [
+        (tool, "AA100", False) for tool, args, _ in played if "flight_id" in args
+    ] != []  # the wrong flight was played and every call on it succeeded: the tools answered, the plan was wrong
     assert score["reward"] < 1.0
     assert score["solved"] == 1  # only the search sub-task; the booking and seat count are of the wrong flight
 

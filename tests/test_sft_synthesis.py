@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gym_server.serve import AppThread
-from synth.llm import LLMConfig
+from clients.llm import LLMConfig
 from synth.pipeline import SFTSynthConfig, run_pipeline
 from tests.fixtures.scripted_llm import create_scripted_llm
 
@@ -92,7 +92,7 @@ def test_killed_pipeline_resumes_without_repeating_llm_requests(llm, tmp_path):
     partial = len(traj.read_text().splitlines())
     import sqlite3
 
-    from synth.llm import LLMClient, LLMConfig
+    from clients.llm import LLMClient, LLMConfig
 
     with sqlite3.connect(out / "llm-cache.sqlite") as db:
         cached = {row[0] for row in db.execute("SELECT key FROM responses")}

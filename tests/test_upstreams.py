@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from gym_server.config import ServeConfig
+from clients.upstreams import upstream_backends
+from gym_server.config import ServeConfig, UpstreamConfig
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import GymThread
-from gym_server.upstreams import UpstreamConfig
 from tests.conftest import mcp_session, new_episode
 
 TIME = f"{sys.executable} -m mcp_server_time --local-timezone UTC"
@@ -18,7 +18,7 @@ TIME = f"{sys.executable} -m mcp_server_time --local-timezone UTC"
 @pytest.fixture(scope="module")
 def fronting():
     config = ServeConfig(port=0, arenas=["builtin"], upstreams=[UpstreamConfig.parse(f"time={TIME}")], sandbox=SandboxConfig(workers=1))
-    with GymThread(config) as gym:
+    with GymThread(config, upstream_backends(config)) as gym:
         yield gym
 
 
@@ -50,6 +50,8 @@ async def test_fronted_server_gets_failure_injection(fronting, http):
 def test_dead_upstream_fails_startup_clearly():
     config = ServeConfig(port=0, upstreams=[UpstreamConfig.parse("ghost=/nonexistent/mcp-server")], sandbox=SandboxConfig(workers=1))
     with pytest.raises(RuntimeError, match="failed to start"):
-        GymThread(config).start(timeout_s=60)
+        GymThread(config, upstream_backends(config)).start(timeout_s=60)
+    with pytest.raises(ValueError, match="no upstream backend"):  # upstreams with nothing to serve them: refused
+        GymThread(config)
     with pytest.raises(ValueError, match="NAME=COMMAND"):
         UpstreamConfig.parse("no-equals-sign")

@@ -21,11 +21,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from gym_server.answers import answers_equal, result_contains_answer
-from gym_server.arena_checks import dependency_cycle
+from gym_server.arena_checks import graph_problems
+from gym_server.jsonl import read_rows
 from gym_server.models import Arena, InitialState, Provenance, ScenarioType
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import SchemaError, compile_validator
-from synth.llm import LLMClient, LLMConfig, LLMError
+from clients.llm import LLMClient, LLMConfig, LLMError
 from synth.models import stable_id
 
 CHECKS = ("dependency_consistency", "subquestion_atomicity", "sequential_rationality", "task_completeness", "tool_necessity")
@@ -71,17 +72,10 @@ class ArenaSynthRules(BaseModel):
     max_attempts: int = 3
 
 
-def structural_problems(item: QAItem, rules: ArenaSynthRules) -> list[str]:
+def shape_problems(item: QAItem, rules: ArenaSynthRules) -> list[str]:
+    """The arena's own graph checks, plus what the synthesis rules and the item's declared scenario demand."""
     ids = [s.id for s in item.subtasks]
-    problems = []
-    if len(set(ids)) != len(ids):
-        problems.append("duplicate sub-task ids")
-    missing = sorted({d for s in item.subtasks for d in s.depends_on if d not in ids})
-    if missing:
-        problems.append(f"dependencies on unknown sub-tasks {missing}")
-    cycle = dependency_cycle({s.id: [d for d in s.depends_on if d in ids] for s in item.subtasks})
-    if cycle:
-        problems.append(f"dependency cycle: {' -> '.join(cycle)}")
+    problems = graph_problems(item.subtasks)
     if not rules.min_hops <= len(ids) <= rules.max_hops:
         problems.append(f"{len(ids)} hops, outside [{rules.min_hops}, {rules.max_hops}]")
     depends = any(s.depends_on for s in item.subtasks)
@@ -112,7 +106,7 @@ async def synthesize_qa(llm: LLMClient, scenario: ScenarioType, domain: str, kno
 
 
 async def validate_qa(llm: LLMClient, item: QAItem, rules: ArenaSynthRules) -> QAItem:
-    problems = structural_problems(item, rules)
+    problems = shape_problems(item, rules)
     if problems:
         return item.model_copy(update={"kept": False, "reason": "; ".join(problems)})
     try:
@@ -301,15 +295,7 @@ async def run_llm_synthesis(config: LLMArenaConfig) -> dict[str, Any]:
         raise ValueError("give --knowledge FILE, a --domain or a --question")
     rejected_path = config.out.with_suffix(".rejected.jsonl")
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    for path in (config.out, rejected_path):
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # cut short by a kill: that attempt is made again
-                done.add(row.get("attempt") or (row.get("provenance") or {}).get("attempt"))
+    done = {row.get("attempt") or (row.get("provenance") or {}).get("attempt") for path in (config.out, rejected_path) for row in read_rows(path)}
     plan = [(i, config.scenarios[i % len(config.scenarios)], *sources[i % len(sources)]) for i in range(config.n)]
     semaphore = asyncio.Semaphore(config.concurrency)
     counts = {"kept": 0, "rejected": 0}

@@ -1,0 +1,76 @@
+"""Tool backends: what answers a validated, failure-checked call once the episode has decided to run it.
+
+The gym serves every tool through one protocol, whatever is behind it: sandboxed arena code (hand-written
+arenas and schema emulators, which are compiled code too), an LLM that plays a server (`emulators`), or a
+real MCP server the gym fronts (`clients`). The gym itself only knows the sandbox; the command that
+assembles the app passes the others in (`create_app(config, backends=[...])`), so `gym_server` imports no
+package above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from gym_server.models import Arena, ArenaKind, CallStatus, ToolSpec
+from gym_server.sandbox.pool import SandboxPool
+
+if TYPE_CHECKING:
+    from gym_server.episodes import Episode
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAnswer:
+    """A backend's answer: `ok` with a JSON result, or a status that says whose fault the error is."""
+
+    status: CallStatus
+    result: Any = None
+    error: str | None = None
+
+    @classmethod
+    def ok(cls, result: Any) -> ToolAnswer:
+        return cls(CallStatus.ok, result)
+
+
+@runtime_checkable
+class ToolBackend(Protocol):
+    kinds: tuple[ArenaKind, ...]
+    """The arena kinds it answers for; a later backend in `create_app`'s list wins a kind over an earlier one."""
+
+    async def start(self) -> list[Arena]:
+        """Open what it needs; the arenas it contributes to the store (a fronted server's tools), else []."""
+        ...
+
+    async def call(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> ToolAnswer: ...
+
+    def end(self, episode_id: str) -> None:
+        """The episode is gone: drop what the backend keeps for it (must not block; close in the background)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SandboxBackend:
+    """Arena code run in the sandbox against the episode's own SQLite image (the gym's built-in backend)."""
+
+    kinds: tuple[ArenaKind, ...] = ("arena", "emulator")
+
+    def __init__(self, pool: SandboxPool) -> None:
+        self.pool = pool
+
+    async def start(self) -> list[Arena]:
+        return []
+
+    async def call(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> ToolAnswer:
+        outcome = await self.pool.call(arena.implementation, tool.name, arguments, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
+        if not outcome.ok:
+            return ToolAnswer(CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error, error=outcome.error)
+        if outcome.state is not None:
+            episode.states[arena.id] = outcome.state
+        return ToolAnswer.ok(outcome.result)
+
+    def end(self, episode_id: str) -> None:
+        self.pool.release(episode_id)
+
+    async def close(self) -> None:
+        """The pool is the app's (it also builds initial states); the app's lifespan closes it."""
