@@ -27,6 +27,17 @@ from mcp.shared.exceptions import MCPError
 logger = logging.getLogger(__name__)
 
 
+class EndpointUnreachable(ConnectionError):
+    """Opening the MCP endpoint failed (nothing listens, the handshake failed): one clear error, not the SDK's
+    task-group wrapper around it."""
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def shared_http_client(max_connections: int = 512, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
     """The pool every toolbox and gym client of a run should share."""
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
@@ -85,8 +96,13 @@ class MCPToolbox:
             else:
                 self._client = await self._stack.enter_async_context(Client(self.target))
             await self.refresh_tools()
-        except BaseException:
+        except BaseException as exc:
             await self._stack.aclose()
+            cause = _leaf(exc)
+            if isinstance(cause, Exception) and not isinstance(cause, asyncio.CancelledError):
+                # an episode URL's query holds its key, which stays out of messages that reach records
+                shown = self.target.split("?", 1)[0] if isinstance(self.target, str) else " ".join([self.target.command, *self.target.args])
+                raise EndpointUnreachable(f"cannot open the MCP endpoint {shown}: {type(cause).__name__}: {cause}") from cause
             raise
         return self
 

@@ -15,7 +15,7 @@ from clients.evaluation import EvalAborted, EvalConfig, run_eval
 from clients.gym_client import GymClient, GymError
 from clients.policies import OraclePolicy, RandomPolicy, random_value
 from clients.rollout import run_episode
-from clients.toolbox import MCPToolbox
+from clients.toolbox import EndpointUnreachable, MCPToolbox
 from gym_server.serve import AppThread
 from tests.fixtures.scripted_llm import create_scripted_llm
 
@@ -157,6 +157,12 @@ async def test_toolbox_times_out_slow_calls_and_fails_clearly_on_dead_servers(gy
         slow = await box.call("spin", {})  # the sandbox needs ~1 s to stop it; the client gives up first
         assert slow.is_error and slow.transport_error == "timeout" and "timed out after 0.3 s" in slow.text
         assert not box._safe_to_retry("set_state")  # no readOnly/idempotent hint: a write is never repeated
-    with pytest.raises(Exception):
+    with pytest.raises(EndpointUnreachable, match=r"cannot open the MCP endpoint http://127\.0\.0\.1:9/mcp: ConnectError"):
         async with MCPToolbox.http_endpoint("http://127.0.0.1:9/mcp", http, retries=1):
             pass
+    gone = await new_episode(http, gym, "hostile")
+    assert (await http.delete(f"{gym.url}/api/episodes/{gone['episode_id']}")).status_code == 204
+    with pytest.raises(EndpointUnreachable, match="cannot open the MCP endpoint") as raised:
+        async with MCPToolbox.http_endpoint(gone["mcp_url"], http, retries=0):
+            pass
+    assert gone["mcp_url"].split("key=")[1] not in str(raised.value)  # the key never reaches a record

@@ -128,8 +128,8 @@ async def test_rollouts_the_gym_could_not_serve_are_not_judged_and_fail_the_stag
 
     private = GymThread.private.__func__  # type: ignore[attr-defined]
 
-    def unreachable(cls, config=None):  # MCP URLs that point nowhere, as a wrong --public-url would make them
-        gym = private(cls, config)
+    def unreachable(cls, config=None, backends=()):  # MCP URLs that point nowhere, as a wrong --public-url would make them
+        gym = private(cls, config, backends)
         gym.config.public_url = "http://127.0.0.1:9"
         return gym
 
