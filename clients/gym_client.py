@@ -61,9 +61,6 @@ class GymClient:
         for url in self.urls:
             await self._request("GET", f"{url}/api/arenas", params={"limit": 1})
 
-    async def health(self) -> list[dict[str, Any]]:
-        return [(await self._request("GET", f"{u}/healthz")).json() for u in self.urls]
-
     async def arenas(self, prefix: str | None = None, domain: str | None = None, scenario_type: str | None = None) -> list[ArenaSummary]:
         """Every arena of the first gym (all gyms behind one client are expected to serve the same store)."""
         out: list[ArenaSummary] = []

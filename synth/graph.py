@@ -9,10 +9,9 @@ import asyncio
 import json
 import random
 from collections import defaultdict
-from typing import Any
 
-from gym_server.models import ServerDoc
 from clients.llm import LLMClient, LLMError
+from gym_server.models import ServerDoc
 from synth.models import ToolChain, stable_id
 
 START = "<start>"
@@ -133,7 +132,3 @@ async def sample_chains(llm: LLMClient, server: ServerDoc, n: int, seed: int = 0
     for chain, (_, weight) in zip(chains, walks):
         chain.weight = weight
     return list(chains)
-
-
-def describe_graph(graph: dict[str, dict[str, float]]) -> dict[str, Any]:
-    return {"nodes": len({n for e in graph.values() for n in e} | set(graph) - {START}), "edges": sum(len(e) for e in graph.values())}

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gym_server.models import ScenarioType
+
 JUDGE_AXES = (
     "query_understanding",
     "planning",
@@ -70,5 +72,47 @@ class JudgedTrajectory(BaseModel):
     task: SynthTask
     record: dict[str, Any]
     verdict: JudgeVerdict
+    kept: bool = False
+    reason: str | None = None
+
+
+class Rejection(BaseModel):
+    server: str
+    tool: str | None = None
+    reason: str
+
+
+class FilterReport(BaseModel):
+    """What the tool-doc filter kept and dropped (`servers.report.json`)."""
+
+    servers_in: int = 0
+    servers_kept: int = 0
+    tools_in: int = 0
+    tools_kept: int = 0
+    rejected: list[Rejection] = Field(default_factory=list)
+
+
+class QASub(BaseModel):
+    """A sub-question of a synthesized QA item (what becomes an arena's sub-task)."""
+
+    id: str
+    question: str
+    answer: Any
+    depends_on: list[str] = Field(default_factory=list)
+
+
+class QAItem(BaseModel):
+    """A synthesized main question with its sub-question graph; a rejected one is kept in the rejected JSONL."""
+
+    id: str
+    scenario_type: ScenarioType
+    domain: str
+    language: str = "en"
+    question: str
+    answer: Any
+    subtasks: list[QASub]
+    source: str = ""
+    checks: dict[str, bool] = Field(default_factory=dict)
+    score: float | None = None
     kept: bool = False
     reason: str | None = None

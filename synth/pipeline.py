@@ -20,12 +20,12 @@ from rich.progress import Progress
 
 from clients.agent import ChatEndpoint
 from clients.gym_client import GymClient
+from clients.llm import LLMClient, LLMConfig
 from clients.toolbox import shared_http_client
 from emulators.compile import compile_server, emulator_id
 from gym_server.jsonl import append_rows, read_rows
 from gym_server.models import ServerDoc
 from synth.graph import sample_chains
-from clients.llm import LLMClient, LLMConfig
 from synth.models import JudgedTrajectory, JudgeVerdict, SynthTask, ToolChain, stable_id
 from synth.tasks import TaskRules, tasks_for_server
 from synth.tooldocs import collect

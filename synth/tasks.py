@@ -10,9 +10,9 @@ import random
 
 from pydantic import BaseModel
 
+from clients.llm import LLMClient, LLMError
 from gym_server.models import ServerDoc
 from synth.graph import ask_for_query, server_header, tool_list
-from clients.llm import LLMClient, LLMError
 from synth.models import SynthTask, ToolChain, stable_id
 
 PERSONAS = [

@@ -13,28 +13,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gym_server.models import ServerDoc, ToolSpec
 from gym_server.schemas import SchemaError, compile_validator
+from synth.models import FilterReport, Rejection
 
 _TYPE_MAP = {"dict": "object", "float": "number", "double": "number", "int": "integer", "long": "integer",
              "tuple": "array", "list": "array", "str": "string", "bool": "boolean"}  # fmt: skip
 _NAME = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-class Rejection(BaseModel):
-    server: str
-    tool: str | None = None
-    reason: str
-
-
-class FilterReport(BaseModel):
-    servers_in: int = 0
-    servers_kept: int = 0
-    tools_in: int = 0
-    tools_kept: int = 0
-    rejected: list[Rejection] = Field(default_factory=list)
 
 
 class QualityRules(BaseModel):

@@ -6,11 +6,10 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from clients.agent import ChatEndpoint, ModelEndpointError, run_agent
+from clients.agent import ChatEndpoint, ModelEndpointError
 from clients.evaluation import EvalAborted, EvalConfig, run_eval
 from clients.gym_client import GymClient, GymError
 from clients.policies import OraclePolicy, RandomPolicy, random_value

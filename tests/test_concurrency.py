@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from tests.conftest import mcp_session, new_episode, result_json
 
 

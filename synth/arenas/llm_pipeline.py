@@ -20,38 +20,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from clients.llm import LLMClient, LLMConfig, LLMError
 from gym_server.answers import answers_equal, result_contains_answer
 from gym_server.arena_checks import graph_problems
 from gym_server.jsonl import read_rows
 from gym_server.models import Arena, InitialState, Provenance, ScenarioType
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import SchemaError, compile_validator
-from clients.llm import LLMClient, LLMConfig, LLMError
-from synth.models import stable_id
+from synth.models import QAItem, QASub, stable_id
 
 CHECKS = ("dependency_consistency", "subquestion_atomicity", "sequential_rationality", "task_completeness", "tool_necessity")
-
-
-class QASub(BaseModel):
-    id: str
-    question: str
-    answer: Any
-    depends_on: list[str] = Field(default_factory=list)
-
-
-class QAItem(BaseModel):
-    id: str
-    scenario_type: ScenarioType
-    domain: str
-    language: str = "en"
-    question: str
-    answer: Any
-    subtasks: list[QASub]
-    source: str = ""
-    checks: dict[str, bool] = Field(default_factory=dict)
-    score: float | None = None
-    kept: bool = False
-    reason: str | None = None
 
 
 class SubEnvironment(BaseModel):
