@@ -51,7 +51,5 @@ def test_dead_upstream_fails_startup_clearly():
     config = ServeConfig(port=0, upstreams=[UpstreamConfig.parse("ghost=/nonexistent/mcp-server")], sandbox=SandboxConfig(workers=1))
     with pytest.raises(RuntimeError, match="failed to start"):
         GymThread(config, upstream_backends(config)).start(timeout_s=60)
-    with pytest.raises(ValueError, match="no upstream backend"):  # upstreams with nothing to serve them: refused
-        GymThread(config)
     with pytest.raises(ValueError, match="NAME=COMMAND"):
         UpstreamConfig.parse("no-equals-sign")
