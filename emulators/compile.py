@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from gym_server.models import Arena, InitialState, Provenance, ServerDoc
+from emulators.engine import DELETE, GET, LIST, UPDATE, _kind_and_verb
+from gym_server.models import Arena, InitialState, Provenance, ServerDoc, ToolAnnotations, ToolSpec
 
 ENGINE_SOURCE = (Path(__file__).parent / "engine.py").read_text()
 DEFAULT_FAILURE_RATE = 0.2
@@ -23,8 +24,20 @@ def emulator_id(server: ServerDoc) -> str:
     return "emu-" + re.sub(r"[^A-Za-z0-9_.\-]", "-", server.name)[:120]
 
 
+def annotated(tool: ToolSpec) -> ToolSpec:
+    """The tool with MCP hints that say what the engine does with its calls, unless its doc declared its own:
+    a get or list changes nothing; every other verb writes (an unknown one is recorded as an action), and an
+    update or delete overwrites. A client then repeats only what is safe to repeat."""
+    if tool.annotations is not None:
+        return tool
+    verb = _kind_and_verb(tool.name)[1]
+    hints = ToolAnnotations.reading() if verb in GET | LIST else ToolAnnotations.writing(destructive=verb in UPDATE | DELETE)
+    return tool.model_copy(update={"annotations": hints})
+
+
 def compile_server(server: ServerDoc, failure_rate: float = DEFAULT_FAILURE_RATE) -> Arena:
-    tools = {t.name: t.model_dump(by_alias=True, exclude_none=True) for t in server.tools}
+    served = [annotated(t) for t in server.tools]
+    tools = {t.name: t.model_dump(by_alias=True, exclude_none=True) for t in served}
     implementation = (
         ENGINE_SOURCE
         + "\n\nTOOLS = json.loads(" + repr(json.dumps(tools)) + ")\n\n\n"
@@ -33,7 +46,7 @@ def compile_server(server: ServerDoc, failure_rate: float = DEFAULT_FAILURE_RATE
     )
     return Arena(
         id=emulator_id(server), domain=server.domain or server.name, scenario_type="single_hop",
-        question=server.description or f"Tools of {server.title or server.name}", tools=server.tools,
+        question=server.description or f"Tools of {server.title or server.name}", tools=served,
         implementation=implementation, initial_state=STATE, kind="emulator", failure_rate=failure_rate,
         provenance=Provenance(source="emulator", generator="emulators.compile", notes=server.title or server.name),
     )  # fmt: skip

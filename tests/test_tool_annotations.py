@@ -96,3 +96,21 @@ async def test_a_read_only_call_is_retried_after_a_lost_answer_and_a_writing_cal
     assert len(box.transport_errors) == 1 and "book_flight" in box.transport_errors[0]
     log = (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).json()
     assert [c["tool"] for c in log["calls"]] == ["get_flight", "get_flight", "book_flight"]  # one booking, not two
+
+
+def test_emulated_tools_declare_what_the_engine_does_with_them():
+    from pathlib import Path
+
+    from emulators.compile import compile_server
+    from synth.tooldocs import detect_and_load
+
+    (server,) = detect_and_load(Path(__file__).parent / "fixtures" / "bfcl" / "ticket_api.json")[0]
+    hints = {t.name: t.annotations for t in compile_server(server).tools}
+    assert hints["get_ticket"].read_only_hint is True and hints["get_user_tickets"].read_only_hint is True
+    assert (hints["create_ticket"].read_only_hint, hints["create_ticket"].destructive_hint) == (False, False)
+    assert (hints["edit_ticket"].read_only_hint, hints["edit_ticket"].destructive_hint) == (False, True)
+    assert hints["close_ticket"].destructive_hint is True
+    assert hints["ticket_login"].read_only_hint is False  # a verb the engine does not know is recorded: a write
+    declared = server.tools[0].model_copy(update={"annotations": ToolSpec.from_mcp(
+        {"name": "x", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}).annotations})  # fmt: skip
+    assert compile_server(server.model_copy(update={"tools": [declared]})).tools[0].annotations.read_only_hint is True  # the doc wins
