@@ -25,7 +25,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ class SandboxConfig(BaseModel):
     sandbox_uid: int = Field(default=65534, ge=1, description="Host uid (and gid) of arena code when the gym runs as root.")
     docker_image: str = Field(default="astra-gym-sandbox:latest", description="Image with python3 for the docker backend.")
     docker_engine: str = Field(default="docker", description="The docker-compatible CLI (docker or podman).")
+    docker_runtime: str | None = Field(default=None, description="The engine's OCI runtime (podman: runc or crun); default: the engine's own.")
     start_timeout_s: float = Field(default=30.0, gt=0)
 
 
@@ -85,16 +85,6 @@ class SandboxOutcome:
     error: str | None = None
     state: bytes | None = None
     """The new SQLite image when the call changed the state, else None."""
-
-
-def docker_engine_reachable(engine: str = "docker", timeout_s: float = 3.0) -> bool:
-    if shutil.which(engine) is None:
-        return False
-    try:
-        done = subprocess.run([engine, "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def _own_namespaces() -> dict[str, int]:
@@ -132,6 +122,7 @@ class _Template:
     proc: asyncio.subprocess.Process
     ctl: socket.socket
     cleanup: list[str]
+    teardown: list[str]
     facts: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -211,8 +202,18 @@ class _Template:
             for fd in fds:
                 os.close(fd)
         self.outbox.clear()
-        for path in self.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+        await _remove(self.teardown, self.cleanup)
+
+
+async def _remove(teardown: list[str], cleanup: list[str]) -> None:
+    """Remove what outlives a killed launcher: a container (by name), the directories it used."""
+    if teardown:
+        with contextlib.suppress(Exception):
+            proc = await asyncio.create_subprocess_exec(*teardown, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            await asyncio.wait_for(proc.wait(), 30)
+    for path in cleanup:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(eq=False, slots=True)
@@ -245,6 +246,22 @@ class _Process:
                      signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGSYS: "a forbidden system call (SIGSYS)"}  # fmt: skip
             return names.get(sig, f"signal {sig}")
         return f"exit code {info.get('code')}"
+
+
+async def _accept(listener: socket.socket, launcher: asyncio.subprocess.Process) -> socket.socket:
+    """The template's connection, or EOFError as soon as its launcher (a container engine's CLI) exits without it."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    accept, exited = loop.create_task(loop.sock_accept(listener)), loop.create_task(launcher.wait())
+    try:
+        await asyncio.wait((accept, exited), return_when=asyncio.FIRST_COMPLETED)
+        if not accept.done():
+            raise EOFError
+        return accept.result()[0]
+    finally:
+        accept.cancel()
+        exited.cancel()
+        listener.close()
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -310,10 +327,11 @@ class SandboxPool:
     async def _start_template(self) -> _Template:
         c = self.config
         if c.backend == "docker":
-            if not docker_engine_reachable(c.docker_engine):
-                raise SandboxUnavailable(f"sandbox backend 'docker' was asked for, but `{c.docker_engine} info` does not answer")
-            launch = launching.container(c.docker_engine, c.docker_image, c.memory_mb, c.max_active + c.workers, c.sandbox_uid,
-                                         c.sandbox_uid, tempfile.mkdtemp(prefix="astra-sandbox-"))  # fmt: skip
+            try:
+                launch = await asyncio.to_thread(launching.container, c.docker_engine, c.docker_image, c.memory_mb, c.max_active + c.workers,
+                                                 c.sandbox_uid, c.sandbox_uid, tempfile.mkdtemp(prefix="astra-sandbox-"), c.docker_runtime)  # fmt: skip
+            except (RuntimeError, OSError) as exc:
+                raise SandboxUnavailable(f"sandbox backend 'docker' was asked for, but {exc}") from None
             return await self._launch(launch, filters=policy.available() is None)
         why = launching.bwrap_available() or policy.available()
         if why is None:
@@ -330,7 +348,7 @@ class SandboxPool:
         return await self._launch(launching.unsafe(), filters=policy.available() is None)
 
     async def _launch(self, launch: launching.Launch, filters: bool) -> _Template:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", **launch.env}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -338,6 +356,7 @@ class SandboxPool:
             )  # fmt: skip
         except OSError as exc:
             launch.gym_end.close()
+            await _remove(launch.teardown, launch.cleanup)
             raise SandboxUnavailable(f"the sandbox did not start: {exc}") from None
         finally:
             for end in launch.close_after_start:
@@ -348,11 +367,9 @@ class SandboxPool:
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 if launch.listener is not None:
-                    launch.listener.setblocking(False)
-                    ctl, _ = await loop.sock_accept(launch.listener)
-                    launch.listener.close()
+                    ctl = await _accept(launch.listener, proc)
                 ctl.setblocking(False)
-                template = _Template(launch.kind, proc, ctl, launch.cleanup)
+                template = _Template(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
                 c = self.config
                 settings = {"cpu_s": c.cpu_s, "memory_mb": c.memory_mb, "max_result_bytes": c.max_result_bytes,
@@ -377,6 +394,7 @@ class SandboxPool:
                 await template.stop()
             else:
                 ctl.close()
+                await _remove(launch.teardown, launch.cleanup)
             detail = stderr.decode(errors="replace").strip() or f"{type(exc).__name__}: {exc}"
             raise SandboxUnavailable(f"the {launch.kind} sandbox did not start: {detail}") from None
         loop.create_task(self._drain(proc))
