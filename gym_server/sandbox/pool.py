@@ -248,11 +248,14 @@ class _Process:
         return f"exit code {info.get('code')}"
 
 
-async def _accept(listener: socket.socket, launcher: asyncio.subprocess.Process) -> socket.socket:
-    """The template's connection, or EOFError as soon as its launcher (a container engine's CLI) exits without it."""
+async def _accept(launch: launching.Launch, launcher: asyncio.subprocess.Process) -> socket.socket:
+    """The template's connection, or EOFError as soon as its launcher (a container engine's CLI) exits without it.
+    The listening socket and its directory go at once: nobody else can connect later, and a gym that is killed
+    leaves nothing behind on the host."""
+    assert launch.listener is not None
     loop = asyncio.get_running_loop()
-    listener.setblocking(False)
-    accept, exited = loop.create_task(loop.sock_accept(listener)), loop.create_task(launcher.wait())
+    launch.listener.setblocking(False)
+    accept, exited = loop.create_task(loop.sock_accept(launch.listener)), loop.create_task(launcher.wait())
     try:
         await asyncio.wait((accept, exited), return_when=asyncio.FIRST_COMPLETED)
         if not accept.done():
@@ -261,7 +264,9 @@ async def _accept(listener: socket.socket, launcher: asyncio.subprocess.Process)
     finally:
         accept.cancel()
         exited.cancel()
-        listener.close()
+        launch.listener.close()
+        for path in launch.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -367,7 +372,7 @@ class SandboxPool:
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 if launch.listener is not None:
-                    ctl = await _accept(launch.listener, proc)
+                    ctl = await _accept(launch, proc)
                 ctl.setblocking(False)
                 template = _Template(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
@@ -389,6 +394,7 @@ class SandboxPool:
             stderr = b""
             with contextlib.suppress(Exception):
                 proc.kill()
+            with contextlib.suppress(Exception):  # also when it had exited already (an engine that refused to run it)
                 stderr = await asyncio.wait_for(proc.stderr.read(4096), 2) if proc.stderr else b""
             if template is not None:
                 await template.stop()
