@@ -69,6 +69,19 @@ async def pool(request, sandbox_image):
         yield pool
 
 
+def test_the_image_holds_an_interpreter_and_nothing_to_run_besides(sandbox_image):
+    probe = "import os, sys, importlib.util as u; print(sys.prefix, any(os.path.exists(p) for p in ('/bin/sh', '/usr/bin/apt', '/usr/bin/env')), u.find_spec('pip') is not None, u.find_spec('pydantic') is not None)"
+    done = podman("run", "--rm", "--network=none", *(["--runtime=runc"] if CONFIG["docker_runtime"] else []), sandbox_image, "python3", "-I", "-c", probe)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [launch.interpreter()[1], "False", "False", "False"]
+
+
+def test_a_stale_image_is_rebuilt_a_current_one_is_not(sandbox_image, monkeypatch):
+    assert image.is_current(ENGINE, sandbox_image) and image.build(ENGINE, sandbox_image) is False
+    monkeypatch.setattr(image, "fingerprint", lambda: "another-interpreter")
+    assert not image.is_current(ENGINE, sandbox_image)
+
+
 async def test_health_reports_the_container_and_the_isolation_in_force(pool):
     health = pool.health()
     assert health["backend"] == "docker" and not health["unsafe"] and health["alive"]
@@ -82,13 +95,14 @@ async def test_health_reports_the_container_and_the_isolation_in_force(pool):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid map is podman's own choice when rootless")
 async def test_the_host_sees_an_unprivileged_id_of_the_containers_own(pool):
     """Checked from the host, not from what the template says: the template is a process of an id no host user
-    has, under no_new_privs and seccomp, in another user namespace."""
+    has, under no_new_privs and seccomp, in namespaces of its own (the cgroup one too)."""
     pid = int(podman("inspect", "--format", "{{.State.Pid}}", container_of(pool)).stdout)
     status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
     assert status["Uid"].split() == [str(launch.CONTAINER_UID_BASE + 65534)] * 4
     assert status["CapEff"].strip() == "0000000000000000" and status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2" and int(status["Seccomp_filters"]) >= 2  # the engine's profile and the template's own
-    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    shared = [ns for ns in ("user", "pid", "net", "mnt", "ipc", "uts", "cgroup") if os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}")]
+    assert shared == []
 
 
 async def test_state_flows_through_the_container():

@@ -49,8 +49,8 @@ def _stdlib_files(prefix: str) -> Iterator[str]:
         if dirpath == root:
             dirnames[:] = [d for d in dirnames if d not in SKIPPED and not d.startswith("config-")]
         for name in filenames:
-            if name.endswith(".so") and name.startswith(SKIPPED_EXTENSIONS):
-                continue
+            if name.endswith(".so") and name.startswith(SKIPPED_EXTENSIONS) or ".opt-" in name:
+                continue  # optimized bytecode: the interpreter runs without -O
             yield os.path.join(dirpath, name)
 
 
@@ -117,8 +117,8 @@ def build(engine: str, tag: str = DEFAULT_TAG, force: bool = False) -> bool:
     """Build (import) the image unless a current one exists; True when it built one."""
     if not force and is_current(engine, tag):
         return False
-    python, prefix = interpreter()
-    argv = [engine, "import", "--change", f"ENV PATH=/usr/local/bin:/usr/bin:/bin", "--change", f"LABEL {LABEL}={fingerprint()}", "-", tag]
+    previous = _image_id(engine, tag)
+    argv = [engine, "import", "--change", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "--change", f"LABEL {LABEL}={fingerprint()}", "-", tag]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stdin is not None and proc.stderr is not None
     try:
@@ -132,7 +132,14 @@ def build(engine: str, tag: str = DEFAULT_TAG, force: bool = False) -> bool:
         raise ImageError(f"`{engine} import` failed: {error}")
     if not is_current(engine, tag):
         raise ImageError(f"`{engine} import` made {tag} without its label {LABEL}; the engine ignored --change")
+    if previous and previous != _image_id(engine, tag):  # the image this one replaces, unless a container still uses it
+        subprocess.run([engine, "rmi", previous], capture_output=True, timeout=60)
     return True
+
+
+def _image_id(engine: str, tag: str) -> str | None:
+    done = subprocess.run([engine, "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, timeout=60)
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

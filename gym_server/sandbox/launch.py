@@ -141,25 +141,19 @@ def container(
     template connects to a unix socket in a directory mounted (read-only) into it.
 
     With podman as root the container gets a user namespace of its own: ids 0-65535 inside are
-    `uid_base`... on the host, so arena code runs as an id no one else on the host has, and only that id (and
-    root) can reach the socket. Rootless podman always has one. Docker's user namespace is the daemon's choice
-    (`userns-remap`); without it the template reports the host's user namespace and the gym refuses to start."""
+    `uid_base`... on the host, so arena code runs as an id no one else on the host has (rootless podman always
+    maps the container's ids). Docker's user namespace is the daemon's choice (`userns-remap`); without one the
+    template reports the host's user namespace and the gym refuses to start (unless told `--unsafe-sandbox`)."""
     path, flavour = container_engine(engine)
     name = f"astra-sandbox-{secrets.token_hex(6)}"
     as_root = os.geteuid() == 0
-    host_uid, host_gid = (uid_base + uid, uid_base + gid) if flavour == "podman" and as_root else (uid, gid)
-    ctl = os.path.join(socket_dir, "ctl")
+    mounted = os.path.join(socket_dir, "run")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        listener.bind(ctl)
-        if as_root:  # only the container's own id (and root) may connect: a host process that got in first would be the "template"
-            os.chown(socket_dir, host_uid, host_gid)
-            os.chown(ctl, host_uid, host_gid)
-            os.chmod(socket_dir, 0o700)
-            os.chmod(ctl, 0o600)
-        else:  # rootless: the container's ids are subordinate ids the gym cannot name
-            os.chmod(socket_dir, 0o755)
-            os.chmod(ctl, 0o777)
+        os.chmod(socket_dir, 0o700)  # only the gym's own id (and root) can reach the socket from the host...
+        os.mkdir(mounted, 0o755)
+        listener.bind(os.path.join(mounted, "ctl"))
+        os.chmod(os.path.join(mounted, "ctl"), 0o777)  # ...and whatever id the engine maps the container to, from inside
         listener.listen(1)
     except OSError:
         listener.close()
@@ -167,11 +161,11 @@ def container(
         raise
     processes = max_processes + 8
     argv = [
-        path, "run", "--rm", f"--name={name}", "--pull=never", "--network=none", "--read-only", "--cap-drop=ALL",
+        path, "run", "--rm", f"--name={name}", "--pull=never", "--network=none", "--cgroupns=private", "--ipc=private", "--read-only", "--cap-drop=ALL",
         "--security-opt=no-new-privileges", f"--user={uid}:{gid}", f"--memory={memory_mb * (max_processes + 1)}m",
         f"--pids-limit={processes}", "--ulimit", "nofile=1024:1024", "--ulimit", f"nproc={processes}:{processes}",
         "--tmpfs", "/tmp:size=16m", "-e", "PYTHONHASHSEED=0",
-        "-v", f"{INSIDE}:{SANDBOX_ROOT}/inside:ro", "-v", f"{socket_dir}:/run/astra:ro",
+        "-v", f"{INSIDE}:{SANDBOX_ROOT}/inside:ro", "-v", f"{mounted}:/run/astra:ro",
     ]  # fmt: skip
     if runtime:
         argv.append(f"--runtime={runtime}")
