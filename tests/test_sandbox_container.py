@@ -71,7 +71,7 @@ async def pool(request, sandbox_image):
 
 def test_the_image_holds_an_interpreter_and_nothing_to_run_besides(sandbox_image):
     probe = "import os, sys, importlib.util as u; print(sys.prefix, any(os.path.exists(p) for p in ('/bin/sh', '/usr/bin/apt', '/usr/bin/env')), u.find_spec('pip') is not None, u.find_spec('pydantic') is not None)"
-    done = podman("run", "--rm", "--network=none", *(["--runtime=runc"] if CONFIG["docker_runtime"] else []), sandbox_image, "python3", "-I", "-c", probe)
+    done = podman("run", "--rm", "--network=none", "--ulimit=nofile=1024:1024", "--ulimit=nproc=64:64", *(["--runtime=runc"] if CONFIG["docker_runtime"] else []), sandbox_image, "python3", "-I", "-c", probe)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [launch.interpreter()[1], "False", "False", "False"]
 
