@@ -36,7 +36,6 @@ def _podman_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(bool(_podman_missing()), reason=_podman_missing() or "")
 CONFIG = dict(LIMITS, backend="docker", docker_engine=ENGINE, docker_runtime="runc" if shutil.which("runc") else None)
 
 
@@ -59,6 +58,10 @@ def container_of(pool: SandboxPool) -> str:
 
 @pytest.fixture(scope="session")
 def sandbox_image() -> str:
+    """Every test that needs podman asks for this, so where podman is missing they skip, saying why."""
+    missing = _podman_missing()
+    if missing:
+        pytest.skip(missing)
     image.build(ENGINE)  # a no-op while the image holds this interpreter
     return image.DEFAULT_TAG
 
@@ -105,7 +108,7 @@ async def test_the_host_sees_an_unprivileged_id_of_the_containers_own(pool):
     assert shared == []
 
 
-async def test_state_flows_through_the_container():
+async def test_state_flows_through_the_container(sandbox_image):
     source = "def get(db):\n    return db.execute('SELECT v FROM kv').fetchone()['v']\ndef put(db, v):\n    db.execute('UPDATE kv SET v = ?', (v,))\n    return v\n"
     async with SandboxPool(config(workers=1)) as pool:
         a = await pool.build_state(InitialState(ddl=["CREATE TABLE kv (v TEXT)"], rows={"kv": [{"v": "a"}]}))
@@ -142,7 +145,7 @@ async def test_a_sleeper_is_killed_at_the_wall_clock(pool):
     await assert_next_call_is_clean(pool, state)
 
 
-async def test_cpu_spinner_that_swallows_the_limit_is_killed_by_the_kernel():
+async def test_cpu_spinner_that_swallows_the_limit_is_killed_by_the_kernel(sandbox_image):
     """RLIMIT_CPU holds in the container: the spinner dies of SIGKILL at its hard limit (2 s of CPU). The wall
     clock is generous here so that a loaded machine cannot make the wall clock win the race."""
     async with SandboxPool(config(call_timeout_s=10.0, workers=1, audit_hook=False)) as pool:
@@ -199,9 +202,17 @@ def test_a_killed_gym_leaves_no_container_running(sandbox_image):
     assert not container_exists(name) and not os.path.exists(socket_dir)
 
 
-async def test_a_missing_image_is_a_clear_error_at_once():
+async def test_a_missing_image_is_a_clear_error_at_once(sandbox_image):
     started = time.perf_counter()
     with pytest.raises(SandboxUnavailable, match="astra-gym-sandbox:missing"):
         async with SandboxPool(config(docker_image="astra-gym-sandbox:missing", workers=1)):
             pass
     assert time.perf_counter() - started < 10, "the engine's exit is noticed, not waited out"
+
+
+@pytest.mark.parametrize("name", ["--privileged", "-v/:/host", "image --privileged", ""])
+def test_a_configured_name_is_never_an_engine_flag(name):
+    with pytest.raises(ValueError, match="docker_image"):
+        SandboxConfig(docker_image=name)
+    with pytest.raises(ValueError, match="docker_runtime"):
+        SandboxConfig(docker_runtime=name)

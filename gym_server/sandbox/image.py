@@ -37,9 +37,10 @@ class ImageError(RuntimeError):
 
 
 def fingerprint() -> str:
-    """Which interpreter an image holds: a rebuild is due when this differs from the image's label."""
+    """Which interpreter (and which recipe) an image holds: a rebuild is due when this differs from its label."""
     python, prefix = interpreter()
-    return hashlib.sha256(f"{python}\n{prefix}\n{sys.version}\n{os.stat(python).st_mtime_ns}".encode()).hexdigest()[:24]
+    recipe = Path(__file__).read_bytes()  # what goes into an image changes with this module
+    return hashlib.sha256(f"{python}\n{prefix}\n{sys.version}\n{os.stat(python).st_mtime_ns}\n".encode() + recipe).hexdigest()[:24]
 
 
 def _stdlib_files(prefix: str) -> Iterator[str]:

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 NAMESPACES = ("user", "pid", "net", "mnt", "ipc", "uts")
 MAX_CACHED_SOURCE_BYTES = MAX_CONTROL_BYTES - 4096
+IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
+"""Names handed to a container engine's command line: never one it could read as a flag."""
 
 
 class SandboxConfig(BaseModel):
@@ -66,9 +68,9 @@ class SandboxConfig(BaseModel):
         description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",
     )
     sandbox_uid: int = Field(default=65534, ge=1, description="Host uid (and gid) of arena code when the gym runs as root.")
-    docker_image: str = Field(default="astra-gym-sandbox:latest", description="Image with python3 for the docker backend.")
+    docker_image: str = Field(default="astra-gym-sandbox:latest", pattern=IMAGE_NAME, description="Image with python3 for the docker backend.")
     docker_engine: str = Field(default="docker", description="The docker-compatible CLI (docker or podman).")
-    docker_runtime: str | None = Field(default=None, description="The engine's OCI runtime (podman: runc or crun); default: the engine's own.")
+    docker_runtime: str | None = Field(default=None, pattern=IMAGE_NAME, description="The engine's OCI runtime (podman: runc or crun); default: the engine's own.")
     start_timeout_s: float = Field(default=30.0, gt=0)
 
 
@@ -211,7 +213,10 @@ async def _remove(teardown: list[str], cleanup: list[str]) -> None:
         with contextlib.suppress(Exception):
             proc = await asyncio.create_subprocess_exec(*teardown, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                                                         stderr=asyncio.subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-            await asyncio.wait_for(proc.wait(), 30)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except asyncio.TimeoutError:
+                proc.kill()
     for path in cleanup:
         shutil.rmtree(path, ignore_errors=True)
 
