@@ -11,6 +11,8 @@ the host, enters a user namespace of its own and re-executes itself, which clear
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -175,3 +177,38 @@ def container(
     argv += [image, "python3", "-I", "-S", "-B", "-c", _template_code(SANDBOX_ROOT), "--connect", "/run/astra/ctl"]
     teardown = [path, "rm", "--force", *(["--time=0"] if flavour == "podman" else []), name]
     return Launch("docker", argv, listener, listener=listener, cleanup=[socket_dir], env=_engine_env(), teardown=teardown)
+
+
+async def accept(launch: Launch, launcher: asyncio.subprocess.Process) -> socket.socket:
+    """The template's connection, or EOFError as soon as its launcher (a container engine's CLI) exits without it.
+    The listening socket and its directory go at once: nobody else can connect later, and a gym that is killed
+    leaves nothing behind on the host."""
+    assert launch.listener is not None
+    loop = asyncio.get_running_loop()
+    launch.listener.setblocking(False)
+    accepting, exited = loop.create_task(loop.sock_accept(launch.listener)), loop.create_task(launcher.wait())
+    try:
+        await asyncio.wait((accepting, exited), return_when=asyncio.FIRST_COMPLETED)
+        if not accepting.done():
+            raise EOFError
+        return accepting.result()[0]
+    finally:
+        accepting.cancel()
+        exited.cancel()
+        launch.listener.close()
+        for path in launch.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+async def remove(teardown: list[str], cleanup: list[str]) -> None:
+    """Remove what outlives a killed launcher: a container (by name), the directories it used."""
+    if teardown:
+        with contextlib.suppress(Exception):
+            proc = await asyncio.create_subprocess_exec(*teardown, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except asyncio.TimeoutError:
+                proc.kill()
+    for path in cleanup:
+        shutil.rmtree(path, ignore_errors=True)

@@ -204,21 +204,7 @@ class _Template:
             for fd in fds:
                 os.close(fd)
         self.outbox.clear()
-        await _remove(self.teardown, self.cleanup)
-
-
-async def _remove(teardown: list[str], cleanup: list[str]) -> None:
-    """Remove what outlives a killed launcher: a container (by name), the directories it used."""
-    if teardown:
-        with contextlib.suppress(Exception):
-            proc = await asyncio.create_subprocess_exec(*teardown, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                                                        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except asyncio.TimeoutError:
-                proc.kill()
-    for path in cleanup:
-        shutil.rmtree(path, ignore_errors=True)
+        await launching.remove(self.teardown, self.cleanup)
 
 
 @dataclass(eq=False, slots=True)
@@ -251,27 +237,6 @@ class _Process:
                      signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGSYS: "a forbidden system call (SIGSYS)"}  # fmt: skip
             return names.get(sig, f"signal {sig}")
         return f"exit code {info.get('code')}"
-
-
-async def _accept(launch: launching.Launch, launcher: asyncio.subprocess.Process) -> socket.socket:
-    """The template's connection, or EOFError as soon as its launcher (a container engine's CLI) exits without it.
-    The listening socket and its directory go at once: nobody else can connect later, and a gym that is killed
-    leaves nothing behind on the host."""
-    assert launch.listener is not None
-    loop = asyncio.get_running_loop()
-    launch.listener.setblocking(False)
-    accept, exited = loop.create_task(loop.sock_accept(launch.listener)), loop.create_task(launcher.wait())
-    try:
-        await asyncio.wait((accept, exited), return_when=asyncio.FIRST_COMPLETED)
-        if not accept.done():
-            raise EOFError
-        return accept.result()[0]
-    finally:
-        accept.cancel()
-        exited.cancel()
-        launch.listener.close()
-        for path in launch.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -366,7 +331,7 @@ class SandboxPool:
             )  # fmt: skip
         except OSError as exc:
             launch.gym_end.close()
-            await _remove(launch.teardown, launch.cleanup)
+            await launching.remove(launch.teardown, launch.cleanup)
             raise SandboxUnavailable(f"the sandbox did not start: {exc}") from None
         finally:
             for end in launch.close_after_start:
@@ -377,7 +342,7 @@ class SandboxPool:
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 if launch.listener is not None:
-                    ctl = await _accept(launch, proc)
+                    ctl = await launching.accept(launch, proc)
                 ctl.setblocking(False)
                 template = _Template(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
@@ -405,7 +370,7 @@ class SandboxPool:
                 await template.stop()
             else:
                 ctl.close()
-                await _remove(launch.teardown, launch.cleanup)
+                await launching.remove(launch.teardown, launch.cleanup)
             detail = stderr.decode(errors="replace").strip() or f"{type(exc).__name__}: {exc}"
             raise SandboxUnavailable(f"the {launch.kind} sandbox did not start: {detail}") from None
         loop.create_task(self._drain(proc))
