@@ -26,7 +26,7 @@ from gym_server.sandbox.launch import interpreter
 
 DEFAULT_TAG = "astra-gym-sandbox:latest"
 LABEL = "astra.gym.python"
-SKIPPED = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "__phello__"}
+SKIPPED = {"site-packages", "dist-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "__phello__"}
 """Parts of the standard library arena code never needs; the `config-*` directory (a static libpython) too."""
 SKIPPED_EXTENSIONS = ("_tkinter", "_test", "xxlimited", "_ctypes_test", "_xxtestfuzz")
 LIBRARY_LINE = re.compile(r"^\s*(?:\S+\s+=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)\s*$")

@@ -7,6 +7,10 @@ read-only, plus a private 16 MiB tmpfs. As an ordinary user the gym asks bubblew
 (the sandbox's uid maps to the gym's own). As root, bubblewrap runs privileged (it has to see files an
 unprivileged id cannot) and keeps only CAP_SETUID/CAP_SETGID, with which the template becomes `sandbox_uid` on
 the host, enters a user namespace of its own and re-executes itself, which clears every capability.
+
+A container (docker or podman, the image of `gym_server.sandbox.image`) gives the same namespaces, a read-only
+root and no capabilities from the engine; the template cannot inherit its control socket there, so it connects
+to one the gym listens on, and the container is removed by name when the pool closes.
 """
 
 from __future__ import annotations
