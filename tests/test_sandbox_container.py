@@ -98,12 +98,16 @@ async def test_health_reports_the_container_and_the_isolation_in_force(pool):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid map is podman's own choice when rootless")
 async def test_the_host_sees_an_unprivileged_id_of_the_containers_own(pool):
     """Checked from the host, not from what the template says: the template is a process of an id no host user
-    has, under no_new_privs and seccomp, in namespaces of its own (the cgroup one too)."""
+    has, under no_new_privs and seccomp, in namespaces of its own (the cgroup one too), in a cgroup that bounds
+    its processes."""
     pid = int(podman("inspect", "--format", "{{.State.Pid}}", container_of(pool)).stdout)
     status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
     assert status["Uid"].split() == [str(launch.CONTAINER_UID_BASE + 65534)] * 4
     assert status["CapEff"].strip() == "0000000000000000" and status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2" and int(status["Seccomp_filters"]) >= 2  # the engine's profile and the template's own
+    groups = dict(line.split(":", 2)[1:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    pids = Path("/sys/fs/cgroup/pids", groups["pids"].lstrip("/")) if "pids" in groups else Path("/sys/fs/cgroup", groups[""].lstrip("/"))
+    assert (pids / "pids.max").read_text().strip() == str(LIMITS["max_active"] + LIMITS["workers"] + 8)
     shared = [ns for ns in ("user", "pid", "net", "mnt", "ipc", "uts", "cgroup") if os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}")]
     assert shared == []
 
@@ -200,6 +204,25 @@ def test_a_killed_gym_leaves_no_container_running(sandbox_image):
     while container_exists(name) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not container_exists(name) and not os.path.exists(socket_dir)
+
+
+async def test_a_container_in_the_hosts_user_namespace_is_refused_not_trusted(sandbox_image, monkeypatch):
+    """What docker without `userns-remap` gives: the template reports the shared user namespace from inside, the
+    gym refuses to start, and nothing is left running."""
+    real = launch.container
+    started: list[str] = []
+
+    def without_uid_map(*args, **kwargs):
+        spec = real(*args, **kwargs)
+        spec.argv = [a for a in spec.argv if not a.startswith(("--uidmap=", "--gidmap="))]
+        started.append(spec.teardown[-1])
+        return spec
+
+    monkeypatch.setattr(launch, "container", without_uid_map)
+    with pytest.raises(SandboxUnavailable, match="shares the gym's user namespace"):
+        async with SandboxPool(config(workers=1)):
+            pass
+    assert started and not container_exists(started[0])
 
 
 async def test_a_missing_image_is_a_clear_error_at_once(sandbox_image):

@@ -30,6 +30,11 @@ from typing import Literal
 INSIDE = Path(__file__).resolve().parent / "inside"
 SANDBOX_ROOT = "/astra"
 Kind = Literal["bwrap", "docker", "unsafe"]
+NPROC = 4096
+"""A container's RLIMIT_NPROC. It counts every process of the container's host id, in every container and gym
+that shares the id (all of them under docker without a user namespace: host uid 65534 is also bubblewrap's),
+so it is only a loose backstop; the container's own bound is its cgroup's pids limit. The engine must set it
+(runc cannot inherit the host's), and runc refuses values above the kernel's pid_max."""
 CONTAINER_UID_BASE = 1_500_000_000
 """Where a podman container's ids start on the host (as root): far above any real user's or the usual
 subordinate ranges."""
@@ -169,7 +174,7 @@ def container(
     argv = [
         path, "run", "--rm", f"--name={name}", "--pull=never", "--network=none", "--cgroupns=private", "--ipc=private", "--read-only", "--cap-drop=ALL",
         "--security-opt=no-new-privileges", f"--user={uid}:{gid}", f"--memory={memory_mb * (max_processes + 1)}m",
-        f"--pids-limit={processes}", "--ulimit", "nofile=1024:1024", "--ulimit", f"nproc={processes}:{processes}",
+        f"--pids-limit={processes}", "--ulimit", "nofile=1024:1024", "--ulimit", f"nproc={NPROC}:{NPROC}",
         "--tmpfs", "/tmp:size=16m", "-e", "PYTHONHASHSEED=0",
         "-v", f"{INSIDE}:{SANDBOX_ROOT}/inside:ro", "-v", f"{mounted}:/run/astra:ro",
     ]  # fmt: skip
