@@ -239,3 +239,11 @@ def test_a_configured_name_is_never_an_engine_flag(name):
         SandboxConfig(docker_image=name)
     with pytest.raises(ValueError, match="docker_runtime"):
         SandboxConfig(docker_runtime=name)
+
+
+async def test_an_engine_that_is_not_there_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the pool makes the socket's directory
+    with pytest.raises(SandboxUnavailable, match="`no-such-engine` is not installed"):
+        async with SandboxPool(config(docker_engine="no-such-engine", workers=1)):
+            pass
+    assert list(tmp_path.iterdir()) == []

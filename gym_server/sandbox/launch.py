@@ -155,7 +155,11 @@ def container(
     `uid_base`... on the host, so arena code runs as an id no one else on the host has (rootless podman always
     maps the container's ids). Docker's user namespace is the daemon's choice (`userns-remap`); without one the
     template reports the host's user namespace and the gym refuses to start (unless told `--unsafe-sandbox`)."""
-    path, flavour = container_engine(engine)
+    try:
+        path, flavour = container_engine(engine)
+    except RuntimeError:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
     name = f"astra-sandbox-{secrets.token_hex(6)}"
     as_root = os.geteuid() == 0
     mounted = os.path.join(socket_dir, "run")
