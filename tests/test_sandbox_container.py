@@ -152,7 +152,7 @@ async def test_a_sleeper_is_killed_at_the_wall_clock(pool):
 async def test_cpu_spinner_that_swallows_the_limit_is_killed_by_the_kernel(sandbox_image):
     """RLIMIT_CPU holds in the container: the spinner dies of SIGKILL at its hard limit (2 s of CPU). The wall
     clock is generous here so that a loaded machine cannot make the wall clock win the race."""
-    async with SandboxPool(config(call_timeout_s=10.0, workers=1, audit_hook=False)) as pool:
+    async with SandboxPool(config(call_timeout_s=20.0, workers=1, audit_hook=False)) as pool:
         state = await pool.build_state(WORLD)
         spin = await pool.call(ATTACKS_SOURCE, "spin", {}, state)
         assert not spin.ok and spin.kind == "sandbox_error" and "CPU" in spin.error, spin.error
