@@ -28,7 +28,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -46,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 NAMESPACES = ("user", "pid", "net", "mnt", "ipc", "uts")
 MAX_CACHED_SOURCE_BYTES = MAX_CONTROL_BYTES - 4096
+IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
+"""Names handed to a container engine's command line: never one it could read as a flag."""
 
 
 class SandboxConfig(BaseModel):
@@ -76,8 +77,9 @@ class SandboxConfig(BaseModel):
         description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",
     )
     sandbox_uid: int = Field(default=65534, ge=1, description="Host uid (and gid) of arena code when the gym runs as root.")
-    docker_image: str = Field(default="astra-gym-sandbox:latest", description="Image with python3 for the docker backend.")
+    docker_image: str = Field(default="astra-gym-sandbox:latest", pattern=IMAGE_NAME, description="Image with python3 for the docker backend.")
     docker_engine: str = Field(default="docker", description="The docker-compatible CLI (docker or podman).")
+    docker_runtime: str | None = Field(default=None, pattern=IMAGE_NAME, description="The engine's OCI runtime (podman: runc or crun); default: the engine's own.")
     start_timeout_s: float = Field(default=30.0, gt=0)
 
 
@@ -94,16 +96,6 @@ class SandboxOutcome:
     error: str | None = None
     state: bytes | None = None
     """The new SQLite image when the call changed the state, else None."""
-
-
-def docker_engine_reachable(engine: str = "docker", timeout_s: float = 3.0) -> bool:
-    if shutil.which(engine) is None:
-        return False
-    try:
-        done = subprocess.run([engine, "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def _own_namespaces() -> dict[str, int]:
@@ -141,6 +133,7 @@ class _Template:
     proc: asyncio.subprocess.Process
     ctl: socket.socket
     cleanup: list[str]
+    teardown: list[str]
     facts: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -220,8 +213,7 @@ class _Template:
             for fd in fds:
                 os.close(fd)
         self.outbox.clear()
-        for path in self.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+        await launching.remove(self.teardown, self.cleanup)
 
 
 @dataclass(eq=False, slots=True)
@@ -325,10 +317,11 @@ class SandboxPool:
     async def _start_template(self) -> _Template:
         c = self.config
         if c.backend == "docker":
-            if not docker_engine_reachable(c.docker_engine):
-                raise SandboxUnavailable(f"sandbox backend 'docker' was asked for, but `{c.docker_engine} info` does not answer")
-            launch = launching.container(c.docker_engine, c.docker_image, c.memory_mb, c.max_active + c.workers, c.sandbox_uid,
-                                         c.sandbox_uid, tempfile.mkdtemp(prefix="astra-sandbox-"))  # fmt: skip
+            try:
+                launch = await asyncio.to_thread(launching.container, c.docker_engine, c.docker_image, c.memory_mb, c.max_active + c.workers,
+                                                 c.sandbox_uid, c.sandbox_uid, tempfile.mkdtemp(prefix="astra-sandbox-"), c.docker_runtime)  # fmt: skip
+            except (RuntimeError, OSError) as exc:
+                raise SandboxUnavailable(f"sandbox backend 'docker' was asked for, but {exc}") from None
             return await self._launch(launch, filters=policy.available() is None)
         why = launching.bwrap_available() or policy.available()
         if why is None:
@@ -345,7 +338,7 @@ class SandboxPool:
         return await self._launch(launching.unsafe(), filters=policy.available() is None)
 
     async def _launch(self, launch: launching.Launch, filters: bool) -> _Template:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", **launch.env}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *launch.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -353,6 +346,7 @@ class SandboxPool:
             )  # fmt: skip
         except OSError as exc:
             launch.gym_end.close()
+            await launching.remove(launch.teardown, launch.cleanup)
             raise SandboxUnavailable(f"the sandbox did not start: {exc}") from None
         finally:
             for end in launch.close_after_start:
@@ -363,11 +357,9 @@ class SandboxPool:
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 if launch.listener is not None:
-                    launch.listener.setblocking(False)
-                    ctl, _ = await loop.sock_accept(launch.listener)
-                    launch.listener.close()
+                    ctl = await launching.accept(launch, proc)
                 ctl.setblocking(False)
-                template = _Template(launch.kind, proc, ctl, launch.cleanup)
+                template = _Template(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
                 c = self.config
                 settings = {"cpu_s": c.cpu_s, "memory_mb": c.memory_mb, "max_result_bytes": c.max_result_bytes,
@@ -390,11 +382,13 @@ class SandboxPool:
             stderr = b""
             with contextlib.suppress(Exception):
                 proc.kill()
+            with contextlib.suppress(Exception):  # also when it had exited already (an engine that refused to run it)
                 stderr = await asyncio.wait_for(proc.stderr.read(4096), 2) if proc.stderr else b""
             if template is not None:
                 await template.stop()
             else:
                 ctl.close()
+                await launching.remove(launch.teardown, launch.cleanup)
             detail = stderr.decode(errors="replace").strip() or f"{type(exc).__name__}: {exc}"
             raise SandboxUnavailable(f"the {launch.kind} sandbox did not start: {detail}") from None
         loop.create_task(self._drain(proc))
