@@ -226,6 +226,22 @@ class _Process:
     sock: socket.socket
     spawned_after: int
     code_id: str | None = None
+    channel: _Channel | None = None
+    held: bytes | None = None
+    """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
+
+    def close(self) -> None:
+        """Close our end: a waiting process reads end-of-file and exits."""
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.close()
+        else:
+            self.sock.close()
+
+    async def request(self, frame: bytes) -> tuple[int, bytes]:
+        if self.channel is None:
+            loop = asyncio.get_running_loop()
+            _, self.channel = await loop.create_unix_connection(_Channel, sock=self.sock)
+        return await self.channel.request(frame)
 
     def has_code(self, code_id: str) -> bool:
         sent = self.template.cached.get(code_id)
@@ -250,16 +266,45 @@ class _Process:
         return f"exit code {info.get('code')}"
 
 
-async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    buffer = bytearray(n)
-    view = memoryview(buffer)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if not k:
+class _Channel(asyncio.Protocol):
+    """A process's socket, registered with the event loop once for all its calls: a request is one write, and
+    its reply arrives through `data_received` (a read per readiness, no per-call registration)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        waiter = self.waiter
+        if waiter is None or waiter.done() or len(self.buffer) < PREFIX.size:
+            return
+        try:
+            head_len, blob_len = check_prefix(bytes(self.buffer[: PREFIX.size]))
+        except FrameError as exc:
+            waiter.set_exception(exc)
+            return
+        end = PREFIX.size + head_len + blob_len
+        if len(self.buffer) >= end:
+            frame = bytes(self.buffer[PREFIX.size : end])
+            del self.buffer[:end]
+            waiter.set_result((head_len, frame))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(EOFError())
+
+    async def request(self, frame: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        if self.transport.is_closing():
             raise EOFError
-        got += k
-    return bytes(buffer)
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(frame)
+        return await self.waiter
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -301,9 +346,9 @@ class SandboxPool:
     async def close(self) -> None:
         self._closed = True
         while self._spares:
-            self._spares.popleft().sock.close()
+            self._spares.popleft().close()
         while self._owned:
-            self._owned.popitem()[1].sock.close()
+            self._owned.popitem()[1].close()
         if self._template is not None:
             await self._template.stop()
 
@@ -375,8 +420,8 @@ class SandboxPool:
                 template.facts = ready.get("facts") or {}
                 template.reader = loop.create_task(template.read_control())
                 prober = self._spawn(template)
-                reply, _ = await self._exchange(prober, {"op": "probe"}, b"")
-                prober.sock.close()
+                reply, _ = await self._exchange(prober, {"op": "probe"}, b"")  # answered: it exits
+                prober.close()
                 template.probe = reply.get("probe") or {}
         except (asyncio.TimeoutError, EOFError, OSError, FrameError, ValueError) as exc:
             stderr = b""
@@ -425,9 +470,9 @@ class SandboxPool:
             if template is not None:
                 logger.error("sandbox: the template died (%s); starting a new one", template.dead)
                 while self._spares:
-                    self._spares.popleft().sock.close()
+                    self._spares.popleft().close()
                 while self._owned:
-                    self._owned.popitem()[1].sock.close()
+                    self._owned.popitem()[1].close()
                 await template.stop()
             self._template = await self._start_template()
             self.restarts += 1
@@ -455,7 +500,7 @@ class SandboxPool:
     async def _checkout(self) -> _Process:
         template = await self._live_template()
         while self._spares and self._spares[0].template is not template:
-            self._spares.popleft().sock.close()
+            self._spares.popleft().close()
         process = self._spares.popleft() if self._spares else self._spawn(template)
         self._refill()
         return process
@@ -474,23 +519,25 @@ class SandboxPool:
         exits[process.id] = loop.create_future()
         try:
             async with asyncio.timeout(self.config.call_timeout_s):
-                await loop.sock_sendall(process.sock, encode_frame({**header, "seq": seq}, blob))
-                head_len, blob_len = check_prefix(await _recv_exactly(loop, process.sock, PREFIX.size))
-                body = await _recv_exactly(loop, process.sock, head_len + blob_len)
+                head_len, body = await process.request(encode_frame({**header, "seq": seq}, blob))
             reply = decode_header(body[:head_len])
             if reply.get("seq") != seq:
                 raise FrameError("the reply does not answer this request")
         except BaseException:
             self._kill(process)
-            process.sock.close()
+            process.close()
             raise
         exits.pop(process.id, None)  # it answered: how it exits no longer matters
         return reply, body[head_len:]
 
-    async def _run(self, header: dict[str, Any], blob: bytes, source: bytes = b"", owner: str | None = None) -> tuple[dict[str, Any], bytes]:
+    async def _run(
+        self, header: dict[str, Any], state: bytes = b"", source: bytes = b"", owner: str | None = None
+    ) -> tuple[dict[str, Any], bytes, bytes | None]:
         """Run one request; every failure of the arena's process becomes a sandbox_error header, while a busy or
         dead sandbox raises `SandboxUnavailable`. With an `owner` (an episode's arena) the process that served
-        the owner's last call serves this one too; any other request gets a process of its own."""
+        the owner's last call serves this one too, and when it already holds `state` (the image its last call left,
+        as the same object) the image is not sent again; any other request gets a process of its own. Returns the
+        reply, its blob and, when the call changed the state, the new image (split off the blob)."""
         if self._closed or self._slots is None:
             raise SandboxUnavailable("the sandbox is closed")
         try:
@@ -502,32 +549,40 @@ class SandboxPool:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
             if process is not None and (process.template.dead is not None or process.code_id != code_id):
-                process.sock.close()
+                process.close()
                 process = None
             if process is None:
                 process = await self._checkout()
             send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
-            request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0}
+            same = process.held is not None and state is process.held
+            request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0, "same_state": same}
             try:
-                reply, out = await self._exchange(process, request, source + blob if send else blob)
+                reply, out = await self._exchange(process, request, (source if send else b"") + (b"" if same else state))
+                if reply.get("kind") == "need_state":
+                    reply, out = await self._exchange(process, {**request, "same_state": False}, state)
                 if reply.get("kind") == "need_source" and source:
-                    reply, out = await self._exchange(process, {**request, "source_bytes": len(source)}, source + blob)
+                    reply, out = await self._exchange(process, {**request, "source_bytes": len(source), "same_state": False}, source + state)
                     reply["compiled"] = True
             except asyncio.TimeoutError:
-                return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b""
+                return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None
             except (EOFError, ConnectionError, FrameError) as exc:
                 why = await process.death() if not isinstance(exc, FrameError) else f"it sent a malformed reply ({exc})"
                 if process.template.dead is not None:
                     raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
-                return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b""
+                return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b"", None
+            new_state = None
+            n = reply.get("result_bytes")
+            if reply.get("ok") and reply.get("changed") is True and type(n) is int and 0 <= n <= len(out):
+                out, new_state = out[:n], out[n:]
             if owner is not None and reply.get("retire") is False:
                 process.code_id = code_id
+                process.held = new_state if new_state is not None else state  # what the process now holds loaded
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
-                    self._owned.popitem(last=False)[1].sock.close()  # it reads end-of-file and exits
+                    self._owned.popitem(last=False)[1].close()  # it reads end-of-file and exits
             else:
-                process.sock.close()
-            return reply, out
+                process.close()
+            return reply, out, new_state
         finally:
             self._slots.release()
 
@@ -535,7 +590,7 @@ class SandboxPool:
         """The episode ended: close the processes that served its arenas."""
         prefix = f"{episode_id}/"
         for owner in [o for o in self._owned if o.startswith(prefix)]:
-            self._owned.pop(owner).sock.close()
+            self._owned.pop(owner).close()
 
     # -- work ---------------------------------------------------------------------------------------------------
     async def call(self, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None) -> SandboxOutcome:
@@ -544,37 +599,36 @@ class SandboxPool:
         code_id = _code_id(source)
         header: dict[str, Any] = {"op": "call", "code_id": code_id, "function": function, "arguments": arguments}
         encoded = source.encode()
-        reply, blob = await self._run(header, state, encoded, owner)
+        reply, blob, new_state = await self._run(header, state, encoded, owner)
         if not reply.get("ok"):
             return SandboxOutcome(ok=False, kind=reply.get("kind", "sandbox_error"), error=str(reply.get("error"))[:4000])
         template = self._template
         if reply.get("compiled") and template is not None and template.dead is None and code_id not in template.cached and len(encoded) <= MAX_CACHED_SOURCE_BYTES:
             template.send({"op": "cache", "code_id": code_id}, encoded)
             template.cached[code_id] = template.sent
-        return self._outcome(reply, blob)
+        return self._outcome(reply, blob, new_state)
 
-    def _outcome(self, reply: dict[str, Any], blob: bytes) -> SandboxOutcome:
+    def _outcome(self, reply: dict[str, Any], blob: bytes, state: bytes | None) -> SandboxOutcome:
         """Check a reply as the untrusted bytes it is: sizes, JSON, depth."""
         limit = self.config.max_result_bytes
         n = reply.get("result_bytes")
-        if type(n) is not int or not 0 <= n <= len(blob):
+        if type(n) is not int or n != len(blob) or (reply.get("changed") is True) != (state is not None):
             return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed result")
         if n > limit:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned {n} bytes of JSON; the limit is {limit}")
         try:
-            result = json.loads(blob[:n])
+            result = json.loads(blob)
         except (ValueError, RecursionError):
             return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed result")
         if _too_deep(result, self.config.max_result_depth):
             return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned a result nested deeper than {self.config.max_result_depth} levels")
-        state = blob[n:] if reply.get("changed") is True else None
         if state is not None and len(state) > self.config.max_state_bytes:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
         return SandboxOutcome(ok=True, result=result, state=state)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""
-        reply, blob = await self._run({"op": "build_state", **initial.model_dump()}, b"")
+        reply, blob, _ = await self._run({"op": "build_state", **initial.model_dump()})
         if not reply.get("ok"):
             raise ValueError(str(reply.get("error")))
         return blob
