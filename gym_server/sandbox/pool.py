@@ -247,7 +247,7 @@ class _Process:
         sent = self.template.cached.get(code_id)
         return sent is not None and sent < self.spawned_after
 
-    async def death(self, wait_s: float = 0.5) -> str:
+    async def death(self, wait_s: float = 2.0) -> str:
         """Why the process ended without answering, as the template saw it."""
         future = self.template.exits.get(self.id)
         if future is None:
