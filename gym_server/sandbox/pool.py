@@ -20,291 +20,33 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
-import os
 import secrets
-import shutil
-import signal
 import socket
 import tempfile
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from gym_server.models import InitialState
 from gym_server.sandbox import launch as launching
 from gym_server.sandbox import policy
-from gym_server.sandbox.protocol import PREFIX, FrameError, check_prefix, decode_header, decode_control, encode_frame
+from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
+from gym_server.sandbox.isolation import NAMESPACES, isolation_problems, own_namespaces
+from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
+from gym_server.sandbox.protocol import (
+    FrameError,
+    decode_control,
+    decode_header,
+    encode_frame,
+)
+
+__all__ = ["SandboxConfig", "SandboxOutcome", "SandboxPool", "SandboxUnavailable"]
 
 logger = logging.getLogger(__name__)
 
-NAMESPACES = ("user", "pid", "net", "mnt", "ipc", "uts")
 MAX_CACHED_SOURCE_BYTES = MAX_CONTROL_BYTES - 4096
-IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
-"""Names handed to a container engine's command line: never one it could read as a flag."""
-
-
-class SandboxConfig(BaseModel):
-    backend: Literal["auto", "process", "docker"] = Field(
-        default="auto", description="'auto' and 'process': bubblewrap namespaces + seccomp; 'docker': a container engine (docker or podman)."
-    )
-    unsafe: bool = Field(
-        default_factory=lambda: os.environ.get("ASTRA_GYM_UNSAFE_SANDBOX", "") == "1",
-        description="Run arena code without kernel isolation when bubblewrap, namespaces or seccomp are missing. "
-        "Never for untrusted arenas; every call's log then says so.",
-    )
-    workers: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256, description="Call processes kept forked and waiting.")
-    max_active: int = Field(default=32, ge=1, le=4096, description="Calls running at once; more wait their turn, first come first served.")
-    call_timeout_s: float = Field(default=10.0, gt=0, description="Wall-clock limit of one call.")
-    queue_timeout_s: float = Field(default=30.0, gt=0, description="How long a call may wait for a free slot.")
-    cpu_s: float = Field(default=5.0, gt=0, description="CPU-time limit of one call.")
-    memory_mb: int = Field(default=512, ge=64, description="Address-space limit of each sandbox process.")
-    max_state_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024, description="Largest SQLite state image a call may leave.")
-    keep_rss_mb: int = Field(default=64, ge=16, description="A process whose resident memory peaked above this retires after its call instead of waiting for the episode's next one.")
-    max_result_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest tool result (JSON bytes); larger is a tool error.")
-    max_result_depth: int = Field(default=64, ge=2, le=512, description="Deepest nesting of a tool result.")
-    max_idle_processes: int = Field(
-        default=128, ge=0, le=65536,
-        description="Processes kept between an episode's calls (one per episode and arena); the least recently used close first.",
-    )
-    audit_hook: bool = Field(
-        default=True,
-        description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",
-    )
-    sandbox_uid: int = Field(default=65534, ge=1, description="Host uid (and gid) of arena code when the gym runs as root.")
-    docker_image: str = Field(default="astra-gym-sandbox:latest", pattern=IMAGE_NAME, description="Image with python3 for the docker backend.")
-    docker_engine: str = Field(default="docker", description="The docker-compatible CLI (docker or podman).")
-    docker_runtime: str | None = Field(default=None, pattern=IMAGE_NAME, description="The engine's OCI runtime (podman: runc or crun); default: the engine's own.")
-    start_timeout_s: float = Field(default=30.0, gt=0)
-
-
-class SandboxUnavailable(RuntimeError):
-    """The sandbox cannot run code at all (no isolation available, the template does not start)."""
-
-
-@dataclass(slots=True)
-class SandboxOutcome:
-    ok: bool
-    result: Any = None
-    kind: str | None = None
-    """'tool_error' (the code raised) or 'sandbox_error' (the sandbox stopped it)."""
-    error: str | None = None
-    state: bytes | None = None
-    """The new SQLite image when the call changed the state, else None."""
-
-
-def _own_namespaces() -> dict[str, int]:
-    return {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NAMESPACES}
-
-
-def isolation_problems(facts: dict[str, Any], probe: dict[str, Any]) -> list[str]:
-    """What the template and a call's process report that falls short of the boundary; [] when it all holds."""
-    problems = []
-    if "proc_error" in facts:
-        problems.append(f"the sandbox cannot read its own status ({facts['proc_error']})")
-    if facts.get("uid") == 0 or facts.get("euid") == 0 or probe.get("uid") == 0:
-        problems.append("arena code would run as root")
-    if facts.get("cap_eff", "").strip("0") or facts.get("cap_prm", "").strip("0"):
-        problems.append(f"the sandbox holds capabilities (CapEff {facts.get('cap_eff')})")
-    if not facts.get("no_new_privs"):
-        problems.append("no_new_privs is not set")
-    if facts.get("seccomp_mode") != 2:
-        problems.append("no seccomp filter is in force")
-    ours = _own_namespaces()
-    shared = [n for n in NAMESPACES if facts.get("namespaces", {}).get(n) in (None, ours[n])]
-    if shared:
-        problems.append(f"the sandbox shares the gym's {', '.join(shared)} namespace(s)")
-    allowed = [name for name, result in probe.get("attempts", {}).items() if result == "allowed"]
-    if allowed or not probe.get("attempts"):
-        problems.append(f"a call's process was allowed: {', '.join(allowed) or 'nothing was probed'}")
-    return problems
-
-
-@dataclass(eq=False)
-class _Template:
-    """The running template and its control socket."""
-
-    kind: launching.Kind
-    proc: asyncio.subprocess.Process
-    ctl: socket.socket
-    cleanup: list[str]
-    teardown: list[str]
-    facts: dict[str, Any] = field(default_factory=dict)
-    probe: dict[str, Any] = field(default_factory=dict)
-    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-    sent: int = 0
-    """Control messages sent so far: the template handles them in order, so a process spawned after a `cache`
-    message inherits that code compiled."""
-    cached: dict[str, int] = field(default_factory=dict)
-    exits: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-    outbox: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
-    dead: str | None = None
-    reader: asyncio.Task[None] | None = None
-    stderr: bytes = b""
-
-    def send(self, header: dict[str, Any], payload: bytes = b"", fds: tuple[int, ...] = ()) -> None:
-        message = encode_frame(header, payload)
-        self.sent += 1
-        if not self.outbox:
-            try:
-                socket.send_fds(self.ctl, [message], list(fds)) if fds else self.ctl.send(message)
-                return
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self.dead = self.dead or f"the control socket failed ({exc})"
-                return
-        self.outbox.append((message, [os.dup(fd) for fd in fds]))
-        if len(self.outbox) == 1:
-            asyncio.get_running_loop().add_writer(self.ctl, self._flush)
-
-    def _flush(self) -> None:
-        while self.outbox:
-            message, fds = self.outbox[0]
-            try:
-                socket.send_fds(self.ctl, [message], fds) if fds else self.ctl.send(message)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self.dead = self.dead or f"the control socket failed ({exc})"
-            self.outbox.popleft()
-            for fd in fds:
-                os.close(fd)
-        asyncio.get_running_loop().remove_writer(self.ctl)
-
-    async def read_control(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                message = await loop.sock_recv(self.ctl, MAX_CONTROL_BYTES)
-                if not message:
-                    break
-                header, _ = decode_control(message)
-                if header.get("op") == "exited":
-                    future = self.exits.pop(int(header.get("id", -1)), None)
-                    if future is not None and not future.done():
-                        future.set_result(header)
-        except (OSError, FrameError, ValueError) as exc:
-            logger.warning("sandbox: control channel failed: %s", exc)
-        finally:
-            self.dead = self.dead or "the sandbox template exited"
-            for future in self.exits.values():
-                if not future.done():
-                    future.set_result({"error": self.dead})
-            self.exits.clear()
-
-    async def stop(self) -> None:
-        self.dead = self.dead or "the sandbox is closed"
-        if self.reader is not None:
-            self.reader.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.proc.wait(), 5)
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_writer(self.ctl)
-        self.ctl.close()
-        for _, fds in self.outbox:
-            for fd in fds:
-                os.close(fd)
-        self.outbox.clear()
-        await launching.remove(self.teardown, self.cleanup)
-
-
-@dataclass(eq=False, slots=True)
-class _Process:
-    """A sandbox process as the gym sees it: its id at the template, our end of its socket and, once it served
-    an episode's call, the arena code it is bound to."""
-
-    template: _Template
-    id: int
-    sock: socket.socket
-    spawned_after: int
-    code_id: str | None = None
-    channel: _Channel | None = None
-    held: bytes | None = None
-    """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
-
-    def close(self) -> None:
-        """Close our end: a waiting process reads end-of-file and exits."""
-        if self.channel is not None and self.channel.transport is not None:
-            self.channel.transport.close()
-        else:
-            self.sock.close()
-
-    async def request(self, frame: bytes) -> tuple[int, bytes]:
-        if self.channel is None:
-            loop = asyncio.get_running_loop()
-            _, self.channel = await loop.create_unix_connection(_Channel, sock=self.sock)
-        return await self.channel.request(frame)
-
-    def has_code(self, code_id: str) -> bool:
-        sent = self.template.cached.get(code_id)
-        return sent is not None and sent < self.spawned_after
-
-    async def death(self, wait_s: float = 2.0) -> str:
-        """Why the process ended without answering, as the template saw it."""
-        future = self.template.exits.get(self.id)
-        if future is None:
-            return "its output ended unexpectedly"
-        try:
-            info = await asyncio.wait_for(asyncio.shield(future), wait_s)
-        except asyncio.TimeoutError:
-            return "its output ended unexpectedly"
-        if info.get("error"):
-            return str(info["error"])
-        sig = info.get("signal")
-        if sig is not None:
-            names = {signal.SIGKILL: "killed (SIGKILL: CPU time or memory limit)", signal.SIGXCPU: "CPU time limit (SIGXCPU)",
-                     signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGSYS: "a forbidden system call (SIGSYS)"}  # fmt: skip
-            return names.get(sig, f"signal {sig}")
-        return f"exit code {info.get('code')}"
-
-
-class _Channel(asyncio.Protocol):
-    """A process's socket, registered with the event loop once for all its calls: a request is one write, and
-    its reply arrives through `data_received` (a read per readiness, no per-call registration)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        waiter = self.waiter
-        if waiter is None or waiter.done() or len(self.buffer) < PREFIX.size:
-            return
-        try:
-            head_len, blob_len = check_prefix(bytes(self.buffer[: PREFIX.size]))
-        except FrameError as exc:
-            waiter.set_exception(exc)
-            return
-        end = PREFIX.size + head_len + blob_len
-        if len(self.buffer) >= end:
-            frame = bytes(self.buffer[PREFIX.size : end])
-            del self.buffer[:end]
-            waiter.set_result((head_len, frame))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(EOFError())
-
-    async def request(self, frame: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        if self.transport.is_closing():
-            raise EOFError
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(frame)
-        return await self.waiter
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -322,9 +64,9 @@ class SandboxPool:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
         self.backend: launching.Kind | None = None
-        self._template: _Template | None = None
-        self._spares: deque[_Process] = deque()
-        self._owned: OrderedDict[str, _Process] = OrderedDict()
+        self._template: TemplateHandle | None = None
+        self._spares: deque[SandboxProcess] = deque()
+        self._owned: OrderedDict[str, SandboxProcess] = OrderedDict()
         """Idle processes bound to an episode's arena (`owner`), least recently used first."""
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
@@ -359,7 +101,7 @@ class SandboxPool:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _start_template(self) -> _Template:
+    async def _start_template(self) -> TemplateHandle:
         c = self.config
         if c.backend == "docker":
             try:
@@ -382,7 +124,7 @@ class SandboxPool:
         logger.warning("sandbox: running arena code WITHOUT kernel isolation (--unsafe-sandbox): %s", why)
         return await self._launch(launching.unsafe(), filters=policy.available() is None)
 
-    async def _launch(self, launch: launching.Launch, filters: bool) -> _Template:
+    async def _launch(self, launch: launching.Launch, filters: bool) -> TemplateHandle:
         env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", **launch.env}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -398,13 +140,13 @@ class SandboxPool:
                 end.close()
         loop = asyncio.get_running_loop()
         ctl = launch.gym_end
-        template: _Template | None = None
+        template: TemplateHandle | None = None
         try:
             async with asyncio.timeout(self.config.start_timeout_s):
                 if launch.listener is not None:
                     ctl = await launching.accept(launch, proc)
                 ctl.setblocking(False)
-                template = _Template(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
+                template = TemplateHandle(launch.kind, proc, ctl, launch.cleanup, launch.teardown)
                 base, call = (policy.base_filter(), policy.call_filter()) if filters else (b"", b"")
                 c = self.config
                 settings = {"cpu_s": c.cpu_s, "memory_mb": c.memory_mb, "max_result_bytes": c.max_result_bytes,
@@ -456,7 +198,7 @@ class SandboxPool:
             while line := await proc.stderr.readline():
                 logger.warning("sandbox: %s", line.decode(errors="replace").rstrip())
 
-    async def _live_template(self) -> _Template:
+    async def _live_template(self) -> TemplateHandle:
         template = self._template
         if template is not None and template.dead is None:
             return template
@@ -479,11 +221,11 @@ class SandboxPool:
             return self._template
 
     # -- processes ----------------------------------------------------------------------------------------------
-    def _spawn(self, template: _Template) -> _Process:
+    def _spawn(self, template: TemplateHandle) -> SandboxProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             ours.setblocking(False)
-            process = _Process(template, next(template.ids), ours, 0)
+            process = SandboxProcess(template, next(template.ids), ours, 0)
             template.send({"op": "spawn", "id": process.id}, fds=(theirs.fileno(),))
             process.spawned_after = template.sent
         finally:
@@ -497,7 +239,7 @@ class SandboxPool:
         while len(self._spares) < self.config.workers:
             self._spares.append(self._spawn(template))
 
-    async def _checkout(self) -> _Process:
+    async def _checkout(self) -> SandboxProcess:
         template = await self._live_template()
         while self._spares and self._spares[0].template is not template:
             self._spares.popleft().close()
@@ -505,12 +247,12 @@ class SandboxPool:
         self._refill()
         return process
 
-    def _kill(self, process: _Process) -> None:
+    def _kill(self, process: SandboxProcess) -> None:
         self.replaced += 1
         if process.template.dead is None:
             process.template.send({"op": "kill", "id": process.id})
 
-    async def _exchange(self, process: _Process, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+    async def _exchange(self, process: SandboxProcess, header: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
         """One request and its reply on a process's socket. Anything going wrong kills the process and closes
         its socket; after a good reply the caller decides whether the process serves again."""
         loop = asyncio.get_running_loop()
@@ -637,7 +379,7 @@ class SandboxPool:
         template = self._template
         facts = template.facts if template is not None else {}
         probe = template.probe if template is not None else {}
-        ours = _own_namespaces()
+        ours = own_namespaces()
         namespaces = {n: facts.get("namespaces", {}).get(n) not in (None, ours[n]) for n in NAMESPACES}
         return {
             "backend": self.backend,
