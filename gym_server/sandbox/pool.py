@@ -258,7 +258,7 @@ class SandboxPool:
         loop = asyncio.get_running_loop()
         seq = secrets.randbits(63)
         exits = process.template.exits
-        exits[process.id] = loop.create_future()
+        exits[process.id] = process.exit = loop.create_future()
         try:
             async with asyncio.timeout(self.config.call_timeout_s):
                 head_len, body = await process.request(encode_frame({**header, "seq": seq}, blob))

@@ -129,6 +129,8 @@ class SandboxProcess:
     spawned_after: int
     code_id: str | None = None
     channel: ProcessChannel | None = None
+    exit: asyncio.Future[dict[str, Any]] | None = None
+    """How the process ended, as the template reports it (set while a request is in flight)."""
     held: bytes | None = None
     """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
 
@@ -151,7 +153,7 @@ class SandboxProcess:
 
     async def death(self, wait_s: float = 2.0) -> str:
         """Why the process ended without answering, as the template saw it."""
-        future = self.template.exits.get(self.id)
+        future = self.exit  # held here: the template's word may arrive (and leave `exits`) before our end-of-file
         if future is None:
             return "its output ended unexpectedly"
         try:
