@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
+from clients.llm import LLMConfig
+from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.models import FailureKind
 
@@ -27,6 +30,21 @@ UNSAFE_HELP = "Run arena code without the kernel sandbox where bubblewrap, names
 ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="Arena sources: 'builtin', files, directories (repeatable).")]
 
 
+class ServeCommandConfig(ServeConfig):
+    """What `serve` reads: the gym's own config plus what only the command wires in (the gym knows no LLM)."""
+
+    emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
+
+
+def serve_backends(config: ServeCommandConfig) -> list[ToolBackend]:
+    """The tool backends beyond the gym's sandbox that a serve config asks for (this is the composition root)."""
+    from clients.upstreams import upstream_backends
+    from emulators.llm_mode import LLMEmulatorBackend
+
+    llm: list[ToolBackend] = [LLMEmulatorBackend(config.emulator_llm)] if config.emulator_llm else []
+    return [*upstream_backends(config), *llm]
+
+
 def _fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
@@ -36,7 +54,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def serve(
-    config: Annotated[Optional[Path], typer.Option(help="YAML file with ServeConfig fields.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file with ServeConfig fields (and emulator_llm).")] = None,
     host: Annotated[Optional[str], typer.Option(help="Interface to bind.")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to bind (0: a free one).")] = None,
     arenas: ArenasOpt = None,
@@ -55,12 +73,11 @@ def serve(
     otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp?key=KEY."""
-    from clients.upstreams import upstream_backends
     from gym_server.serve import serve as run
 
     sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s, "unsafe": unsafe_sandbox}.items() if v is not None}
     try:
-        cfg = ServeConfig.load(
+        cfg = ServeCommandConfig.load(
             config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
             public_url=public_url, failure_rate=failure_rate,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
@@ -80,7 +97,7 @@ def serve(
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
     try:
-        run(cfg, on_ready=ready, backends=upstream_backends(cfg))
+        run(cfg, on_ready=ready, backends=serve_backends(cfg))
     except OSError as exc:
         _fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
     except ValueError as exc:  # a store that cannot be read, a bad sandbox backend

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -94,7 +94,7 @@ class ServeConfig(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
         """YAML file (optional) first, then explicit overrides (CLI flags that were given)."""
         data: dict[str, Any] = {}
         if path is not None:
