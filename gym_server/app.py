@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gym_server.config import ServeConfig
 from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
 from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -77,9 +77,35 @@ async def _json_body(request: Request, limit: int) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
+        return parse_json(body)
+    except JSONLimitError as exc:
+        raise _HTTPError(400, str(exc)) from None
+
+
+MAX_OFFSET = 2**53
+"""Paging offsets are clamped here: SQLite takes at most a signed 64-bit OFFSET, and no store holds 2**53 arenas."""
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter clamped to [low, high]; only a value that is not an integer is refused."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.lstrip("+-").isascii() and text.lstrip("+-").isdigit()):
+        raise _HTTPError(400, f"bad query: {name} must be an integer")
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 18:  # clamped without converting: int() refuses literals past 4,300 digits
+        return high if not text.startswith("-") else low
+    return min(high, max(low, int(text)))
+
+
+def _path_id(request: Request, name: str) -> str:
+    """An id taken from the URL path, refused unless it is short, valid Unicode text."""
+    value = str(request.path_params[name])
+    if len(value) > 256 or not value.isprintable():
+        raise _HTTPError(400, f"{name} must be printable text of at most 256 characters")
+    return value
 
 
 class _HTTPError(Exception):
@@ -148,9 +174,9 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
 
     async def list_arenas(request: Request) -> Response:
         q = request.query_params
+        offset = _query_int(request, "offset", 0, 0, MAX_OFFSET)
+        limit = _query_int(request, "limit", 100, 1, 1000)
         try:
-            offset = max(0, int(q.get("offset", 0)))
-            limit = min(1000, max(1, int(q.get("limit", 100))))
             items, total = store.summaries(offset, limit, q.get("domain"), q.get("scenario_type"), q.get("prefix"))
         except ValueError as exc:
             raise _HTTPError(400, f"bad query: {exc}") from None
@@ -160,7 +186,7 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         return ok([i.model_dump(mode="json") for i in items], headers=headers)
 
     async def show_arena(request: Request) -> Response:
-        return ok(store.get(request.path_params["arena_id"]))
+        return ok(store.get(_path_id(request, "arena_id")))
 
     async def create_episode(request: Request) -> Response:
         body = _parse(EpisodeCreate, await _json_body(request, config.max_request_bytes))
@@ -175,17 +201,17 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         return ok(created, 201)
 
     async def episode_log(request: Request) -> Response:
-        return ok(manager.get(request.path_params["episode_id"]).log())
+        return ok(manager.get(_path_id(request, "episode_id")).log())
 
     async def score(request: Request) -> Response:
-        episode = manager.get(request.path_params["episode_id"])
+        episode = manager.get(_path_id(request, "episode_id"))
         body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
         async with episode.lock:  # a score never sees half of a call
             calls = list(episode.calls)
         return ok(score_episode(episode.arena, calls, body.final_answer))
 
     async def delete_episode(request: Request) -> Response:
-        manager.delete(request.path_params["episode_id"])
+        manager.delete(_path_id(request, "episode_id"))
         return Response(status_code=204)
 
     @contextlib.asynccontextmanager
