@@ -27,6 +27,7 @@ from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, 
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
 from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
+from gym_server.origin_guard import HostOriginGuard
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
@@ -257,4 +258,5 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     app.state.pool = pool
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)
+    app.add_middleware(HostOriginGuard, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins, public_url=config.public_url)  # outermost
     return app

@@ -41,6 +41,8 @@ def serve(
     arenas: ArenasOpt = None,
     token: Annotated[Optional[str], typer.Option(help="Bearer token (default: $ASTRA_GYM_TOKEN).")] = None,
     public_url: Annotated[Optional[str], typer.Option(help="Base URL used in episode MCP URLs.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header served besides loopback, IP addresses and --public-url's (repeatable; '*': any).")] = None,
+    allowed_origin: Annotated[Optional[list[str]], typer.Option(help="Browser Origin accepted besides loopback and --public-url's (repeatable; '*': any).")] = None,
     failure_rate: Annotated[Optional[float], typer.Option(help="Default injected failure rate.")] = None,
     failure_kinds: Annotated[Optional[list[FailureKind]], typer.Option(help="Injected failure kinds (repeatable).")] = None,
     episode_ttl_s: Annotated[Optional[float], typer.Option(help="Idle episode lifetime.")] = None,
@@ -57,6 +59,7 @@ def serve(
     try:
         cfg = ServeConfig.load(
             config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
+            allowed_hosts=allowed_host, allowed_origins=allowed_origin,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
         )  # fmt: skip
         if upstream:

@@ -19,6 +19,9 @@ from gym_server.models import Arena
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import GymThread
 
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+"""What a raw legacy (2025-era) MCP POST carries."""
+
 HOSTILE_SOURCE = (Path(__file__).parent / "fixtures" / "hostile_tools.py").read_text()
 
 
