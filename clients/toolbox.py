@@ -20,6 +20,7 @@ import mcp_types as types
 from mcp import StdioServerParameters
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class MCPToolbox:
             return ToolCallResult(f"Error: the call to {name} timed out after {self.call_timeout_s:g} s", True,
                                   latency_s=loop.time() - t0, transport_error="timeout")  # fmt: skip
         except Exception as exc:  # the server is gone or answered garbage: an error the agent sees, and we record
+            if isinstance(exc, MCPError) and exc.code == types.INVALID_PARAMS:  # the agent's fault (an unknown tool): its answer
+                return ToolCallResult(f"Error: {exc}", True, latency_s=loop.time() - t0)
             message = f"{type(exc).__name__}: {exc}"
             return ToolCallResult(f"Error: the call to {name} failed: {message}", True, latency_s=loop.time() - t0, transport_error=message)
         text = "\n".join(c.text if isinstance(c, types.TextContent) else json.dumps(c.model_dump(mode="json")) for c in result.content)

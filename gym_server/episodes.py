@@ -40,6 +40,8 @@ _measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 logger = logging.getLogger(__name__)
 
+CANCELLED_MESSAGE = "the client cancelled the call (or its connection dropped) before it finished; it was stopped and changed nothing"
+
 
 class EpisodeNotFound(KeyError):
     pass
@@ -230,11 +232,17 @@ class EpisodeManager:
 
     # -- calls -------------------------------------------------------------------------------
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
+        """Run one call in the episode's turn and log it. A call cancelled while it runs (the client gave up)
+        is logged as `cancelled` and changes no state: `_execute` stores state only once the sandbox has
+        answered, and the sandbox pool replaces a worker whose call was cancelled."""
         async with episode.lock:
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
             served = episode.tools.get(name)
-            status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            try:
+                status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            except asyncio.CancelledError:
+                status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
             entry = CallLogEntry(
                 index=index, tool=name, arguments=arguments, status=status, result=result, error=error,
                 injected=injected, source_arena=served.runtime.arena.id if served and served.distractor else None,
@@ -242,7 +250,9 @@ class EpisodeManager:
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
-            return entry
+        if status is CallStatus.cancelled:
+            raise asyncio.CancelledError()
+        return entry
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
