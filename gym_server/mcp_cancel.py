@@ -59,6 +59,8 @@ class InFlightCalls:
 
     def cancel(self, episode_id: str, request_id: Any) -> int:
         """Cancel the named request of this episode (only this episode's URL can name it); how many were found."""
+        if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
+            return 0  # not a JSON-RPC id: it names nothing
         found = self._open.get((episode_id, _key(request_id)), [])
         for inflight in found:
             inflight.cancelled.set()

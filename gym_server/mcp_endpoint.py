@@ -123,8 +123,8 @@ class EpisodeMCPEndpoint:
     async def _serve(self, episode: Episode, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             check_protocol_version(scope)
-            if scope["method"] != "POST":
-                await self.sessions.handle_request(scope, receive, send)
+            if scope["method"] != "POST":  # stateless: no stream to hold open (GET), no session to end (DELETE)
+                await Response(status_code=405, headers={"Allow": "POST"})(scope, receive, send)
                 return
             scope = json_content_type(scope)
             body = await read_body(receive, self.sessions.max_request_body_size)
@@ -132,9 +132,8 @@ class EpisodeMCPEndpoint:
         except Refusal as refusal:
             await refusal.response()(scope, receive, send)
             return
-        if message.get("method") == "notifications/cancelled":
-            params = message.get("params") or {}
-            self.inflight.cancel(episode.id, params.get("requestId"))
+        if message.get("method") == "notifications/cancelled" and "id" not in message:
+            self.inflight.cancel(episode.id, (message.get("params") or {}).get("requestId"))
             await Response(status_code=202)(scope, receive, send)
             return
         with self.inflight.track(episode.id, message.get("id")) as inflight:
