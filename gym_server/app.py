@@ -258,5 +258,7 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     app.state.pool = pool
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)
-    app.add_middleware(HostOriginGuard, allowed_hosts=config.allowed_hosts, allowed_origins=config.allowed_origins, public_url=config.public_url)  # outermost
+    app.add_middleware(  # outermost: a foreign Host or Origin is refused before anything else looks at the request
+        HostOriginGuard, allowed_hosts=[*config.allowed_hosts, config.host], allowed_origins=config.allowed_origins, public_url=config.public_url
+    )
     return app

@@ -6,7 +6,8 @@ http://evil.example`). The MCP spec requires servers to validate Origin and answ
 403; Host is checked too, because a same-origin GET (reading an arena's gold calls) carries no Origin.
 
 Allowed by default: loopback names, IP-address Hosts (a rebinding attack always uses a DNS name: the
-browser sends the name it resolved), the host and origin of `public_url`, and same-origin requests.
+browser sends the name it resolved), the bind host, the host and origin of `public_url`, and same-origin
+requests.
 `allowed_hosts` / `allowed_origins` add more (`"*"` switches the check off). /healthz is exempt.
 """
 
@@ -79,7 +80,8 @@ class HostOriginGuard:
         normalized = _origin_of(origin)
         if normalized in self.origins or _is_loopback(parts.hostname.lower()):
             return True
-        return host is not None and parts.netloc.lower() == host.lower()  # same-origin: the gym's own page
+        # same-origin (the gym's own page), which says something only while the Host itself is checked
+        return not self.any_host and host is not None and parts.netloc.lower() == host.lower()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/healthz":

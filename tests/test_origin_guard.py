@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx2
 
 from gym_server.config import ServeConfig
+from gym_server.origin_guard import HostOriginGuard
 from gym_server.serve import GymThread
 from tests.conftest import MCP_HEADERS, mcp_session, new_episode
 
@@ -56,7 +57,13 @@ async def test_allow_lists_and_public_url_extend_the_defaults():
             assert await status("gym1", "https://gym.example.org") == 200
             assert await status("gym1", "https://inspector.example.evil") == 403
             assert await status("gym1:8000", "http://gym1:8000") == 200  # same-origin
-    with GymThread(ServeConfig(port=0, allowed_hosts=["*"], allowed_origins=["*"])) as gym:
+    with GymThread(ServeConfig(port=0, allowed_hosts=["*"])) as gym:
         async with httpx2.AsyncClient(timeout=30) as http:
-            response = await http.get(f"{gym.url}/api/arenas", headers={"Host": "anything.example", "Origin": "http://else.example"})
-            assert response.status_code == 200
+            async def status_any(origin: str | None) -> int:
+                headers = {"Host": "anything.example:80", **({"Origin": origin} if origin else {})}
+                return (await http.get(f"{gym.url}/api/arenas", headers=headers)).status_code
+
+            assert await status_any(None) == 200
+            assert await status_any("http://localhost:6274") == 200
+            assert await status_any("http://anything.example:80") == 403  # any Host: "same origin" proves nothing
+    assert HostOriginGuard(None, [], ["*"]).origin_allowed("http://else.example", "x")  # type: ignore[arg-type]
