@@ -234,7 +234,8 @@ class EpisodeManager:
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
         """Run one call in the episode's turn and log it. A call cancelled while it runs (the client gave up)
         is logged as `cancelled` and changes no state: `_execute` stores state only once the sandbox has
-        answered, and the sandbox pool replaces a worker whose call was cancelled."""
+        answered, and the sandbox pool replaces a worker whose call was cancelled. A call cancelled while it
+        still waits for its turn never ran: it is not logged."""
         async with episode.lock:
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
