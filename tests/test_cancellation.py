@@ -78,7 +78,10 @@ async def test_notifications_cancelled_names_one_request_of_this_episode(gym, ht
     for wrong in ({"requestId": "7"}, {"requestId": 8}):  # other ids name nothing
         assert (await http.post(url, json={**cancel, "params": wrong}, headers=MCP_HEADERS)).status_code == 202
     assert (await http.post(other["mcp_url"], json=cancel, headers=MCP_HEADERS)).status_code == 202  # another episode's URL
+    queued = asyncio.ensure_future(http.post(url, json=_call(9, "echo_state", {}), headers=MCP_HEADERS))
     await asyncio.sleep(0.1)
+    assert (await http.post(url, json={**cancel, "params": {"requestId": 9}}, headers=MCP_HEADERS)).status_code == 202
+    assert (await queued).json()["error"]["code"] == -32800  # cancelled before its turn: it never runs
     assert not slow.done()
     t0 = time.perf_counter()
     assert (await http.post(url, json=cancel, headers=MCP_HEADERS)).status_code == 202
