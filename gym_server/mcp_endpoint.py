@@ -87,7 +87,8 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
         except CallCancelled:
             raise MCPError(REQUEST_CANCELLED, "Request cancelled: the call was stopped and changed nothing") from None
         if entry.status is CallStatus.unknown_tool:  # every spec version: a protocol error (-32602), logged all the same
-            raise MCPError(types.INVALID_PARAMS, f"U{(entry.error or '')[1:]}")
+            message = entry.error or f"unknown tool {params.name!r}"
+            raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
         return tool_result(entry)
 
     server = Server(
