@@ -74,11 +74,15 @@ class HostOriginGuard:
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         if self.any_origin:
             return True
-        parts = urlsplit(origin)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(origin)
+            hostname = parts.hostname
+        except ValueError:  # "http://[::1", "http://[zz]": not an origin at all
+            return False
+        if parts.scheme.lower() not in ("http", "https") or not hostname:
             return False  # "null" (sandboxed frames, file: pages) and anything that is not a web origin
         normalized = _origin_of(origin)
-        if normalized in self.origins or _is_loopback(parts.hostname.lower()):
+        if normalized in self.origins or _is_loopback(hostname.lower()):
             return True
         # same-origin (the gym's own page), which says something only while the Host itself is checked
         return not self.any_host and host is not None and parts.netloc.lower() == host.lower()

@@ -72,7 +72,8 @@ _nasty = st.sampled_from(NASTY_RAW)
 _accepts = st.sampled_from(["application/json, text/event-stream", "application/json", "*/*", "text/html"])
 _content_types = st.sampled_from(["application/json", "Application/JSON", "text/plain", "application/json; charset=utf-8"])
 _protocol_versions = st.sampled_from(["2026-07-28", "2025-11-25", "2099-01-01"]) | header_text
-_origins = st.sampled_from(["http://localhost:6274", "http://evil.example", "null"]) | header_text
+_origins = st.sampled_from(["http://localhost:6274", "http://evil.example", "null", "http://[::1", "http://[zz]"]) | header_text
+_hosts = st.sampled_from(["[::1", "a:b", "localhost:99999", "evil.example", "127.0.0.1"]) | header_text
 _verbs = st.sampled_from(["POST"] * 8 + ["GET", "DELETE"])
 
 
@@ -93,7 +94,7 @@ def rest_request(draw: Any, episode_id: str) -> dict[str, Any]:
     if kind == "delete":
         return {"method": "DELETE", "url": f"/api/episodes/{draw(path_text)}"}
     method, url = draw(_raw_rest)
-    return {"method": method, "url": url, "content": draw(raw_values)}
+    return {"method": method, "url": url, "content": draw(raw_values), "headers": {"Origin": draw(_origins), "Host": draw(_hosts)}}
 
 
 @st.composite

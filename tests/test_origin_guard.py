@@ -67,3 +67,12 @@ async def test_allow_lists_and_public_url_extend_the_defaults():
             assert await status_any("http://localhost:6274") == 200
             assert await status_any("http://anything.example:80") == 403  # any Host: "same origin" proves nothing
     assert HostOriginGuard(None, [], ["*"]).origin_allowed("http://else.example", "x")  # type: ignore[arg-type]
+
+
+def test_malformed_hosts_and_origins_are_refused_not_crashed():
+    guard = HostOriginGuard(None, [], [])  # type: ignore[arg-type]
+    for origin in ("http://[::1", "http://[zz]:80", "http://%zz", "http://:80", "javascript:alert(1)", ""):
+        assert not guard.origin_allowed(origin, "localhost"), origin
+    for host in ("[::1", "a:b", "[zz]", ":80", "x y", "a@b", "localhost:99999", "localhost/x"):
+        assert not guard.host_allowed(host), host
+    assert guard.host_allowed("[::1]:8000") and guard.origin_allowed("http://[::1]:8000", None)
