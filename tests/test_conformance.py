@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +115,7 @@ async def _run_scenario(url: str, scenario: str, out: Path) -> list[dict]:
 
 
 def test_every_scenario_is_run_or_skipped_with_a_reason():
-    listed = __import__("subprocess").run([str(NODE), str(CLI), "list"], capture_output=True, text=True, timeout=60).stdout
+    listed = subprocess.run([str(NODE), str(CLI), "list"], capture_output=True, text=True, timeout=60).stdout
     server_part = listed.split("Client scenarios")[0]
     names = {line.strip()[2:].split(" [")[0] for line in server_part.splitlines() if line.strip().startswith("- ")}
     assert names and names == set(APPLICABLE) | set(SKIPPED), names ^ (set(APPLICABLE) | set(SKIPPED))
