@@ -10,7 +10,7 @@ from typing import Any
 from gym_server.sandbox.pool import SandboxOutcome, SandboxPool
 
 
-async def _answer_at_once(self: SandboxPool, source: str, function: str, arguments: dict[str, Any], state: bytes) -> SandboxOutcome:
+async def _answer_at_once(self: SandboxPool, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None) -> SandboxOutcome:
     return SandboxOutcome(ok=True, result={"key": arguments.get("key"), "n": 1})
 
 

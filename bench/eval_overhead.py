@@ -46,7 +46,7 @@ async def main() -> None:
         url = f"http://127.0.0.1:{port}"
         with AppThread(create_scripted_llm(url)) as llm:
             async with shared_http_client() as http:
-                gym = GymClient(url, http)
+                gym = GymClient(url, http, os.environ.get("ASTRA_GYM_TOKEN"))  # the served gym reads the same variable
                 created = await gym.create_episode(EpisodeCreate(arena_id=ARENA))
                 async with MCPToolbox.http_endpoint(created.mcp_url, http) as box:
                     raw = []

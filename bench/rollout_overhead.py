@@ -48,8 +48,8 @@ def main() -> None:
             timings["generate"] += time.perf_counter() - t0
 
     model.generate = timed_generate
-    with GymThread(ServeConfig(port=0)) as gym:
-        rollout = MCPRollout(gym.url, max_turns=2, max_new_tokens=32)
+    with GymThread.private(ServeConfig(port=0)) as gym:
+        rollout = MCPRollout(gym.url, max_turns=2, max_new_tokens=32, token=gym.config.token)
         original_call = rollout.__call__
 
         def call(prompts_, trainer_):

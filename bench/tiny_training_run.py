@@ -65,14 +65,14 @@ def main() -> None:
         tokenizer.save_pretrained(work / "base")
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
-    with GymThread(ServeConfig(port=0, arenas=[str(work / "train.jsonl"), str(work / "heldout.jsonl")])) as gym:
+    with GymThread.private(ServeConfig(port=0, arenas=[str(work / "train.jsonl"), str(work / "heldout.jsonl")])) as gym:
 
         def heldout_reward(folder: Path, tag: str) -> dict:
             report = work / f"eval-{tag}" / "report.json"
             if report.exists():  # a resumed run: this stage was evaluated already
                 return json.loads(report.read_text())["overall"]
             model, tok = load_pretrained(str(folder))
-            config = EvalConfig(policy="oracle", gym=gym.url, arenas="heldout-*", concurrency=8, out=work / f"eval-{tag}", max_turns=4, max_tokens=96)
+            config = EvalConfig(policy="oracle", gym=gym.url, token=gym.config.token, arenas="heldout-*", concurrency=8, out=work / f"eval-{tag}", max_turns=4, max_tokens=96)
             from clients import evaluation
 
             original = evaluation.make_policy
@@ -84,7 +84,7 @@ def main() -> None:
 
         results["before SFT"] = heldout_reward(work / "base", "base")
         if not (work / "oracle" / "report.json").exists():
-            asyncio.run(run_eval(EvalConfig(policy="oracle", gym=gym.url, arenas="offline-*", concurrency=16, out=work / "oracle"), progress=False))
+            asyncio.run(run_eval(EvalConfig(policy="oracle", gym=gym.url, token=gym.config.token, arenas="offline-*", concurrency=16, out=work / "oracle"), progress=False))
         if not (work / "sft" / "final").exists():
             run_sft(SFTRunConfig(model=str(work / "base"), data=work / "oracle" / "trajectories.jsonl", out=work / "sft",
                                  max_steps=args.sft_steps, batch_size=8, learning_rate=args.sft_lr, save_steps=10_000,
@@ -92,7 +92,7 @@ def main() -> None:
         results["after SFT"] = heldout_reward(work / "sft" / "final", "sft")
         if not (work / "grpo" / "final").exists():
             distractors = dict(zip(("high", "medium", "low"), (int(x) for x in args.distractors.split(","))))
-            run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, arenas=[str(work / "train.jsonl")], out=work / "grpo",
+            run_grpo(GRPORunConfig(model=str(work / "sft" / "final"), gym=gym.url, token=gym.config.token, arenas=[str(work / "train.jsonl")], out=work / "grpo",
                                    max_steps=args.grpo_steps, batch_size=2 * args.grpo_generations, num_generations=args.grpo_generations,
                                    learning_rate=args.grpo_lr, max_turns=4,
                                    max_new_tokens=96, save_steps=10_000, distractors=distractors, temperature=args.grpo_temperature,

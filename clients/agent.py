@@ -139,5 +139,8 @@ async def run_agent(
         timings.tools_s += time.perf_counter() - t0
         for call, output in zip(assistant["tool_calls"], outputs):
             messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": output})
+        if toolbox.transport_errors:  # the gym stopped answering: more model turns would be spent on nothing
+            timings.total_s = time.perf_counter() - started
+            return AgentResult(messages, None, turn, "gym_unreachable", usage, timings)
     timings.total_s = time.perf_counter() - started
     return AgentResult(messages, None, max_turns, "max_turns", usage, timings)

@@ -1,7 +1,8 @@
 """`astra-gym eval`: play many episodes concurrently, append each finished one to trajectories.jsonl, then
 write report.json, report.md and PNG charts. Re-running with the same --out resumes: finished episodes
 (those with no error) are not played again. A dead gym or model endpoint stops the run with a clear error;
-what was finished stays on disk."""
+what was finished stays on disk. An episode that could not be played is an infrastructure error: reports
+count it apart and never average it into the rewards, and a run in which no episode could be played fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import fnmatch
 import zlib
 import json
 import os
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from math import comb
 from pathlib import Path
 from typing import Any, Literal
@@ -95,10 +97,13 @@ async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         from gym_server.config import ServeConfig
         from gym_server.serve import GymThread
 
-        gym_thread = GymThread(ServeConfig(port=0)).start()
+        gym_thread = GymThread.private(ServeConfig(port=0)).start()
     try:
         async with shared_http_client(max_connections=max(64, config.concurrency * 4)) as http:
-            gym = GymClient(config.gym or gym_thread.url, http, config.token)  # type: ignore[union-attr]
+            if gym_thread is not None:
+                gym = GymClient(gym_thread.url, http, gym_thread.config.token)
+            else:
+                gym = GymClient(config.gym, http, config.token)  # type: ignore[arg-type]
             policy = make_policy(config, http)
             patterns = [p.strip() for p in config.arenas.split(",") if p.strip()]
             arenas = [a for a in await gym.arenas() if any(fnmatch.fnmatchcase(a.id, p) for p in patterns)]
@@ -112,7 +117,16 @@ async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     records = load_records(path)
     report = build_report(records, config)
     write_report(report, records, config.out)
+    failed = report["infrastructure_errors"]
+    if report["overall"]["scored"] == 0 and failed["episodes"]:
+        cause = next(iter(failed["causes"]))
+        raise EvalAborted(f"no episode could be played ({failed['episodes']} infrastructure errors, nothing scored); the cause: {cause}")
     return report
+
+
+def error_cause(error: str) -> str:
+    """An error message with its URLs (episode ids, keys) taken out, so equal causes count together."""
+    return re.sub(r"https?://\S+", "<url>", error)[:300]
 
 
 async def _play_all(config: EvalConfig, gym: GymClient, http: Any, policy: Policy, todo: list, path: Path, show: bool) -> None:
@@ -183,8 +197,12 @@ def build_report(records: list[TrajectoryRecord], config: EvalConfig) -> dict[st
     for r in final:
         by["scenario_type"][r.scenario_type or "?"].append(r)
         by["domain"][r.domain or "?"].append(r)
+    failed = [r for r in final if r.error]
     report: dict[str, Any] = {
         "policy": config.policy, "model": config.model, "overall": _aggregate(final),
+        "infrastructure_errors": {
+            "episodes": len(failed), "causes": dict(Counter(error_cause(r.error or "") for r in failed).most_common(5)),
+        },
         "by_scenario_type": {k: _aggregate(v) for k, v in sorted(by["scenario_type"].items())},
         "by_domain": {k: _aggregate(v) for k, v in sorted(by["domain"].items())},
     }  # fmt: skip
@@ -211,6 +229,11 @@ def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: P
     md += table("Overall", {"all": report["overall"]})
     md += table("By scenario type", report["by_scenario_type"])
     md += table("By domain", report["by_domain"])
+    infra = report.get("infrastructure_errors") or {"episodes": 0, "causes": {}}
+    if infra["episodes"]:
+        md += ["## Infrastructure errors", "", f"{infra['episodes']} episodes could not be played; they are counted in `errors`, "
+               "not scored, and left out of every reward above. Most common causes:", ""]  # fmt: skip
+        md += [f"- {n} x {cause}" for cause, n in infra["causes"].items()] + [""]
     if "pass_hat_k" in report:
         md += ["## pass^k", "", "| k | pass^k |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in report["pass_hat_k"].items()] + [""]
     md += ["Charts: reward.png, calls_tokens.png" + (", pass_hat_k.png" if "pass_hat_k" in report else ""), ""]

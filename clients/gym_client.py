@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import math
 from typing import Any
 
 import httpx2
@@ -14,8 +16,15 @@ class GymError(RuntimeError):
     """The gym answered with an error, or could not be reached."""
 
 
+RATE_LIMIT_WAIT_S = 60.0
+"""How long one request may wait in total on 429 answers (their Retry-After) before it fails."""
+
+
 class GymClient:
-    """Episodes go round-robin over the gyms; an episode's later calls go to the gym that made it."""
+    """Episodes go round-robin over the gyms; an episode's later calls go to the gym that made it.
+
+    `token` is the gym's bearer token (the operator's, or an agent token); it goes only to the REST paths.
+    The MCP URL an episode's creation returns carries that episode's own key and needs no token."""
 
     def __init__(self, urls: str | list[str], http: httpx2.AsyncClient, token: str | None = None) -> None:
         if isinstance(urls, str):
@@ -29,17 +38,28 @@ class GymClient:
         self._home: dict[str, str] = {}
 
     async def _request(self, method: str, url: str, **kw: Any) -> httpx2.Response:
-        try:
-            response = await self.http.request(method, url, headers=self.headers, **kw)
-        except httpx2.HTTPError as exc:
-            raise GymError(f"cannot reach the gym at {url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code >= 400:
+        waited = 0.0
+        while True:
             try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise GymError(f"{method} {url}: {response.status_code}: {message}")
+                response = await self.http.request(method, url, headers=self.headers, **kw)
+            except httpx2.HTTPError as exc:
+                raise GymError(f"cannot reach the gym at {url}: {type(exc).__name__}: {exc}") from None
+            delay = _retry_after(response)
+            if delay is None or waited + delay > RATE_LIMIT_WAIT_S:
+                break
+            await asyncio.sleep(delay)  # a quota refused this request before acting on it: safe to send again
+            waited += delay
+        if response.status_code in (401, 403):
+            hint = "no token was given (--token or ASTRA_GYM_TOKEN)" if not self.headers else "check --token / ASTRA_GYM_TOKEN"
+            raise GymError(f"{method} {url}: {response.status_code}: the gym refused this request's bearer token ({_message(response)}); {hint}")
+        if response.status_code >= 400:
+            raise GymError(f"{method} {url}: {response.status_code}: {_message(response)}")
         return response
+
+    async def check_access(self) -> None:
+        """Raise `GymError` now if a gym is unreachable or refuses the token, before a long run depends on it."""
+        for url in self.urls:
+            await self._request("GET", f"{url}/api/arenas", params={"limit": 1})
 
     async def health(self) -> list[dict[str, Any]]:
         return [(await self._request("GET", f"{u}/healthz")).json() for u in self.urls]
@@ -83,3 +103,22 @@ class GymClient:
             await self._request("DELETE", f"{self._base(episode_id)}/api/episodes/{episode_id}")
         finally:
             self._home.pop(episode_id, None)
+
+
+def _message(response: httpx2.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return str(body.get("error", response.text)) if isinstance(body, dict) else response.text
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    """Seconds to wait before sending a request that got 429 again; None when it should not be sent again."""
+    if response.status_code != 429:
+        return None
+    try:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        return 1.0
+    return max(0.1, seconds) if math.isfinite(seconds) else None

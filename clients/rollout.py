@@ -14,6 +14,10 @@ from clients.toolbox import MCPToolbox
 from gym_server.models import EpisodeCreate
 
 
+class EpisodeNotPlayed(RuntimeError):
+    """The gym did not answer some of the episode's tool calls: its score would measure the gym, not the agent."""
+
+
 async def run_episode(
     gym: GymClient,
     http: httpx2.AsyncClient,
@@ -27,8 +31,9 @@ async def run_episode(
     scenario_type: str | None = None,
     prompt: str | None = None,
 ) -> TrajectoryRecord:
-    """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop);
-    any other failure of the episode is recorded in `record.error`."""
+    """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop).
+    An episode that could not be played (its MCP URL refused, a tool call without an answer) is an
+    infrastructure error in `record.error`, never a score: it is not scored at all."""
     started = time.perf_counter()
     record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, policy=policy.name, model=policy.model,
                               domain=domain, scenario_type=scenario_type)  # fmt: skip
@@ -36,7 +41,7 @@ async def run_episode(
     if prompt is not None:  # a synthesized task played in an arena that has no question of its own
         created = created.model_copy(update={"prompt": prompt})
     record.episode_id = created.episode_id
-    record.gym_url = created.mcp_url
+    record.gym_url = created.mcp_url.split("?", 1)[0]  # the key opens the episode's tools: it stays out of records
     try:
         async with MCPToolbox.http_endpoint(created.mcp_url, http) as toolbox:
             record.tools = toolbox.openai_tools()
@@ -45,11 +50,13 @@ async def run_episode(
         record.final_answer = result.final_answer
         record.turns, record.stop_reason = result.turns, result.stop_reason
         record.usage, record.timings = result.usage, result.timings
+        if toolbox.transport_errors:
+            raise EpisodeNotPlayed(f"{len(toolbox.transport_errors)} tool call(s) got no answer from the gym; first: {toolbox.transport_errors[0]}")
         record.reward = await gym.score(created.episode_id, result.final_answer)
         record.call_log = (await gym.log(created.episode_id)).calls
     except (GymError, ModelEndpointError):
         raise
-    except Exception as exc:  # the episode failed; the record says why, and it scores nothing
+    except Exception as exc:  # the episode could not be played; the record says why, and it scores nothing
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         try:

@@ -3,7 +3,9 @@
 Synthesis rollouts, RL rollouts and evaluation all call tools through `MCPToolbox`. Many concurrent
 episodes share one `httpx2.AsyncClient` (one connection pool); a stdio server is a subprocess per toolbox.
 Calls have a per-call timeout; only calls that are safe to repeat are retried, and only on transport
-failures (a tool's own error result is an answer, not a failure).
+failures (a tool's own error result is an answer, not a failure). A call that got no answer from the server
+(timeout, refused connection, an HTTP error such as 401/403/5xx) is kept in `transport_errors`: the episode
+was not really played, and callers report it as an infrastructure error rather than score it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class MCPToolbox:
     call_timeout_s: float = 60.0
     retries: int = 2
     tools: list[types.Tool] = field(default_factory=list)
+    transport_errors: list[str] = field(default_factory=list)
+    """Calls that got no MCP answer, in order (see the module docstring)."""
     _client: Client | None = None
     _stack: AsyncExitStack | None = None
 
@@ -137,12 +141,18 @@ class MCPToolbox:
         try:
             result = await self._retrying(lambda: self.client.call_tool(name, arguments), attempts)
         except TimeoutError:
+            self.transport_errors.append(f"the call to {name} timed out after {self.call_timeout_s:g} s")
             return ToolCallResult(f"Error: the call to {name} timed out after {self.call_timeout_s:g} s", True,
                                   latency_s=loop.time() - t0, transport_error="timeout")  # fmt: skip
+        except MCPError as exc:
+            if exc.error.code == types.INVALID_PARAMS:  # the server's answer to a bad call (e.g. an unknown tool)
+                return ToolCallResult(f"Error: {exc.error.message}", True, latency_s=loop.time() - t0)
+            return self._no_answer(name, f"MCP error {exc.error.code}: {exc.error.message}", loop.time() - t0)
         except Exception as exc:  # the server is gone or answered garbage: an error the agent sees, and we record
-            if isinstance(exc, MCPError) and exc.code == types.INVALID_PARAMS:  # the agent's fault (an unknown tool): its answer
-                return ToolCallResult(f"Error: {exc}", True, latency_s=loop.time() - t0)
-            message = f"{type(exc).__name__}: {exc}"
-            return ToolCallResult(f"Error: the call to {name} failed: {message}", True, latency_s=loop.time() - t0, transport_error=message)
+            return self._no_answer(name, f"{type(exc).__name__}: {exc}", loop.time() - t0)
         text = "\n".join(c.text if isinstance(c, types.TextContent) else json.dumps(c.model_dump(mode="json")) for c in result.content)
         return ToolCallResult(text, bool(result.is_error), result.structured_content, loop.time() - t0)
+
+    def _no_answer(self, name: str, message: str, latency_s: float) -> ToolCallResult:
+        self.transport_errors.append(f"the call to {name} failed: {message}")
+        return ToolCallResult(f"Error: the call to {name} failed: {message}", True, latency_s=latency_s, transport_error=message)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,14 +20,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
 from gym_server.config import ServeConfig
 from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
 from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
 from gym_server.origin_guard import HostOriginGuard
+from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
@@ -35,35 +36,17 @@ from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
 logger = logging.getLogger(__name__)
 
 
-def error(status: int, message: str, detail: Any = None) -> JSONResponse:
+def error(status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def ok(model: BaseModel | list[Any] | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     if isinstance(model, BaseModel):
         return Response(model.model_dump_json(by_alias=True), status, headers, media_type="application/json")
     return JSONResponse(model, status, headers)
-
-
-class BearerAuth:
-    """Every path but /healthz needs `Authorization: Bearer <token>`."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/healthz":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                response = error(401, "missing or wrong bearer token")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 async def _json_body(request: Request, limit: int) -> Any:
@@ -144,9 +127,13 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         ttl_s=config.episode_ttl_s,
         max_episodes=config.max_episodes,
         max_argument_bytes=config.max_argument_bytes,
+        max_result_bytes=config.sandbox.max_result_bytes,
+        max_calls=config.max_calls_per_episode,
         default_failure=FailurePolicy(rate=config.failure_rate, kinds=config.failure_kinds, timeout_delay_s=config.timeout_delay_s),
     )
     manager = EpisodeManager(store, pool, limits)
+    authenticator = Authenticator(config.token, config.agent_tokens)
+    quotas = Quotas(lambda p: config.operator_limits if p.role is Role.operator else config.agent_limits, manager.__contains__)
     sessions = StreamableHTTPSessionManager(
         app=build_mcp_server(manager, otel_spans=config.otel_spans), json_response=True, stateless=True, max_request_body_size=config.max_request_bytes
     )
@@ -167,10 +154,17 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
                 return error(exc.status, str(exc))
             except SandboxUnavailable as exc:
                 return error(503, f"the sandbox is unavailable: {exc}")
+            except Forbidden as exc:
+                return error(403, str(exc))
+            except QuotaExceeded as exc:
+                return error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
         return endpoint
 
     async def healthz(request: Request) -> Response:
+        principal = principal_of(request)
+        if principal is None or principal.role is not Role.operator:
+            return ok({"status": "ok"})  # anyone may ask whether the gym serves; counts are the operator's
         return ok({"status": "ok", "arenas": len(store), "episodes": len(manager), "sandbox": pool.health()})
 
     async def list_arenas(request: Request) -> Response:
@@ -187,32 +181,50 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
         return ok([i.model_dump(mode="json") for i in items], headers=headers)
 
     async def show_arena(request: Request) -> Response:
+        require_operator(request, "the arena spec (it holds the gold calls and answers)")
         return ok(store.get(_path_id(request, "arena_id")))
 
+    def own_episode(request: Request, action: str) -> Any:
+        """The episode in the path, if the principal may act on it: the operator on any, an agent on its own
+        (another's is 404, as if it did not exist)."""
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
+        episode_id = _path_id(request, "episode_id")
+        if principal.role is not Role.operator and not quotas.owns(principal, episode_id):
+            raise EpisodeNotFound(episode_id)
+        if action == "log" and principal.role is not Role.operator:
+            raise Forbidden("an episode's call log needs the operator's token")
+        return manager.get(episode_id)
+
     async def create_episode(request: Request) -> Response:
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
         body = _parse(EpisodeCreate, await _json_body(request, config.max_request_bytes))
-        episode = await manager.create(body)
+        if principal.role is Role.agent:
+            _agent_may_create(body, config.agent_arenas)
+        with quotas.creating(principal) as owned:
+            episode = await manager.create(body)
+            owned(episode.id)
         base = (config.public_url or str(request.base_url)).rstrip("/")
         created = EpisodeCreated(
             episode_id=episode.id,
-            mcp_url=f"{base}/episodes/{episode.id}/mcp",
+            mcp_url=f"{base}/episodes/{episode.id}/mcp?key={episode.key}",
             prompt=episode.arena.question,
             tools=[t.definition() for t in episode.tools.values()],
         )
         return ok(created, 201)
 
     async def episode_log(request: Request) -> Response:
-        return ok(manager.get(_path_id(request, "episode_id")).log())
+        return ok(own_episode(request, "log").log())
 
     async def score(request: Request) -> Response:
-        episode = manager.get(_path_id(request, "episode_id"))
+        episode = own_episode(request, "score")
         body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
-        async with episode.lock:  # a score never sees half of a call
-            calls = list(episode.calls)
-        return ok(score_episode(episode.arena, calls, body.final_answer))
+        async with episode.lock:  # a score never sees half of a call, and the first score is final
+            if episode.scored is None:
+                episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
+        return ok(episode.scored)
 
     async def delete_episode(request: Request) -> Response:
-        manager.delete(_path_id(request, "episode_id"))
+        manager.delete(own_episode(request, "delete").id)
         return Response(status_code=204)
 
     @contextlib.asynccontextmanager
@@ -256,9 +268,18 @@ def create_app(config: ServeConfig | None = None) -> Starlette:
     app.state.manager = manager
     app.state.store = store
     app.state.pool = pool
-    if config.token:
-        app.add_middleware(BearerAuth, token=config.token)
+    app.add_middleware(BearerAuth, authenticator=authenticator)
     app.add_middleware(  # outermost: a foreign Host or Origin is refused before anything else looks at the request
         HostOriginGuard, allowed_hosts=[*config.allowed_hosts, config.host], allowed_origins=config.allowed_origins, public_url=config.public_url
     )
     return app
+
+
+def _agent_may_create(body: EpisodeCreate, exposed: list[str]) -> None:
+    """An agent token opens episodes only on exposed arenas, with the operator's failure policy and a seed
+    it does not choose (a chosen seed predicts the injected failures)."""
+    if not any(fnmatch.fnmatchcase(body.arena_id, pattern) for pattern in exposed):
+        raise Forbidden(f"arena {body.arena_id!r} is not exposed to agent tokens")
+    overrides = [name for name in ("seed", "failure_rate", "failure_kinds") if getattr(body, name) is not None]
+    if overrides or body.distractors:
+        raise Forbidden(f"an agent token cannot set {', '.join(overrides or ['distractors'])}; the operator's settings apply")

@@ -23,6 +23,7 @@ app.add_typer(synth_app, name="synth")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+UNSAFE_HELP = "Run arena code without the kernel sandbox where bubblewrap, namespaces or seccomp are missing (trusted arenas only; every call's log says so). Also: ASTRA_GYM_UNSAFE_SANDBOX=1."
 ArenasOpt = Annotated[Optional[list[str]], typer.Option("--arenas", "-a", help="Arena sources: 'builtin', files, directories (repeatable).")]
 
 
@@ -39,7 +40,9 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Interface to bind.")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port to bind (0: a free one).")] = None,
     arenas: ArenasOpt = None,
-    token: Annotated[Optional[str], typer.Option(help="Bearer token (default: $ASTRA_GYM_TOKEN).")] = None,
+    token: Annotated[Optional[str], typer.Option(help="The operator's bearer token (default: $ASTRA_GYM_TOKEN).")] = None,
+    agent_token: Annotated[Optional[list[str]], typer.Option(help="A scoped token for remote agents: own episodes on --agent-arena, no gold, no logs (repeatable).")] = None,
+    agent_arena: Annotated[Optional[list[str]], typer.Option(help="Glob over arena ids that agent tokens may open (repeatable; default: all).")] = None,
     public_url: Annotated[Optional[str], typer.Option(help="Base URL used in episode MCP URLs.")] = None,
     allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header served besides loopback, IP addresses and --public-url's (repeatable; '*': any).")] = None,
     allowed_origin: Annotated[Optional[list[str]], typer.Option(help="Browser Origin accepted besides loopback and --public-url's (repeatable; '*': any).")] = None,
@@ -49,17 +52,18 @@ def serve(
     workers: Annotated[Optional[int], typer.Option(help="Sandbox worker processes.")] = None,
     sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
     call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
+    unsafe_sandbox: Annotated[Optional[bool], typer.Option("--unsafe-sandbox", help=UNSAFE_HELP)] = None,
     upstream: Annotated[Optional[list[str]], typer.Option(help="Front a real MCP server: NAME=COMMAND or NAME=URL (repeatable).")] = None,
     otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
 ) -> None:
-    """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp."""
+    """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp?key=KEY."""
     from gym_server.serve import serve as run
 
-    sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s}.items() if v is not None}
+    sandbox = {k: v for k, v in {"workers": workers, "backend": sandbox_backend, "call_timeout_s": call_timeout_s, "unsafe": unsafe_sandbox}.items() if v is not None}
     try:
         cfg = ServeConfig.load(
-            config, host=host, port=port, arenas=arenas, token=token, public_url=public_url, failure_rate=failure_rate,
-            allowed_hosts=allowed_host, allowed_origins=allowed_origin,
+            config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
+            public_url=public_url, failure_rate=failure_rate, allowed_hosts=allowed_host, allowed_origins=allowed_origin,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
         )  # fmt: skip
         if upstream:
@@ -130,9 +134,10 @@ def arenas_show(arena_id: str, arenas: ArenasOpt = None) -> None:
 def arenas_validate(
     paths: Annotated[Optional[list[str]], typer.Argument(help="Stores to validate (default: builtin).")] = None,
     workers: Annotated[int, typer.Option(help="Sandbox workers.")] = 2,
+    unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help=UNSAFE_HELP)] = False,
 ) -> None:
     """Check a store: schema, DAG, unique tool names, and every gold call run in the sandbox."""
-    from gym_server.sandbox.pool import SandboxConfig, SandboxPool
+    from gym_server.sandbox.pool import SandboxConfig, SandboxPool, SandboxUnavailable
     from gym_server.store import ArenaStore
     from gym_server.validation import validate_store
 
@@ -142,10 +147,13 @@ def arenas_validate(
         _fail(str(exc))
 
     async def run() -> list:
-        async with SandboxPool(SandboxConfig(workers=workers)) as pool:
+        async with SandboxPool(SandboxConfig(workers=workers, unsafe=True) if unsafe_sandbox else SandboxConfig(workers=workers)) as pool:
             return await validate_store(store, pool)
 
-    reports = asyncio.run(run())
+    try:
+        reports = asyncio.run(run())
+    except SandboxUnavailable as exc:
+        _fail(str(exc))
     bad = [r for r in reports if not r.ok]
     for r in bad:
         console.print(f"[red]✗[/] {r.arena_id}")
@@ -174,6 +182,8 @@ def episode(
         response = httpx2.post(f"{gym.rstrip('/')}/api/episodes", json={k: v for k, v in body.items() if v is not None}, headers=headers, timeout=30)
     except httpx2.HTTPError as exc:
         _fail(f"cannot reach the gym at {gym}: {exc}. Is `astra-gym serve` running?")
+    if response.status_code in (401, 403):
+        _fail(f"the gym refused the bearer token ({response.status_code}): {response.text}; pass the operator's --token or set ASTRA_GYM_TOKEN")
     if response.status_code != 201:
         _fail(f"the gym answered {response.status_code}: {response.text}")
     data = response.json()
@@ -181,8 +191,10 @@ def episode(
         print(json.dumps(data, indent=2))
         return
     print(data["mcp_url"])
+    auth = ' -H "Authorization: Bearer $ASTRA_GYM_TOKEN"' if token else ""
     err.print(f"[dim]task:[/] {data['prompt']}")
-    err.print(f"[dim]score:[/] curl -X POST {gym.rstrip('/')}/api/episodes/{data['episode_id']}/score")
+    err.print("[dim]the MCP URL is the agent's key to this episode's tools, and only to them; as the operator:[/]")
+    err.print(f"[dim]score:[/] curl -X POST{auth} {gym.rstrip('/')}/api/episodes/{data['episode_id']}/score", highlight=False)
 
 
 @app.command("eval")
@@ -208,6 +220,7 @@ def eval_(
     from pydantic import ValidationError
 
     from clients.evaluation import EvalAborted, EvalConfig, run_eval
+    from clients.gym_client import GymError
 
     given = dict(policy=policy, model=model, base_url=base_url, api_key_env=api_key_env, arenas=arenas,
                  concurrency=concurrency, episodes_per_arena=episodes_per_arena, gym=gym, token=token,
@@ -219,13 +232,17 @@ def eval_(
         _fail(str(exc))
     try:
         report = asyncio.run(run_eval(cfg))
-    except (EvalAborted, ValueError) as exc:
+    except (EvalAborted, GymError, ValueError) as exc:
         _fail(str(exc), code=1)
     o = report["overall"]
     console.print(
-        f"[bold]{o['episodes']}[/] episodes, reward {o['reward']:.3f}, recall {o['recall']:.3f}, "
-        f"precision {o['precision']:.3f}, success {o['success_rate']:.1%}, errors {o['errors']}"
+        f"[bold]{o['episodes']}[/] episodes, {o['scored']} scored: reward {o['reward']:.3f}, recall {o['recall']:.3f}, "
+        f"precision {o['precision']:.3f}, success {o['success_rate']:.1%}; infrastructure errors {o['errors']}"
     )
+    from rich.markup import escape
+
+    for cause, n in report["infrastructure_errors"]["causes"].items():
+        err.print(f"[yellow]not played, not scored:[/] {n} x {escape(cause)}", highlight=False)
     console.print(f"report: {cfg.out / 'report.md'}")
 
 
@@ -432,11 +449,11 @@ def demo(
     write_bundle(arenas, store)
     (out / "arenas.mix.json").write_text(json.dumps(mix_report(arenas), indent=2))
     console.print(f"[bold]1/3[/] generated {len(arenas)} offline arenas -> {store}")
-    with GymThread(ServeConfig(port=0, arenas=[str(store)])) as gym:
-        console.print(f"[bold]2/3[/] serving them at {gym.url} (MCP per episode at /episodes/ID/mcp)")
+    with GymThread.private(ServeConfig(port=0, arenas=[str(store)])) as gym:
+        console.print(f"[bold]2/3[/] serving them at {gym.url} (MCP per episode at /episodes/ID/mcp?key=KEY)")
         results = {}
         for policy in ("oracle", "random"):
-            cfg = EvalConfig(policy=policy, gym=gym.url, concurrency=concurrency, arenas="offline-*", seed=seed, out=out / policy)
+            cfg = EvalConfig(policy=policy, gym=gym.url, token=gym.config.token, concurrency=concurrency, arenas="offline-*", seed=seed, out=out / policy)
             results[policy] = asyncio.run(run_eval(cfg))["overall"]
     table = Table(title=f"{len(arenas)} arenas, played over MCP")
     for col in ("policy", "reward", "recall", "precision", "success", "tool calls", "errors"):
@@ -485,6 +502,7 @@ def train_grpo(
     arenas: ArenasOpt = None,
     arena_filter: Annotated[str, typer.Option(help="Glob over arena ids used as prompts.")] = "*",
     gym: Annotated[Optional[str], typer.Option(help="Gym URLs (default: an in-process gym over --arenas).")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="ASTRA_GYM_TOKEN", help="The --gym's bearer token.")] = None,
     out: Annotated[Path, typer.Option()] = Path("runs/train-grpo"),
     max_steps: Annotated[int, typer.Option()] = 100,
     batch_size: Annotated[int, typer.Option()] = 8,
@@ -501,17 +519,19 @@ def train_grpo(
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
 ) -> None:
     """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
+    from clients.gym_client import GymError
+    from clients.rollout import EpisodeNotPlayed
     from trainer.train import GRPORunConfig, run_grpo
 
     try:
         counts = dict(zip(("high", "medium", "low"), (int(x) for x in distractors.split(","))))
-        cfg = GRPORunConfig(model=model, arenas=arenas or ["builtin"], arena_filter=arena_filter, gym=gym, out=out, max_steps=max_steps,
+        cfg = GRPORunConfig(model=model, arenas=arenas or ["builtin"], arena_filter=arena_filter, gym=gym, token=token, out=out, max_steps=max_steps,
                             batch_size=batch_size, num_generations=num_generations, learning_rate=learning_rate, max_turns=max_turns,
                             max_new_tokens=max_new_tokens, abf=abf, distractors=counts, save_steps=save_steps,
                             keep_resume_state=keep_resume_state, resume=resume, vllm_server=vllm_server,
                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
         result = run_grpo(cfg)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, GymError, EpisodeNotPlayed) as exc:
         _fail(str(exc), code=1)
     console.print_json(json.dumps(result))
 

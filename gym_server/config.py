@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gym_server.models import FailureKind
+from gym_server.quotas import TokenLimits
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.upstreams import UpstreamConfig
 from synth.llm import LLMConfig
@@ -21,7 +22,23 @@ class ServeConfig(BaseModel):
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources: 'builtin', JSON/JSONL files, directories.")
-    token: str | None = Field(default_factory=lambda: os.environ.get("ASTRA_GYM_TOKEN") or None, description="Bearer token required on every path but /healthz.")
+    token: str | None = Field(
+        default_factory=lambda: os.environ.get("ASTRA_GYM_TOKEN") or None, min_length=1,
+        description="The operator's bearer token: every REST path (create, score, delete, logs, arenas with gold). Agents get only their episode's MCP URL.",
+    )  # fmt: skip
+    agent_tokens: list[str] = Field(
+        default_factory=list,
+        description="Scoped bearer tokens for remote agents: list arenas, create episodes on `agent_arenas`, score once and delete their own; no gold, no logs.",
+    )
+    agent_arenas: list[str] = Field(default_factory=lambda: ["*"], description="Glob patterns over arena ids that agent tokens may open episodes on.")
+    operator_limits: TokenLimits = Field(
+        default_factory=lambda: TokenLimits(live_episodes=10_000, creations_per_minute=60_000, burst=2_000),
+        description="Quota of the operator's token (and of everyone on a gym without a token).",
+    )
+    agent_limits: TokenLimits = Field(
+        default_factory=lambda: TokenLimits(live_episodes=16, creations_per_minute=120, burst=16),
+        description="Quota of each agent token, counted apart from every other token.",
+    )
     public_url: str | None = Field(default=None, description="Base URL put into episode MCP URLs (default: the URL the request came to).")
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -39,12 +56,23 @@ class ServeConfig(BaseModel):
     episode_ttl_s: float = Field(default=1800.0, gt=0, description="Idle episodes are deleted after this long.")
     max_episodes: int = Field(default=10_000, ge=1)
     max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
+    max_calls_per_episode: int = Field(default=500, ge=1, description="Calls one episode may make; later ones are refused unrun.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
     emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _tokens(self) -> ServeConfig:
+        if self.agent_tokens and not self.token:
+            raise ValueError("agent_tokens need an operator token (--token): a gym without one is open to everyone")
+        if any(not t for t in self.agent_tokens) or len(set(self.agent_tokens)) != len(self.agent_tokens):
+            raise ValueError("agent_tokens must be distinct and non-empty")
+        if self.token in self.agent_tokens:
+            raise ValueError("an agent token must not be the operator's token")
+        return self
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServeConfig:

@@ -28,9 +28,10 @@ from gym_server.models import (
     EpisodeLog,
     FailureKind,
     FailurePolicy,
+    RewardBreakdown,
     ToolSpec,
 )
-from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
+from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import ArgumentValidator, compile_validator
 from gym_server.store import ArenaStore
 from gym_server.upstreams import UpstreamConfig, UpstreamSession
@@ -43,8 +44,19 @@ logger = logging.getLogger(__name__)
 CANCELLED_MESSAGE = "the client cancelled the call (or its connection dropped) before it finished; it was stopped and changed nothing"
 
 
+_MAX_ERROR_CHARS = 4000
+
+
 class EpisodeNotFound(KeyError):
     pass
+
+
+class CallRefused(Exception):
+    """The call was not run: the episode may make no more calls."""
+
+
+class EpisodeScored(Exception):
+    """The episode was scored: its tools answer no more."""
 
 
 class EpisodeRejected(ValueError):
@@ -96,11 +108,15 @@ class Episode:
     emulator_history: list[dict[str, Any]] = field(default_factory=list)
     """LLM-backed emulation: the calls and answers so far, which are the state the model answers from."""
     """Open sessions to fronted MCP servers, by arena id; closed when the episode ends."""
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
+    scored: RewardBreakdown | None = None
+    """The first score, which is final: later score requests return it, and the tools stop answering."""
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
-            created_at=self.created_at, calls=list(self.calls),
+            created_at=self.created_at, calls=list(self.calls), scored=self.scored,
         )  # fmt: skip
 
 
@@ -109,6 +125,9 @@ class EpisodeLimits:
     ttl_s: float = 1800.0
     max_episodes: int = 10_000
     max_argument_bytes: int = 64 * 1024
+    max_result_bytes: int = 256 * 1024
+    max_calls: int = 500
+    """Calls one episode may log; later calls are refused unrun, so an episode's log has a size bound."""
     default_failure: FailurePolicy = field(default_factory=FailurePolicy)
 
 
@@ -127,6 +146,9 @@ class EpisodeManager:
 
     def __len__(self) -> int:
         return len(self._episodes)
+
+    def __contains__(self, episode_id: str) -> bool:
+        return episode_id in self._episodes
 
     # -- arenas ------------------------------------------------------------------------------
     async def runtime(self, arena_id: str) -> ArenaRuntime:
@@ -191,11 +213,13 @@ class EpisodeManager:
         self._episodes[episode.id] = episode
         return episode
 
-    def get(self, episode_id: str) -> Episode:
+    def get(self, episode_id: str, touch: bool = True) -> Episode:
+        """`touch=False` looks without keeping the episode alive (a request not yet authorized must not)."""
         episode = self._episodes.get(episode_id)
         if episode is None:
             raise EpisodeNotFound(episode_id)
-        episode.last_used = time.monotonic()
+        if touch:
+            episode.last_used = time.monotonic()
         return episode
 
     def delete(self, episode_id: str) -> None:
@@ -205,6 +229,7 @@ class EpisodeManager:
         self._release(episode)
 
     def _release(self, episode: Episode) -> None:
+        self.pool.release(episode.id)
         for session in episode.upstreams.values():
             task = asyncio.get_running_loop().create_task(session.close())
             self._closing.add(task)
@@ -232,22 +257,31 @@ class EpisodeManager:
 
     # -- calls -------------------------------------------------------------------------------
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
-        """Run one call in the episode's turn and log it. A call cancelled while it runs (the client gave up)
-        is logged as `cancelled` and changes no state: `_execute` stores state only once the sandbox has
-        answered, and the sandbox pool replaces a worker whose call was cancelled. A call cancelled while it
-        still waits for its turn never ran: it is not logged."""
+        """Run and log one call. Raises `CallRefused` (the episode's log is full), `EpisodeScored` (the score is
+        final) and `SandboxUnavailable` (the sandbox cannot run anything now): none is a call the tool answered,
+        so none is logged or scored. A call cancelled while it runs (the client gave up) is logged as
+        `cancelled`, changes no state (`_execute` stores state only once the sandbox has answered, and the
+        sandbox pool stops the process running a cancelled call) and re-raises CancelledError; one cancelled
+        while it still waits for its turn never ran and is not logged."""
         async with episode.lock:
+            if episode.scored is not None:
+                raise EpisodeScored(episode.id)
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
+            if index >= self.limits.max_calls:
+                raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
             try:
                 status, result, error, injected = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
                 status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
+            if status is CallStatus.ok and len(_measure_arguments(result)) > self.limits.max_result_bytes:
+                status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.limits.max_result_bytes} bytes of JSON"
             entry = CallLogEntry(
-                index=index, tool=name, arguments=arguments, status=status, result=result, error=error,
-                injected=injected, source_arena=served.runtime.arena.id if served and served.distractor else None,
-                started_at=started, latency_ms=(time.perf_counter() - t0) * 1000,
+                index=index, tool=name, arguments=arguments, status=status, result=result,
+                error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
+                source_arena=served.runtime.arena.id if served and served.distractor else None,
+                started_at=started, latency_ms=(time.perf_counter() - t0) * 1000, unsafe_sandbox=self.pool.unsafe or None,
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
@@ -283,10 +317,7 @@ class EpisodeManager:
             return await self._forward(episode, arena.id, served.spec.name, arguments)
         if arena.kind == "emulator" and self.llm_emulator is not None:
             return await self._emulate_by_llm(episode, arena, served.spec, arguments)
-        try:
-            outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id])
-        except SandboxUnavailable as exc:
-            return CallStatus.sandbox_error, None, f"the sandbox is unavailable: {exc}", None
+        outcome = await self.pool.call(arena.implementation, served.spec.name, arguments, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
         if not outcome.ok:
             status = CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error
             return status, None, outcome.error, None

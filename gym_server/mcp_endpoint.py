@@ -25,10 +25,12 @@ from mcp.shared.exceptions import MCPError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gym_server.episodes import Episode, EpisodeManager, EpisodeNotFound
+from gym_server.auth import episode_key_matches
+from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
 from gym_server.jsonrpc_guard import Refusal, check_protocol_version, json_content_type, parse_message, read_body
 from gym_server.mcp_cancel import CallCancelled, InFlightCalls, current_request, run_cancellable, serve_until_disconnect
 from gym_server.models import CallLogEntry, CallStatus
+from gym_server.sandbox.pool import SandboxUnavailable
 
 
 REQUEST_CANCELLED = -32800
@@ -86,6 +88,12 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
             entry = await run_cancellable(lambda: manager.call_tool(episode, params.name, arguments))
         except CallCancelled:
             raise MCPError(REQUEST_CANCELLED, "Request cancelled: the call was stopped and changed nothing") from None
+        except EpisodeScored:
+            raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
+        except CallRefused as exc:
+            return types.CallToolResult(content=[types.TextContent(type="text", text=f"Call refused: {exc}")], is_error=True)
+        except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
+            raise MCPError(types.INTERNAL_ERROR, f"the gym's sandbox cannot run tools right now: {exc}") from None
         if entry.status is CallStatus.unknown_tool:  # every spec version: a protocol error (-32602), logged all the same
             message = entry.error or f"unknown tool {params.name!r}"
             raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
@@ -100,8 +108,9 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
 
 
 class EpisodeMCPEndpoint:
-    """ASGI endpoint for `/episodes/{episode_id}/mcp`: unknown episodes get a 404 before MCP sees them, every
-    POST passes `jsonrpc_guard`, and requests are tracked so that their cancellation stops them."""
+    """ASGI endpoint for `/episodes/{episode_id}/mcp?key=KEY`: unknown episodes get a 404 and a missing or
+    wrong key a 403 before MCP sees them (see gym_server.auth); every POST passes `jsonrpc_guard`, and
+    requests are tracked so that their cancellation stops them (`mcp_cancel`)."""
 
     def __init__(self, manager: EpisodeManager, sessions: StreamableHTTPSessionManager) -> None:
         self.manager = manager
@@ -111,9 +120,13 @@ class EpisodeMCPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
         try:
-            episode = self.manager.get(episode_id)
+            episode = self.manager.get(episode_id, touch=False)
         except EpisodeNotFound:
             await Refusal(types.INVALID_REQUEST, f"episode {episode_id[:64]!r} does not exist (ended or expired)", status=404).response()(scope, receive, send)
+            return
+        if not episode_key_matches(scope, episode.key):
+            message = "this episode's MCP URL needs its key (?key=...): use the mcp_url the episode's creation returned"
+            await Refusal(types.INVALID_REQUEST, message, status=403).response()(scope, receive, send)
             return
         token = _current_episode.set(episode)
         try:

@@ -225,6 +225,8 @@ class CallLogEntry(BaseModel):
     """Set when the tool is a distractor from another arena."""
     started_at: float
     latency_ms: float
+    unsafe_sandbox: bool | None = None
+    """True when the gym ran this call's arena code without its kernel sandbox (`--unsafe-sandbox`)."""
 
 
 class EpisodeLog(BaseModel):
@@ -234,6 +236,8 @@ class EpisodeLog(BaseModel):
     failure: FailurePolicy
     created_at: float
     calls: list[CallLogEntry]
+    scored: RewardBreakdown | None = None
+    """The episode's final score, once it was scored."""
 
 
 class ScoreRequest(BaseModel):

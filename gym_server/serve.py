@@ -6,6 +6,7 @@ Both bind the socket first, so port 0 gets a free port whose number is known bef
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import threading
 from typing import Any
@@ -106,6 +107,12 @@ class GymThread(AppThread):
     def __init__(self, config: ServeConfig | None = None) -> None:
         self.config = config or ServeConfig()
         super().__init__(create_app(self.config), self.config.port, host=self.config.host)
+
+    @classmethod
+    def private(cls, config: ServeConfig | None = None) -> GymThread:
+        """An in-process gym behind a fresh random operator token (`.config.token`): other users of the machine
+        cannot drive it, and a token set in the environment for some other gym does not lock its own clients out."""
+        return cls((config or ServeConfig()).model_copy(update={"token": secrets.token_urlsafe(24), "agent_tokens": []}))
 
     def start(self, timeout_s: float = 60.0) -> GymThread:
         super().start(timeout_s)

@@ -25,7 +25,7 @@ from emulators.compile import compile_server, emulator_id
 from gym_server.models import ServerDoc
 from synth.graph import sample_chains
 from synth.llm import LLMClient, LLMConfig
-from synth.models import JudgedTrajectory, SynthTask, ToolChain, stable_id
+from synth.models import JudgedTrajectory, JudgeVerdict, SynthTask, ToolChain, stable_id
 from synth.tasks import TaskRules, tasks_for_server
 from synth.tooldocs import collect
 from synth.trajectories import apply_filter, export_sft, judge, rollout
@@ -159,19 +159,23 @@ async def _trajectories(config: SFTSynthConfig, llm: LLMClient, by_name: dict[st
     gym_config = ServeConfig(port=0, arenas=[str(store)], upstreams=[UpstreamConfig.parse(u) for u in config.upstreams])
     bar = progress.add_task("rollouts", total=len(tasks))
     semaphore = asyncio.Semaphore(config.concurrency)
-    with GymThread(gym_config) as gym_thread:
+    with GymThread.private(gym_config) as gym_thread:
         async with shared_http_client() as http:
-            gym = GymClient(gym_thread.url, http)
+            gym = GymClient(gym_thread.url, http, gym_thread.config.token)
             endpoint = ChatEndpoint(config.agent_base_url or config.llm.base_url, config.agent_model or config.llm.model, http)
 
             async def one(task: SynthTask) -> None:
                 async with semaphore:
                     seed = int(task.id[:8], 16) + config.seed  # per task: failures land on different calls
                     record = await rollout(gym, http, endpoint, task, arena_of[task.server], max_turns=config.max_turns, seed=seed)
-                    verdict = await judge(llm, task, record)
+                    # a rollout the gym did not serve is not judged: it says nothing about the agent
+                    verdict = JudgeVerdict(error=f"not played: {record.error}") if record.error else await judge(llm, task, record)
                     _append(path, [JudgedTrajectory(id=task.id, task=task, record=record.model_dump(mode="json"), verdict=verdict)])
                     progress.advance(bar)
 
             await asyncio.gather(*(one(t) for t in tasks))
     rows = _read(path, JudgedTrajectory)
-    return {"rolled_out": len(rows), "judged": sum(r.verdict.reward is not None for r in rows)}
+    failed = [r.record["error"] for r in rows if r.record.get("error")]
+    if tasks and rows and len(failed) == len(rows):
+        raise RuntimeError(f"no rollout could be played ({len(failed)} infrastructure errors); the first: {failed[0]}")
+    return {"rolled_out": len(rows), "judged": sum(r.verdict.reward is not None for r in rows), "not_played": len(failed)}

@@ -24,7 +24,7 @@ from tests.conftest import mcp_session
 CLI = [sys.executable, "-m", "gym_server.cli"]
 
 
-async def test_token_guards_every_path_but_healthz():
+async def test_token_guards_every_rest_path_and_the_mcp_url_is_the_agents_capability():
     config = ServeConfig(port=0, token="s3cret", sandbox=SandboxConfig(workers=1))
     with GymThread(config) as gym:
         async with httpx2.AsyncClient(base_url=gym.url) as anon:
@@ -38,9 +38,13 @@ async def test_token_guards_every_path_but_healthz():
             episode = (await client.post("/api/episodes", json={"arena_id": "airline-seats-aa100"})).json()
             async with mcp_session(client, episode["mcp_url"]) as session:
                 assert not (await session.call_tool("get_flight", {"flight_id": "AA100"})).is_error
-        async with httpx2.AsyncClient() as anon:
-            denied = await anon.post(episode["mcp_url"], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-            assert denied.status_code == 401
+        async with httpx2.AsyncClient() as anon:  # the agent: no token, only the MCP URL
+            async with mcp_session(anon, episode["mcp_url"]) as session:
+                assert not (await session.call_tool("get_flight", {"flight_id": "AA100"})).is_error
+            bare = episode["mcp_url"].split("?")[0]
+            for headers in ({}, auth):  # the id alone opens nothing, and the operator's token is no key
+                denied = await anon.post(bare, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+                assert denied.status_code == 403 and "key" in denied.json()["error"]["message"]
 
 
 def test_bundle_and_directory_stores_with_reused_index(tmp_path: Path):
@@ -123,7 +127,7 @@ def test_cli_episode_prints_a_working_mcp_url(gym):
     done = subprocess.run([*CLI, "episode", "clinic-refills-rx12", "--gym", gym.url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     url = done.stdout.strip()
-    assert url.startswith(gym.url + "/episodes/") and url.endswith("/mcp")
+    assert url.startswith(gym.url + "/episodes/") and "/mcp?key=" in url
     listed = httpx2.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers={"Accept": "application/json, text/event-stream"})
     assert "refill_prescription" in listed.text
     dead = subprocess.run([*CLI, "episode", "x", "--gym", "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
@@ -135,13 +139,17 @@ def test_serve_config_from_yaml(tmp_path: Path):
     path.write_text("port: 9123\nfailure_rate: 0.2\nsandbox:\n  workers: 3\n")
     config = ServeConfig.load(path, port=9000)
     assert config.port == 9000 and config.failure_rate == 0.2 and config.sandbox.workers == 3
+    path.write_text("token: op\nagent_tokens: [a, b]\nagent_arenas: ['offline-*']\nagent_limits: {live_episodes: 8, creations_per_minute: 60, burst: 8}\n")
+    config = ServeConfig.load(path)
+    assert config.agent_tokens == ["a", "b"] and config.agent_limits.live_episodes == 8 and config.operator_limits.live_episodes == 10_000
     path.write_text("prot: 1\n")
     with pytest.raises(ValidationError, match="prot"):
         ServeConfig.load(path)
 
 
 def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
-    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--workers", "1"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--agent-token", "ag3nt", "--agent-arena", "clinic-*", "--workers", "1"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         url = line.split(" at ")[1].split()[0]
@@ -154,9 +162,14 @@ def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
             except httpx2.HTTPError:
                 assert time.time() < deadline
                 time.sleep(0.1)
-        assert health.json()["arenas"] == 13
+        assert health.json() == {"status": "ok"}  # without the token: only that it serves
+        assert httpx2.get(f"{url}/healthz", headers={"Authorization": "Bearer t0k"}).json()["arenas"] == 13
         assert httpx2.get(f"{url}/api/arenas").status_code == 401
         assert httpx2.get(f"{url}/api/arenas", headers={"Authorization": "Bearer t0k"}).status_code == 200
+        agent = {"Authorization": "Bearer ag3nt"}
+        assert httpx2.get(f"{url}/api/arenas/clinic-book-d02", headers=agent).status_code == 403  # no gold for agents
+        assert httpx2.post(f"{url}/api/episodes", json={"arena_id": "airline-seats-aa100"}, headers=agent).status_code == 403
+        assert httpx2.post(f"{url}/api/episodes", json={"arena_id": "clinic-book-d02"}, headers=agent).status_code == 201
     finally:
         proc.terminate()
         proc.wait(30)

@@ -130,7 +130,7 @@ def test_cli_emulate_serves_and_prints_mcp_urls(tmp_path):
     try:
         lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
         urls = [line.split()[-1] for line in lines[1:]]
-        assert "2 servers" in lines[0] and all(u.endswith("/mcp") for u in urls)
+        assert "2 servers" in lines[0] and all("/mcp?key=" in u for u in urls)
         import httpx2
 
         listed = httpx2.post(urls[0], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},

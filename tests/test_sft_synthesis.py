@@ -121,3 +121,20 @@ def test_stage_verbs_run_one_stage_each(llm, tmp_path):
                            "--llm-base-url", "http://127.0.0.1:9/v1", "--model", "x", "--out", str(tmp_path / "dead")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert dead.returncode == 1 and "cannot reach" in dead.stderr and "resume" in dead.stderr
+
+
+async def test_rollouts_the_gym_could_not_serve_are_not_judged_and_fail_the_stage(llm, tmp_path, monkeypatch):
+    from gym_server.serve import GymThread
+
+    private = GymThread.private.__func__  # type: ignore[attr-defined]
+
+    def unreachable(cls, config=None):  # MCP URLs that point nowhere, as a wrong --public-url would make them
+        gym = private(cls, config)
+        gym.config.public_url = "http://127.0.0.1:9"
+        return gym
+
+    monkeypatch.setattr(GymThread, "private", classmethod(unreachable))
+    with pytest.raises(RuntimeError, match="no rollout could be played"):
+        await run_pipeline(_config(llm, tmp_path), show=False)
+    judged = [json.loads(x) for x in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
+    assert judged and all(j["verdict"]["error"].startswith("not played") and j["record"]["reward"] is None for j in judged)

@@ -56,3 +56,16 @@ def test_grpo_with_a_vllm_server_but_no_vllm_stops_before_training(tmp_path):
     assert done.returncode == 1
     assert "needs vllm installed" in done.stderr and "astra-gym[vllm]" in done.stderr  # brackets survive the console
     assert not (tmp_path / "g").exists()
+
+
+def test_grpo_against_a_gym_that_refuses_the_token_stops_before_training(tmp_path):
+    from gym_server.config import ServeConfig
+    from gym_server.sandbox.pool import SandboxConfig
+    from gym_server.serve import GymThread
+
+    with GymThread(ServeConfig(port=0, token="the-token", sandbox=SandboxConfig(workers=1))) as gym:
+        done = subprocess.run([*CLI, "train", "grpo", "--model", "tiny", "--gym", gym.url, "--token", "not-the-token", "--out", str(tmp_path / "g")],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "401" in done.stderr and "refused" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "g" / "final").exists()

@@ -13,13 +13,15 @@ The arena of a prompt rides in its user message (`{"role": "user", "content": ..
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clients.agent import parse_arguments
-from clients.gym_client import GymClient
+from clients.gym_client import GymClient, GymError
+from clients.rollout import EpisodeNotPlayed
 from clients.tool_calls import parse_tool_calls
 from clients.toolbox import MCPToolbox, shared_http_client
 from gym_server.models import EpisodeCreate
@@ -152,7 +154,8 @@ class MCPRollout:
                 return await self._turns(gym, box, created.episode_id, user["content"], tokenizer, generate)
         finally:
             self.episodes_played += 1
-            await gym.delete(created.episode_id)
+            with contextlib.suppress(GymError):  # an episode already gone must not hide why the rollout failed
+                await gym.delete(created.episode_id)
 
     async def _turns(self, gym: GymClient, box: MCPToolbox, episode_id: str, question: str, tokenizer: Any, generate: GenerateFn) -> EpisodeTokens:
         tools = box.openai_tools()
@@ -180,6 +183,8 @@ class MCPRollout:
                 arguments, problem = parse_arguments(call["function"]["arguments"])
                 reply = f"Error: malformed call: {problem}" if arguments is None else (await box.call(call["function"]["name"], arguments)).text
                 messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": reply})
+            if box.transport_errors:  # a reward for an episode the gym did not serve would train on noise
+                raise EpisodeNotPlayed(f"episode {episode_id}: {box.transport_errors[0]}")
             # the environment's tokens: what the template writes after the model's end-of-turn, up to the next header
             before = _cut_after_last(render(messages[: -len(calls)], False), tokenizer.eos_token)
             after = render(messages, True)

@@ -7,6 +7,7 @@ no entropy term, F1 reward from the gym, Adaptive Batch Filling and banded distr
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ class GRPORunConfig(BaseModel):
     arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources (in-process gym).")
     arena_filter: str = Field(default="*", description="Glob over arena ids used as training prompts.")
     gym: str | None = Field(default=None, description="Gym URLs; none starts one in-process.")
+    token: str | None = Field(default=None, description="The gym's bearer token (an in-process gym makes its own).")
     out: Path = Path("runs/train-grpo")
     max_steps: int = 100
     batch_size: int = 8
@@ -137,6 +139,8 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
 
 
 def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
+    if config.gym:
+        asyncio.run(_check_gym(config.gym, config.token))
     import fnmatch
 
     from datasets import Dataset
@@ -157,10 +161,11 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
     arenas = [store.get(i) for i in ids]
     prompts = [[{"role": "user", "content": a.question, "arena_id": a.id}] for a in arenas if a.kind == "arena"]
     dataset = Dataset.from_list([{"prompt": p} for p in prompts])
-    gym_thread = None if config.gym else GymThread(ServeConfig(port=0, arenas=config.arenas)).start()
+    gym_thread = None if config.gym else GymThread.private(ServeConfig(port=0, arenas=config.arenas)).start()
     try:
-        rollout = MCPRollout(config.gym or gym_thread.url, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,  # type: ignore[union-attr]
-                             temperature=config.temperature, vllm_server_url=config.vllm_server)  # fmt: skip
+        gym_url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
+        rollout = MCPRollout(gym_url, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
+                             temperature=config.temperature, vllm_server_url=config.vllm_server, token=token)  # fmt: skip
         if any(config.distractors.values()):
             rollout.distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed)
         if config.abf:
@@ -176,6 +181,15 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
         if gym_thread is not None:
             gym_thread.stop()
     return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
+
+
+async def _check_gym(url: str, token: str | None) -> None:
+    """A wrong token or a dead gym fails the run now, not after the model loaded."""
+    from clients.gym_client import GymClient
+    from clients.toolbox import shared_http_client
+
+    async with shared_http_client(max_connections=4) as http:
+        await GymClient(url, http, token).check_access()
 
 
 def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:

@@ -1,19 +1,14 @@
-"""Framing between the gym and its sandbox workers: a JSON header plus an optional binary blob.
-
-The parent never unpickles anything a worker sends (a compromised worker must not run code in the
-server), so headers are JSON and the episode's SQLite image travels as raw bytes beside them.
-Frame: 4-byte big-endian header length, 4-byte blob length, header (UTF-8 JSON), blob.
-"""
+"""The gym's side of the frame format in `inside.frames` (the sandbox side re-implements reading and writing on
+callables it captured before arena code ran)."""
 
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
-PREFIX = struct.Struct(">II")
-MAX_HEADER_BYTES = 16 * 1024 * 1024
-MAX_BLOB_BYTES = 256 * 1024 * 1024
+from gym_server.sandbox.inside.frames import MAX_BLOB_BYTES, MAX_HEADER_BYTES, PREFIX
+
+__all__ = ["PREFIX", "FrameError", "check_prefix", "decode_control", "decode_header", "encode_frame"]
 
 
 class FrameError(Exception):
@@ -39,8 +34,19 @@ def check_prefix(prefix: bytes) -> tuple[int, int]:
 def decode_header(raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise FrameError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("header is not a JSON object")
     return header
+
+
+def decode_control(message: bytes) -> tuple[dict[str, Any], bytes]:
+    """One control message (a whole SOCK_SEQPACKET datagram) from the template."""
+    if len(message) < PREFIX.size:
+        raise FrameError("control message shorter than its prefix")
+    head_len, payload_len = check_prefix(message[: PREFIX.size])
+    if PREFIX.size + head_len + payload_len != len(message):
+        raise FrameError("control message length does not match its prefix")
+    body = message[PREFIX.size :]
+    return decode_header(body[:head_len]), body[head_len:]
