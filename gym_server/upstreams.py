@@ -80,7 +80,7 @@ class UpstreamSession:
                 raise
 
     async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        box = await self._ready
+        box = await asyncio.shield(self._ready)  # a cancelled call must not cancel the session every call shares
         return await box.call(name, arguments)
 
     async def close(self) -> None:
