@@ -56,7 +56,7 @@ class UpstreamSession:
         return await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
 
     async def call(self, name: str, arguments: dict[str, Any]) -> ToolCallResult:
-        box = await self._ready
+        box = await asyncio.shield(self._ready)  # a cancelled call must not cancel the session every call shares
         return await box.call(name, arguments)
 
     async def close(self) -> None:

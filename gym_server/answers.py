@@ -19,8 +19,13 @@ _NUMBER = re.compile(r"^[\$€£¥]?\s*([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\
 def normalize(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # beyond a double's range: compared exactly, as an int
+            return value
+    if isinstance(value, float):
+        return value
     if isinstance(value, str):
         text = " ".join(unicodedata.normalize("NFKC", value).casefold().split())
         match = _NUMBER.match(text)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -26,8 +25,10 @@ from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Rol
 from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
 from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
+from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
@@ -61,9 +62,35 @@ async def _json_body(request: Request, limit: int) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _HTTPError(400, f"request body is not valid JSON: {exc}") from None
+        return parse_json(body)
+    except JSONLimitError as exc:
+        raise _HTTPError(400, str(exc)) from None
+
+
+MAX_OFFSET = 2**53
+"""Paging offsets are clamped here: SQLite takes at most a signed 64-bit OFFSET, and no store holds 2**53 arenas."""
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter clamped to [low, high]; only a value that is not an integer is refused."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.lstrip("+-").isascii() and text.lstrip("+-").isdigit()):
+        raise _HTTPError(400, f"bad query: {name} must be an integer")
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 18:  # clamped without converting: int() refuses literals past 4,300 digits
+        return high if not text.startswith("-") else low
+    return min(high, max(low, int(text)))
+
+
+def _path_id(request: Request, name: str) -> str:
+    """An id taken from the URL path, refused unless it is short, valid Unicode text."""
+    value = str(request.path_params[name])
+    if len(value) > 256 or not value.isprintable():
+        raise _HTTPError(400, f"{name} must be printable text of at most 256 characters")
+    return value
 
 
 class _HTTPError(Exception):
@@ -111,9 +138,9 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
 
     async def list_arenas(request: Request) -> Response:
         q = request.query_params
+        offset = _query_int(request, "offset", 0, 0, MAX_OFFSET)
+        limit = _query_int(request, "limit", 100, 1, 1000)
         try:
-            offset = max(0, int(q.get("offset", 0)))
-            limit = min(1000, max(1, int(q.get("limit", 100))))
             items, total = store.summaries(offset, limit, q.get("domain"), q.get("scenario_type"), q.get("prefix"))
         except ValueError as exc:
             raise _HTTPError(400, f"bad query: {exc}") from None
@@ -124,13 +151,13 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
 
     async def show_arena(request: Request) -> Response:
         require_operator(request, "the arena spec (it holds the gold calls and answers)")
-        return ok(store.get(request.path_params["arena_id"]))
+        return ok(store.get(_path_id(request, "arena_id")))
 
     def own_episode(request: Request, action: str) -> Any:
         """The episode in the path, if the principal may act on it: the operator on any, an agent on its own
         (another's is 404, as if it did not exist)."""
         principal: Principal = principal_of(request)  # type: ignore[assignment]
-        episode_id = request.path_params["episode_id"]
+        episode_id = _path_id(request, "episode_id")
         if principal.role is not Role.operator and not quotas.owns(principal, episode_id):
             raise EpisodeNotFound(episode_id)
         if action == "log" and principal.role is not Role.operator:
@@ -208,6 +235,9 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
     app.state.store = store
     app.state.pool = pool
     app.add_middleware(BearerAuth, authenticator=authenticator)
+    app.add_middleware(  # outermost: a foreign Host or Origin is refused before anything else looks at the request
+        HostOriginGuard, allowed_hosts=[*config.allowed_hosts, config.host], allowed_origins=config.allowed_origins, public_url=config.public_url
+    )
     return app
 
 

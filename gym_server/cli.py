@@ -62,6 +62,8 @@ def serve(
     agent_token: Annotated[Optional[list[str]], typer.Option(help="A scoped token for remote agents: own episodes on --agent-arena, no gold, no logs (repeatable).")] = None,
     agent_arena: Annotated[Optional[list[str]], typer.Option(help="Glob over arena ids that agent tokens may open (repeatable; default: all).")] = None,
     public_url: Annotated[Optional[str], typer.Option(help="Base URL used in episode MCP URLs.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="Host header served besides loopback, IP addresses and --public-url's (repeatable; '*': any).")] = None,
+    allowed_origin: Annotated[Optional[list[str]], typer.Option(help="Browser Origin accepted besides loopback and --public-url's (repeatable; '*': any).")] = None,
     failure_rate: Annotated[Optional[float], typer.Option(help="Default injected failure rate.")] = None,
     failure_kinds: Annotated[Optional[list[FailureKind]], typer.Option(help="Injected failure kinds (repeatable).")] = None,
     episode_ttl_s: Annotated[Optional[float], typer.Option(help="Idle episode lifetime.")] = None,
@@ -79,7 +81,7 @@ def serve(
     try:
         cfg = ServeCommandConfig.load(
             config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
-            public_url=public_url, failure_rate=failure_rate,
+            public_url=public_url, failure_rate=failure_rate, allowed_hosts=allowed_host, allowed_origins=allowed_origin,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
         )  # fmt: skip
         if upstream:

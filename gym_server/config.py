@@ -70,6 +70,16 @@ class ServeConfig(BaseModel):
         description="Quota of each agent token, counted apart from every other token.",
     )
     public_url: str | None = Field(default=None, description="Base URL put into episode MCP URLs (default: the URL the request came to).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values served besides loopback names, IP addresses and public_url's host (DNS-rebinding protection: "
+        "a foreign Host gets 421). 'name' allows any port, 'name:port' one; '*' allows any Host.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser Origin values accepted besides loopback origins, public_url's and same-origin ones (a foreign Origin "
+        "gets 403, as the MCP spec requires). '*' allows any Origin.",
+    )
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Default share of calls that fail on purpose (arenas: 0).")
     failure_kinds: list[FailureKind] = Field(default_factory=lambda: list(FailureKind), min_length=1)
     timeout_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, description="How long an injected timeout stalls.")

@@ -42,6 +42,8 @@ _measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 logger = logging.getLogger(__name__)
 
+CANCELLED_MESSAGE = "the client cancelled the call (or its connection dropped) before it finished; it was stopped and changed nothing"
+
 
 _MAX_ERROR_CHARS = 4000
 
@@ -251,7 +253,10 @@ class EpisodeManager:
     async def call_tool(self, episode: Episode, name: str, arguments: Any) -> CallLogEntry:
         """Run and log one call. Raises `CallRefused` (the episode's log is full), `EpisodeScored` (the score is
         final) and `SandboxUnavailable` (the sandbox cannot run anything now): none is a call the tool answered,
-        so none is logged or scored."""
+        so none is logged or scored. A call cancelled while it runs (the client gave up) is logged as
+        `cancelled`, changes no state (`_execute` stores state only once the sandbox has answered, and the
+        sandbox pool stops the process running a cancelled call) and re-raises CancelledError; one cancelled
+        while it still waits for its turn never ran and is not logged."""
         async with episode.lock:
             if episode.scored is not None:
                 raise EpisodeScored(episode.id)
@@ -260,7 +265,10 @@ class EpisodeManager:
             if index >= self.limits.max_calls:
                 raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
-            status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            try:
+                status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+            except asyncio.CancelledError:
+                status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
             if status is CallStatus.ok and len(_measure_arguments(result)) > self.limits.max_result_bytes:
                 status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.limits.max_result_bytes} bytes of JSON"
             entry = CallLogEntry(
@@ -271,7 +279,9 @@ class EpisodeManager:
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
-            return entry
+        if status is CallStatus.cancelled:
+            raise asyncio.CancelledError()
+        return entry
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int

@@ -22,14 +22,19 @@ import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gym_server.auth import episode_key_matches
 from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
+from gym_server.jsonrpc_guard import Refusal, check_protocol_version, json_content_type, parse_message, read_body
+from gym_server.mcp_cancel import CallCancelled, InFlightCalls, current_request, run_cancellable, serve_until_disconnect
 from gym_server.models import CallLogEntry, CallStatus
 from gym_server.sandbox.pool import SandboxUnavailable
 
+
+REQUEST_CANCELLED = -32800
+"""Answers a 2025-era request whose `notifications/cancelled` arrived (the SDK's legacy transport uses it too)."""
 
 _current_episode: ContextVar[Episode | None] = ContextVar("astra_current_episode", default=None)
 
@@ -61,6 +66,7 @@ def tool_result(entry: CallLogEntry) -> types.CallToolResult:
         CallStatus.sandbox_error: "Tool stopped by the sandbox",
         CallStatus.injected_failure: "Tool failure",
         CallStatus.upstream_error: "Upstream MCP server error",
+        CallStatus.cancelled: "Cancelled",
     }[entry.status]
     return types.CallToolResult(content=[types.TextContent(type="text", text=f"{prefix}: {entry.error}")], is_error=True)
 
@@ -71,18 +77,26 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
     OpenTelemetry SDK is configured, which a training gym rarely has."""
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         episode = _episode_of(manager, ctx)
+        if params is not None and params.cursor is not None:  # every tool comes in one page: no cursor was issued
+            raise MCPError(types.INVALID_PARAMS, f"invalid cursor {params.cursor[:100]!r}: this server lists every tool in one page")
         return types.ListToolsResult(tools=[t.mcp_tool for t in episode.tools.values()])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         episode = _episode_of(manager, ctx)
+        arguments = params.arguments if params.arguments is not None else {}
         try:
-            entry = await manager.call_tool(episode, params.name, params.arguments if params.arguments is not None else {})
+            entry = await run_cancellable(lambda: manager.call_tool(episode, params.name, arguments))
+        except CallCancelled:
+            raise MCPError(REQUEST_CANCELLED, "Request cancelled: the call was stopped and changed nothing") from None
         except EpisodeScored:
             raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
         except CallRefused as exc:
             return types.CallToolResult(content=[types.TextContent(type="text", text=f"Call refused: {exc}")], is_error=True)
         except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
             raise MCPError(types.INTERNAL_ERROR, f"the gym's sandbox cannot run tools right now: {exc}") from None
+        if entry.status is CallStatus.unknown_tool:  # every spec version: a protocol error (-32602), logged all the same
+            message = entry.error or f"unknown tool {params.name!r}"
+            raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
         return tool_result(entry)
 
     server = Server(
@@ -95,26 +109,50 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
 
 class EpisodeMCPEndpoint:
     """ASGI endpoint for `/episodes/{episode_id}/mcp?key=KEY`: unknown episodes get a 404 and a missing or
-    wrong key a 403 before MCP sees them (see gym_server.auth)."""
+    wrong key a 403 before MCP sees them (see gym_server.auth); every POST passes `jsonrpc_guard`, and
+    requests are tracked so that their cancellation stops them (`mcp_cancel`)."""
 
     def __init__(self, manager: EpisodeManager, sessions: StreamableHTTPSessionManager) -> None:
         self.manager = manager
         self.sessions = sessions
+        self.inflight = InFlightCalls()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
         try:
             episode = self.manager.get(episode_id, touch=False)
         except EpisodeNotFound:
-            body = {"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": f"episode {episode_id!r} does not exist (ended or expired)"}}
-            await JSONResponse(body, status_code=404)(scope, receive, send)
+            await Refusal(types.INVALID_REQUEST, f"episode {episode_id[:64]!r} does not exist (ended or expired)", status=404).response()(scope, receive, send)
             return
         if not episode_key_matches(scope, episode.key):
             message = "this episode's MCP URL needs its key (?key=...): use the mcp_url the episode's creation returned"
-            await JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": types.INVALID_REQUEST, "message": message}}, status_code=403)(scope, receive, send)
+            await Refusal(types.INVALID_REQUEST, message, status=403).response()(scope, receive, send)
             return
         token = _current_episode.set(episode)
         try:
-            await self.sessions.handle_request(scope, receive, send)
+            await self._serve(episode, scope, receive, send)
         finally:
             _current_episode.reset(token)
+
+    async def _serve(self, episode: Episode, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            check_protocol_version(scope)
+            if scope["method"] != "POST":  # stateless: no stream to hold open (GET), no session to end (DELETE)
+                await Response(status_code=405, headers={"Allow": "POST"})(scope, receive, send)
+                return
+            scope = json_content_type(scope)
+            body = await read_body(receive, self.sessions.max_request_body_size)
+            message = parse_message(body)
+        except Refusal as refusal:
+            await refusal.response()(scope, receive, send)
+            return
+        if message.get("method") == "notifications/cancelled" and "id" not in message:
+            self.inflight.cancel(episode.id, (message.get("params") or {}).get("requestId"))
+            await Response(status_code=202)(scope, receive, send)
+            return
+        with self.inflight.track(episode.id, message.get("id")) as inflight:
+            token = current_request.set(inflight)
+            try:
+                await serve_until_disconnect(self.sessions.handle_request, scope, body, receive, send, inflight)
+            finally:
+                current_request.reset(token)

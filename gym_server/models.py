@@ -251,6 +251,8 @@ class CallStatus(str, Enum):
     injected_failure = "injected_failure"
     upstream_error = "upstream_error"
     """A fronted real MCP server could not be reached or did not answer."""
+    cancelled = "cancelled"
+    """The client cancelled the call (or its connection dropped) while it ran: stopped, its effects discarded."""
 
 
 class CallLogEntry(BaseModel):

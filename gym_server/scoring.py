@@ -1,7 +1,7 @@
 """ASTRA's F1 trajectory reward, computed from an episode's call log and its arena (nothing else).
 
 recall r = n_hat / n, precision p = n_hat / c, reward = 2pr / (p + r), 0 when n_hat = 0. n counts the
-sub-tasks that have a gold call; c counts every call the agent made, failed and injected ones included.
+sub-tasks that have a gold call; c counts every call the agent made, failed, injected and cancelled ones included.
 A sub-task is solved by a successful call of its own tool (not a distractor) whose result returned its
 sub-answer (`gym_server.answers.result_contains_answer`). A call solves at most one sub-task, so
 precision never exceeds 1.

@@ -19,13 +19,17 @@ from gym_server.models import Arena
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import GymThread
 
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+"""What a raw legacy (2025-era) MCP POST carries."""
+
 HOSTILE_SOURCE = (Path(__file__).parent / "fixtures" / "hostile_tools.py").read_text()
 
 
 def hostile_arena() -> Arena:
-    names = ["spin", "allocate", "fork", "shell", "connect", "write_file", "attach_file", "escape_shell", "tamper", "echo_state", "set_state"]
+    names = ["spin", "allocate", "fork", "shell", "connect", "write_file", "attach_file", "escape_shell", "tamper", "echo_state", "set_state", "slow_write"]
     tools = [{"name": n, "description": f"hostile: {n}", "inputSchema": {"type": "object", "properties": {}}} for n in names]
-    tools[-1]["inputSchema"] = {"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]}
+    for tool in tools[-2:]:  # set_state and slow_write take the value to write
+        tool["inputSchema"] = {"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]}
     return Arena.model_validate(
         {
             "id": "hostile", "domain": "test", "scenario_type": "single_hop", "question": "hostile code",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from mcp.shared.exceptions import MCPError
+
 from tests.conftest import mcp_session, new_episode, result_text
 
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -49,8 +52,9 @@ async def test_raw_mcp_garbage_gets_jsonrpc_errors(gym, http):
 async def test_tool_level_errors_are_actionable_and_logged(gym, http):
     episode = await new_episode(http, gym, "airline-seats-aa100")
     async with mcp_session(http, episode["mcp_url"]) as client:
-        unknown = await client.call_tool("teleport", {})
-        assert unknown.is_error and "unknown tool 'teleport'" in result_text(unknown) and "get_flight" in result_text(unknown)
+        with pytest.raises(MCPError) as unknown:  # the spec's protocol error for an unknown tool, logged all the same
+            await client.call_tool("teleport", {})
+        assert unknown.value.code == -32602 and "Unknown tool 'teleport'" in str(unknown.value) and "get_flight" in str(unknown.value)
         missing = await client.call_tool("get_flight", {})
         assert missing.is_error and "'flight_id' is a required property" in result_text(missing)
         typed = await client.call_tool("book_flight", {"flight_id": "AA100", "passenger_id": ["P001"]})

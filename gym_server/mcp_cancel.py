@@ -1,0 +1,123 @@
+"""Stopping a tool call its client gave up on: `notifications/cancelled`, a timeout, a dropped connection.
+
+The endpoint runs statelessly, so the SDK never connects a 2025-era `notifications/cancelled` (its own
+POST) to the request it names, and in JSON-response mode nothing watches the connection of a 2026-era
+request, whose cancellation *is* closing it. Both end here: every POST that carries a request is
+tracked per episode as an `InFlight` while it is served, its connection is watched, and a disconnect or
+a matching `notifications/cancelled` from the same episode URL sets its `cancelled` event.
+`run_cancellable` then cancels the tool call: the episode manager logs it as `cancelled` and releases
+the episode's lock, and the sandbox pool kills the worker that was running it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class InFlight:
+    """One POST being served; `cancelled` is set when its client cancels or goes away."""
+
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+current_request: ContextVar[InFlight | None] = ContextVar("astra_current_request", default=None)
+"""The POST the running handler serves; SDK tasks inherit it from the endpoint's task."""
+
+
+def _key(request_id: Any) -> tuple[str, Any]:
+    return (type(request_id).__name__, request_id)  # 1 and "1" are different JSON-RPC ids
+
+
+class InFlightCalls:
+    """The POSTs in flight, by episode and JSON-RPC id, so a cancellation can find the one it names."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, tuple[str, Any]], list[InFlight]] = {}
+
+    @contextlib.contextmanager
+    def track(self, episode_id: str, request_id: Any) -> Iterator[InFlight]:
+        key = (episode_id, _key(request_id))
+        inflight = InFlight()
+        self._open.setdefault(key, []).append(inflight)
+        try:
+            yield inflight
+        finally:
+            waiting = self._open[key]
+            waiting.remove(inflight)
+            if not waiting:
+                del self._open[key]
+
+    def cancel(self, episode_id: str, request_id: Any) -> int:
+        """Cancel the named request of this episode (only this episode's URL can name it); how many were found."""
+        if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
+            return 0  # not a JSON-RPC id: it names nothing
+        found = self._open.get((episode_id, _key(request_id)), [])
+        for inflight in found:
+            inflight.cancelled.set()
+        return len(found)
+
+
+async def serve_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send, inflight: InFlight) -> None:
+    """Run `app` on an already read body while watching the connection: a disconnect cancels `inflight`."""
+    disconnected = asyncio.Event()
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+        inflight.cancelled.set()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await app(scope, replay, send)
+    finally:
+        watcher.cancel()
+
+
+_running: set[asyncio.Task[Any]] = set()
+"""Cancelled calls still unwinding (logging, releasing the lock), referenced so they are not collected."""
+
+
+class CallCancelled(Exception):
+    """The client cancelled the call; it was stopped."""
+
+
+async def run_cancellable(call: Callable[[], Awaitable[T]]) -> T:
+    """Await `call()`, stopping it as soon as the current request is cancelled (then CallCancelled)."""
+    inflight = current_request.get()
+    if inflight is None:
+        return await call()
+    task = asyncio.ensure_future(call())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    waiter = asyncio.ensure_future(inflight.cancelled.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()  # the handler itself cancelled, or the client: the call stops either way
+    if not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # it logs `cancelled` and releases the lock at once; the pool replaces its worker
+        raise CallCancelled()
+    return task.result()
