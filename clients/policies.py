@@ -4,7 +4,10 @@
   bound of every report); it records an OpenAI-format conversation, so its trajectories are SFT data too.
 - `random`: schema-valid random calls to random tools (the lower bound).
 - `openai`: a model behind an OpenAI-compatible endpoint, through `clients.agent.run_agent`.
-- `local`: a transformers model in this process (`clients.local_model.LocalChatModel`), same loop.
+- `local`: a transformers model in this process (`clients.local_model.TokenChatModel`), same loop.
+
+Every policy gets the run's system prompt from the episode context and puts it first in its conversation,
+scripted ones included, so oracle trajectories used as SFT data carry the prompt eval and GRPO send.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from clients.agent import DEFAULT_SYSTEM_PROMPT, AgentResult, ChatModel, run_agent
+from clients.agent import AgentResult, ChatModel, run_agent
 from clients.gym_client import GymClient
 from clients.records import Timings
 from clients.toolbox import MCPToolbox
@@ -31,6 +34,7 @@ class EpisodeContext:
     arena_id: str
     toolbox: MCPToolbox
     seed: int
+    system_prompt: str | None = None
 
 
 class Policy(Protocol):
@@ -47,7 +51,8 @@ def _assistant_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[
 async def _scripted(ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> AgentResult:
     """Play fixed calls one per turn, recording the conversation an agent would have had."""
     started = time.perf_counter()
-    messages: list[dict[str, Any]] = [{"role": "user", "content": ctx.episode.prompt}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": ctx.system_prompt}] if ctx.system_prompt else []
+    messages.append({"role": "user", "content": ctx.episode.prompt})
     tools_s = 0.0
     for i, (name, arguments) in enumerate(calls):
         call = _assistant_call(f"call_{i}", name, arguments)
@@ -121,28 +126,24 @@ class RandomPolicy:
 
 
 class ChatPolicy:
-    """A chat model (an OpenAI-compatible endpoint, or a local transformers model) in the agent loop."""
+    """A chat model (an OpenAI-compatible endpoint, a local transformers model, a token sampler) in the agent loop."""
 
-    def __init__(
-        self, endpoint: ChatModel, max_turns: int = 16, max_tokens: int = 1024,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, name: str = "openai",
-    ) -> None:  # fmt: skip
+    def __init__(self, endpoint: ChatModel, max_turns: int = 16, max_tokens: int = 1024, name: str = "openai") -> None:
         self.name = name
         self.endpoint = endpoint
         self.model = endpoint.model_id
         self.max_turns = max_turns
         self.max_tokens = max_tokens
-        self.system_prompt = system_prompt
 
     async def play(self, ctx: EpisodeContext) -> AgentResult:
         return await run_agent(
             self.endpoint, ctx.toolbox, ctx.episode.prompt,
-            system_prompt=self.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
+            system_prompt=ctx.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
         )  # fmt: skip
 
 
+def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_tokens: int = 1024) -> ChatPolicy:
+    """A transformers model sampled in this process (greedy), through the same loop as a served model."""
+    from clients.local_model import TokenChatModel, hf_sampler
 
-def local_policy(model: object, tokenizer: object, **kwargs: object) -> ChatPolicy:
-    from clients.local_model import LocalChatModel
-
-    return ChatPolicy(LocalChatModel(model, tokenizer), name="local", **kwargs)  # type: ignore[arg-type]
+    return ChatPolicy(TokenChatModel(tokenizer, hf_sampler(model, tokenizer), "local"), max_turns, max_tokens, name="local")
