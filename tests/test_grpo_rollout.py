@@ -90,3 +90,20 @@ def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
     assert all("abf/groups_dropped" in h and "gym/recall" in h for h in logged) and rollout.filler.stats.batches == 2
+
+
+def test_transformers_sampling_logprobs_are_those_of_the_sampling_distribution(tiny):
+    from clients.local_model import hf_sampler
+
+    model, tokenizer = tiny
+    model.eval()
+    ids = tokenizer("How many seats are still free?", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    new, logprobs = hf_sampler(model, tokenizer, temperature=0.7)(ids, 6)
+    assert 0 < len(new) == len(logprobs) <= 6
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + new])).logits[0, len(ids) - 1 : -1].float() / 0.7
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(new)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(logprobs), expected, atol=1e-4)
+    greedy, none = hf_sampler(model, tokenizer, with_logprobs=False)(ids, 4)
+    assert none == [] and len(greedy) > 0  # evaluation pays for no scores

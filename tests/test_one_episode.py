@@ -99,3 +99,17 @@ async def test_eval_and_the_grpo_rollout_play_the_same_episode(gym, tokenizer, t
     assert "malformed call" in [m for m in limit["messages"] if m["role"] == "tool"][0]["content"]
     assert limit["messages"][-1]["role"] == "tool" and len(limit["call_log"]) == 2 and limit["reward"]["tool_calls"] == 2
     assert limit["call_log"][0]["injected"] is not None  # the seed's failure, in both runs alike
+
+
+def test_sft_rows_start_with_the_prompt_their_episode_was_played_with(tmp_path):
+    from trainer.train import sft_dataset
+
+    user, answer = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+    rows = [
+        {"messages": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, user, answer], "tools": [], "system_prompt": DEFAULT_SYSTEM_PROMPT},
+        {"messages": [user, answer], "tools": [], "system_prompt": "Be terse."},  # a record whose messages lack it
+        {"messages": [user, answer], "tools": [], "system_prompt": None},  # played without one: trained without one
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    firsts = [r["messages"][0] for r in sft_dataset(tmp_path / "rows.jsonl")]
+    assert firsts == [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "system", "content": "Be terse."}, user]
