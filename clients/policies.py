@@ -146,4 +146,5 @@ def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_toke
     """A transformers model sampled in this process (greedy), through the same loop as a served model."""
     from clients.local_model import TokenChatModel, hf_sampler
 
-    return ChatPolicy(TokenChatModel(tokenizer, hf_sampler(model, tokenizer), "local"), max_turns, max_tokens, name="local")
+    sampler = hf_sampler(model, tokenizer, with_logprobs=False)
+    return ChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens, name="local")
