@@ -1,7 +1,7 @@
 """Policies: who plays an episode. All of them act only through the episode's MCP toolbox.
 
 - `oracle`: the arena's gold calls in dependency order (the validity check of every arena, and the upper
-  bound of every report); it records an OpenAI-format conversation, so its trajectories are SFT data too.
+  bound of every report); it plays through the agent loop like a model, so its trajectories are SFT data too.
 - `random`: schema-valid random calls to random tools (the lower bound).
 - `openai`: a model behind an OpenAI-compatible endpoint, through `clients.agent.run_agent`.
 - `local`: a transformers model in this process (`clients.local_model.TokenChatModel`), same loop.
@@ -15,13 +15,11 @@ from __future__ import annotations
 import json
 import random
 import string
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clients.agent import AgentResult, ChatModel, run_agent
 from clients.gym_client import GymClient
-from clients.records import Timings
 from clients.toolbox import MCPToolbox
 from gym_server.models import EpisodeCreated
 from gym_server.validation import gold_plan
@@ -44,26 +42,29 @@ class Policy(Protocol):
     async def play(self, ctx: EpisodeContext) -> AgentResult: ...
 
 
-def _assistant_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+class ScriptedModel:
+    """A chat model that makes fixed calls, one per turn, then answers: scripted policies play through the
+    same loop (and its rules: malformed calls, a gym that stops answering) as every other policy."""
+
+    model_id = "scripted"
+
+    def __init__(self, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> None:
+        self.calls = calls
+        self.answer = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        turn = sum(1 for m in messages if m["role"] == "assistant")
+        message: dict[str, Any] = {"role": "assistant", "content": self.answer}
+        if turn < len(self.calls):
+            name, arguments = self.calls[turn]
+            call = {"id": f"call_{turn}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if turn < len(self.calls) else "stop"}]}
 
 
 async def _scripted(ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> AgentResult:
-    """Play fixed calls one per turn, recording the conversation an agent would have had."""
-    started = time.perf_counter()
-    messages: list[dict[str, Any]] = [{"role": "system", "content": ctx.system_prompt}] if ctx.system_prompt else []
-    messages.append({"role": "user", "content": ctx.episode.prompt})
-    tools_s = 0.0
-    for i, (name, arguments) in enumerate(calls):
-        call = _assistant_call(f"call_{i}", name, arguments)
-        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        result = await ctx.toolbox.call(name, arguments)
-        tools_s += result.latency_s
-        messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": result.text})
-    final = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
-    messages.append({"role": "assistant", "content": final})
-    total = time.perf_counter() - started
-    return AgentResult(messages, final, len(calls) + 1, "answer", timings=Timings(total_s=total, tools_s=tools_s))
+    """Play fixed calls one per turn, then answer; the script's length is its turn budget."""
+    return await run_agent(ScriptedModel(calls, answer), ctx.toolbox, ctx.episode.prompt, system_prompt=ctx.system_prompt, max_turns=len(calls) + 1)
 
 
 class OraclePolicy:
