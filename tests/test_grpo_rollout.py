@@ -64,9 +64,22 @@ def test_truncated_turns_end_the_episode(gym, tiny):
     assert episode.truncated and episode.turns == 1 and all(episode.env_mask) and episode.reward["tool_calls"] == 0
 
 
-def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
+def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path, monkeypatch):
+    import asyncio
+
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    import trainer.rollout as rollout_module
+
+    played_on = set()  # (event loop, HTTP pool) of every episode: one of each for the whole run
+
+    async def run_episode(gym_client, *args, **kwargs):
+        played_on.add((id(asyncio.get_running_loop()), id(gym_client.http)))
+        return await real_run_episode(gym_client, *args, **kwargs)
+
+    real_run_episode = rollout_module.run_episode
+    monkeypatch.setattr(rollout_module, "run_episode", run_episode)
 
     model, tokenizer = tiny
     arenas = ["airline-seats-aa100", "clinic-refills-rx12", "retail-status-o1002", "clinic-specialties-d01-d04"]
@@ -86,7 +99,7 @@ def test_grpo_two_steps_on_cpu_through_the_gym(gym, tiny, tmp_path):
                              abf=ABFSettings(list(dataset["prompt"]), group_size=2, max_extra_rounds=1))  # fmt: skip
         trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout)
         result = trainer.train()
-    assert result.global_step == 2 and rollout.episodes_played >= 8
+    assert result.global_step == 2 and rollout.episodes_played >= 8 and len(played_on) == 1
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
     assert all("abf/groups_dropped" in h and "gym/recall" in h for h in logged) and rollout.filler.stats.batches == 2
