@@ -283,3 +283,32 @@ async def test_a_call_cannot_leave_a_huge_state_nor_an_idle_process_holding_memo
     assert held.ok or pool.config.audit_hook  # the audit hook forbids nothing here: it is plain memory
     assert "mem/attacks" not in pool._owned  # it grew past keep_rss_mb, so it retired instead of waiting
     pool.release("mem")
+
+
+async def test_an_episodes_process_sees_exactly_the_state_each_call_brings():
+    """The process keeps the state its last call left loaded, and the gym sends no image when the call brings
+    that very state; any other state (an older image, another copy) is sent and used."""
+    source = (
+        "def get(db):\n    return db.execute(\"SELECT v FROM kv\").fetchone()['v']\n"
+        "def put(db, v):\n    db.execute('UPDATE kv SET v = ?', (v,))\n    return v\n"
+    )
+    sent: list[tuple[bool, int]] = []
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        exchange = pool._exchange
+
+        async def recording(process, header, blob):
+            sent.append((header.get("same_state", False), len(blob)))
+            return await exchange(process, header, blob)
+
+        pool._exchange = recording  # type: ignore[method-assign]
+        world = InitialState(ddl=["CREATE TABLE kv (v TEXT)"], rows={"kv": [{"v": "a"}]})
+        a = await pool.build_state(world)
+        a1 = (await pool.call(source, "put", {"v": "a1"}, a, owner="ep/kv")).state
+        sent.clear()
+        copy = bytes(bytearray(a1))  # equal bytes, another object: the gym cannot know the process holds it
+        seen = [(await pool.call(source, "get", {}, image, owner="ep/kv")).result for image in (a1, a, copy, a1, a1)]
+        assert seen == ["a1", "a", "a1", "a1", "a1"]
+        assert [same for same, _ in sent] == [True, False, False, False, True]
+        assert sent[0][1] == 0 and sent[1][1] == len(a)
+        a2 = (await pool.call(source, "put", {"v": "a2"}, a1, owner="ep/kv")).state
+        assert (await pool.call(source, "get", {}, a2, owner="ep/kv")).result == "a2"

@@ -44,6 +44,7 @@ CALL_ALLOWED = (
     "futex", "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid", "clock_gettime", "clock_getres",
     "clock_nanosleep", "nanosleep", "gettimeofday", "time", "getrandom", "exit", "exit_group",
     "rt_sigreturn", "rt_sigprocmask", "sigaltstack", "sched_yield", "getrusage", "restart_syscall",
+    "select", "pselect6", "poll", "ppoll",
 )  # fmt: skip
 """What a call's process may do once its filter is on. mmap and mprotect are allowed without PROT_EXEC and
 fcntl only to read descriptor flags (below)."""

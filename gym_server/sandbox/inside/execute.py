@@ -110,6 +110,9 @@ class Executor:
         self._row_factory, self._deny, self._sql_error = _dict_row, _deny_attach, sqlite3.OperationalError
         self.cpu_deadline = 0.0
         self.conn = self._new_connection()
+        self.held = b""
+        """The state image this process's episode holds after its last call."""
+        self.prepared = False
 
     # -- framing (the layout of `frames`, on captured callables) ------------------------------------------------
     def read_exact(self, fd: int, n: int) -> bytes:
@@ -157,11 +160,22 @@ class Executor:
         so idle processes kept for episodes stay small."""
         return self._rusage(self._rusage_self).ru_maxrss > limit_kb
 
-    def next_call(self) -> None:
-        """A fresh handle for the next call: nothing the last one left on its handle (TEMP tables, functions,
-        settings) reaches it."""
+    def reload(self, image: bytes) -> None:
+        """A fresh handle holding `image`: nothing the last call left on its handle (TEMP tables, functions,
+        settings) reaches the next."""
         self.conn.close()
         self.conn = self._new_connection()
+        self.load(image)
+
+    def prepare(self) -> None:
+        """Between calls: a fresh handle holding the state the episode now holds, its schema read, so that the
+        episode's next call starts at once. Arena code never saw this handle."""
+        try:
+            self.reload(self.held)
+            self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 0")
+            self.prepared = True
+        except Exception:
+            self.prepared = False
 
     def _sql_deadline(self) -> int:
         return 1 if self.cpu_deadline and self._process_time() > self.cpu_deadline else 0
