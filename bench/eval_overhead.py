@@ -1,6 +1,6 @@
 """The client's own overhead per tool call and per episode, against raw MCP call latency in the same run.
 
-A scripted OpenAI-compatible model (answers instantly, plays the gold calls) drives `clients.rollout` over
+A scripted OpenAI-compatible model (answers instantly, plays the gold calls) drives `clients.runner` over
 a gym in its own process. Raw latency: the SDK client calling the same tool on an episode in a loop.
 
     python bench/eval_overhead.py [--episodes 60] [--write docs/benchmarks.md]
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from clients.agent import ChatEndpoint  # noqa: E402
 from clients.gym_client import GymClient  # noqa: E402
 from clients.policies import ChatPolicy  # noqa: E402
-from clients.rollout import run_episode  # noqa: E402
+from clients.runner import run_episode  # noqa: E402
 from clients.toolbox import MCPToolbox, shared_http_client  # noqa: E402
 from gym_server.models import EpisodeCreate  # noqa: E402
 from gym_server.serve import AppThread  # noqa: E402
@@ -57,7 +57,7 @@ async def main() -> None:
                 policy = ChatPolicy(ChatEndpoint(llm.url + "/v1", "gold", http))
                 per_call, per_episode, totals = [], [], []
                 for i in range(args.episodes + 5):
-                    rec = await run_episode(gym, http, policy, ARENA, seed=i)
+                    rec = await run_episode(gym, policy, ARENA, seed=i)
                     assert rec.reward and rec.reward.reward == 1.0, rec.error
                     if i < 5:
                         continue  # warm-up

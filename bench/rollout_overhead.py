@@ -31,6 +31,7 @@ def main() -> None:
     from gym_server.builtin import builtin_arenas
     from gym_server.config import ServeConfig
     from gym_server.serve import GymThread
+    from clients.gym_session import GymSession
     from trainer.rollout import MCPRollout, gym_reward
     from trainer.tiny import load_model_and_tokenizer
 
@@ -48,8 +49,8 @@ def main() -> None:
             timings["generate"] += time.perf_counter() - t0
 
     model.generate = timed_generate
-    with GymThread.private(ServeConfig(port=0)) as gym:
-        rollout = MCPRollout(gym.url, max_turns=2, max_new_tokens=32, token=gym.config.token)
+    with GymThread.private(ServeConfig(port=0)) as gym, GymSession(gym.url, gym.config.token) as session:
+        rollout = MCPRollout(session, tokenizer, model=model, max_turns=2, max_new_tokens=32)
         original_call = rollout.__call__
 
         def call(prompts_, trainer_):

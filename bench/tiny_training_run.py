@@ -73,14 +73,7 @@ def main() -> None:
                 return json.loads(report.read_text())["overall"]
             model, tok = load_pretrained(str(folder))
             config = EvalConfig(policy="oracle", gym=gym.url, token=gym.config.token, arenas="heldout-*", concurrency=8, out=work / f"eval-{tag}", max_turns=4, max_tokens=96)
-            from clients import evaluation
-
-            original = evaluation.make_policy
-            evaluation.make_policy = lambda cfg, http: local_policy(model, tok, max_turns=4, max_tokens=96, system_prompt=None)
-            try:
-                return asyncio.run(run_eval(config, progress=False))["overall"]
-            finally:
-                evaluation.make_policy = original
+            return asyncio.run(run_eval(config, progress=False, policy=local_policy(model, tok, max_turns=4, max_tokens=96)))["overall"]
 
         results["before SFT"] = heldout_reward(work / "base", "base")
         if not (work / "oracle" / "report.json").exists():

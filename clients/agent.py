@@ -1,8 +1,15 @@
-"""The agent loop for any OpenAI-compatible chat-completions endpoint (vLLM, hosted APIs, local servers).
+"""The one turn loop: every policy that is a chat model (an OpenAI-compatible endpoint, a local transformers
+model, GRPO's token-level sampler) plays through `run_agent`, so evaluation, synthesis and training follow
+the same rules:
 
-Tools go in the request; every tool call of a turn runs concurrently through the MCP toolbox; the loop
-stops when the model answers without a tool call, or at max turns. Malformed tool calls (arguments that are
-not a JSON object) are answered with an error message the model can correct, and never reach the gym.
+- the system prompt is the run's (`DEFAULT_SYSTEM_PROMPT` unless a run overrides it), sent first;
+- every tool call of a turn runs concurrently through the MCP toolbox, results appended in call order;
+- malformed tool calls (arguments that are not a JSON object) are answered with an error message the model
+  can correct, and never reach the gym;
+- the loop stops when the model answers without a tool call ("answer"), when a turn is cut off by the token
+  budget ("length": its calls were never finished, so none runs and there is no final answer), or after
+  `max_turns` model turns ("max_turns"): the last turn's calls are executed (they count for the reward like
+  every call the model made), and the model gets no further turn, so there is no final answer.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any, Protocol
 import httpx2
 
 from clients.llm import ChatHTTPError, post_chat_completion
-from clients.records import Timings, TokenUsage
+from clients.records import Timings, TokenTape, TokenUsage
 from clients.toolbox import MCPToolbox
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -74,6 +81,8 @@ class AgentResult:
     stop_reason: str
     usage: TokenUsage = field(default_factory=TokenUsage)
     timings: Timings = field(default_factory=Timings)
+    tokens: TokenTape | None = None
+    """The token-level tape, when the policy sampled through a recording model (GRPO)."""
 
 
 def parse_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
@@ -105,6 +114,11 @@ async def run_agent(
     messages.append({"role": "user", "content": prompt})
     usage, timings = TokenUsage(), Timings()
     started = time.perf_counter()
+
+    def done(final: str | None, turns: int, reason: str) -> AgentResult:
+        timings.total_s = time.perf_counter() - started
+        return AgentResult(messages, final, turns, reason, usage, timings)
+
     for turn in range(1, max_turns + 1):
         t0 = time.perf_counter()
         data = await endpoint.complete(messages, tools, max_tokens)
@@ -112,8 +126,11 @@ async def run_agent(
         usage.add(data.get("usage"))
         choice = data["choices"][0]
         message = choice["message"]
-        tool_calls = message.get("tool_calls") or []
         assistant: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        if choice.get("finish_reason") == "length":  # cut off mid-turn: its calls were never finished
+            messages.append(assistant)
+            return done(None, turn, "length")
+        tool_calls = message.get("tool_calls") or []
         if tool_calls:
             assistant["tool_calls"] = [
                 {"id": tc.get("id") or f"call_{turn}_{i}", "type": "function",
@@ -122,25 +139,20 @@ async def run_agent(
             ]  # fmt: skip
         messages.append(assistant)
         if not tool_calls:
-            timings.total_s = time.perf_counter() - started
-            reason = "length" if choice.get("finish_reason") == "length" else "answer"
-            return AgentResult(messages, message.get("content"), turn, reason, usage, timings)
-
-        async def execute(call: dict[str, Any]) -> str:
-            name = call["function"]["name"]
-            arguments, problem = parse_arguments(call["function"]["arguments"])
-            if arguments is None:
-                return f"Error: malformed call to {name!r}: {problem}."
-            result = await toolbox.call(name, arguments)
-            return result.text
-
+            return done(message.get("content"), turn, "answer")
         t0 = time.perf_counter()
-        outputs = await asyncio.gather(*(execute(c) for c in assistant["tool_calls"]))
+        outputs = await asyncio.gather(*(_execute(toolbox, c) for c in assistant["tool_calls"]))
         timings.tools_s += time.perf_counter() - t0
         for call, output in zip(assistant["tool_calls"], outputs):
             messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": output})
         if toolbox.transport_errors:  # the gym stopped answering: more model turns would be spent on nothing
-            timings.total_s = time.perf_counter() - started
-            return AgentResult(messages, None, turn, "gym_unreachable", usage, timings)
-    timings.total_s = time.perf_counter() - started
-    return AgentResult(messages, None, max_turns, "max_turns", usage, timings)
+            return done(None, turn, "gym_unreachable")
+    return done(None, max_turns, "max_turns")
+
+
+async def _execute(toolbox: MCPToolbox, call: dict[str, Any]) -> str:
+    name = call["function"]["name"]
+    arguments, problem = parse_arguments(call["function"]["arguments"])
+    if arguments is None:
+        return f"Error: malformed call to {name!r}: {problem}."
+    return (await toolbox.call(name, arguments)).text

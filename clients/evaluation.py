@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import zlib
 import json
 import os
 import re
@@ -20,11 +19,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.agent import ChatEndpoint, ModelEndpointError
+from clients.agent import DEFAULT_SYSTEM_PROMPT, ChatEndpoint, ModelEndpointError
 from clients.gym_client import GymClient, GymError
 from clients.policies import ChatPolicy, OraclePolicy, Policy, RandomPolicy, local_policy
 from clients.records import TrajectoryRecord
-from clients.rollout import run_episode
+from clients.runner import episode_seed, run_episode
 from clients.toolbox import shared_http_client
 from gym_server.jsonl import read_rows
 
@@ -46,6 +45,7 @@ class EvalConfig(BaseModel):
     failure_rate: float | None = Field(default=None, ge=0, le=1)
     max_turns: int = Field(default=16, ge=1)
     max_tokens: int = Field(default=1024, ge=1)
+    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every episode (GRPO's default too).")
     seed: int = 0
     out: Path = Field(default=Path("runs/eval"))
 
@@ -78,7 +78,8 @@ def load_records(path: Path) -> list[TrajectoryRecord]:
     return read_rows(path, TrajectoryRecord)  # a line cut short by a kill: that episode is simply played again
 
 
-async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | None = None) -> dict[str, Any]:
+    """`policy` plays instead of the one `config.policy` names (a policy built in code, e.g. in tests)."""
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "config.json").write_text(config.model_dump_json(indent=2))
     path = config.out / TRAJECTORIES
@@ -95,13 +96,13 @@ async def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                 gym = GymClient(gym_thread.url, http, gym_thread.config.token)
             else:
                 gym = GymClient(config.gym, http, config.token)  # type: ignore[arg-type]
-            policy = make_policy(config, http)
+            policy = policy or make_policy(config, http)
             patterns = [p.strip() for p in config.arenas.split(",") if p.strip()]
             arenas = [a for a in await gym.arenas() if any(fnmatch.fnmatchcase(a.id, p) for p in patterns)]
             if not arenas:
                 raise ValueError(f"no arena matches {config.arenas!r}")
             todo = [(a, k) for a in arenas for k in range(config.episodes_per_arena) if f"{a.id}#{k}" not in done]
-            await _play_all(config, gym, http, policy, todo, path, progress)
+            await _play_all(config, gym, policy, todo, path, progress)
     finally:
         if gym_thread is not None:
             gym_thread.stop()
@@ -120,7 +121,7 @@ def error_cause(error: str) -> str:
     return re.sub(r"https?://\S+", "<url>", error)[:300]
 
 
-async def _play_all(config: EvalConfig, gym: GymClient, http: Any, policy: Policy, todo: list, path: Path, show: bool) -> None:
+async def _play_all(config: EvalConfig, gym: GymClient, policy: Policy, todo: list, path: Path, show: bool) -> None:
     semaphore = asyncio.Semaphore(config.concurrency)
     fatal: list[BaseException] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -133,10 +134,9 @@ async def _play_all(config: EvalConfig, gym: GymClient, http: Any, policy: Polic
                 if fatal:
                     return
                 try:
-                    seed = zlib.crc32(f"{config.seed}:{summary.id}:{k}".encode())  # distinct per arena and attempt
                     record = await run_episode(
-                        gym, http, policy, summary.id, repeat=k, seed=seed,
-                        failure_rate=config.failure_rate, domain=summary.domain, scenario_type=summary.scenario_type,
+                        gym, policy, summary.id, repeat=k, seed=episode_seed(config.seed, summary.id, k), failure_rate=config.failure_rate,
+                        domain=summary.domain, scenario_type=summary.scenario_type, system_prompt=config.system_prompt,
                     )  # fmt: skip
                 except (GymError, ModelEndpointError) as exc:
                     fatal.append(exc)

@@ -1,64 +1,154 @@
-"""A local transformers model behind the same interface as a chat endpoint, so `run_agent` (and every
-policy built on it) plays episodes with it through MCP exactly as it would with a served model."""
+"""A chat model over token ids: `TokenChatModel` renders the chat template (with tools), samples token ids
+with a `Sampler` (transformers in this process, or a vLLM server) and answers in OpenAI's response format, so
+`run_agent` plays it like any served model. GRPO plays the same model through `RecordingChatModel`, which also
+records the episode's token tape (the sampled ids and their log-probabilities, and the environment's tokens
+in between, masked): one loop for evaluation and training, token-level sampling as a model variant."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from clients.agent import AgentResult, ModelEndpointError, run_agent
+from clients.policies import EpisodeContext
+from clients.records import TokenTape
 from clients.tool_calls import parse_tool_calls
 
+Sampler = Callable[[list[int], int], tuple[list[int], list[float]]]
+"""(context token ids, token budget) -> (new token ids, their log-probabilities under the sampling
+distribution); stops at EOS or the budget. Blocking: the model runs it in a worker thread."""
 
-class LocalChatModel:
-    """`complete()` renders the chat template (with tools), generates, and answers in OpenAI's format."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str = "local", temperature: float = 0.0, seed: int = 0) -> None:
-        self.model = model
+class TokenChatModel:
+    """`complete()` renders the conversation, samples one assistant turn and parses its tool calls."""
+
+    def __init__(self, tokenizer: Any, sample: Sampler, name: str = "local") -> None:
         self.tokenizer = tokenizer
-        self.model_name = name
-        self.temperature = temperature
-        self.seed = seed
-        self._lock = threading.Lock()  # one generate at a time per model
-        self._calls = 0
+        self.sample = sample
+        self.name = name
 
     @property
     def model_id(self) -> str:
-        return self.model_name
+        return self.name
 
-    def _generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        import torch
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], generation: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=generation)
 
-        with self._lock:
-            self._calls += 1
-            ids = self.tokenizer.apply_chat_template(
-                messages, tools=tools or None, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            input_ids = ids["input_ids"].to(self.model.device)
-            torch.manual_seed(self.seed + self._calls)
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids, attention_mask=ids["attention_mask"].to(self.model.device), max_new_tokens=max_tokens,
-                    do_sample=self.temperature > 0, temperature=self.temperature or None, top_p=None, top_k=None,
-                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                )  # fmt: skip
-        new = out[0, input_ids.shape[1]:]
-        finished = bool(len(new)) and int(new[-1]) == self.tokenizer.eos_token_id
-        text = self.tokenizer.decode(new, skip_special_tokens=False)
-        for special in ("<|im_end|>", "<|endoftext|>"):
-            text = text.replace(special, "")
-        content, calls = parse_tool_calls(text, id_prefix=f"call_{self._calls}")
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        response, _, _ = await self.sample_turn(messages, self.encode(self.render(messages, tools, True)), max_tokens)
+        return response
+
+    async def sample_turn(self, messages: list[dict[str, Any]], context: list[int], max_tokens: int) -> tuple[dict[str, Any], list[int], list[float]]:
+        """(OpenAI-format response, sampled ids, their log-probabilities) for one turn after `context`."""
+        new, logprobs = await asyncio.to_thread(self.sample, context, max_tokens)
+        eos = self.tokenizer.eos_token_id
+        finished = bool(new) and new[-1] == eos
+        text = self.tokenizer.decode(new, skip_special_tokens=False).replace(self.tokenizer.eos_token, "")
+        turn = 1 + sum(1 for m in messages if m["role"] == "assistant")  # call ids depend on the episode only
+        if finished:
+            content, calls = parse_tool_calls(text, id_prefix=f"call_{turn}")
+        else:  # cut off: the agent loop runs none of its calls, so none is parsed
+            content, calls = (text or None), []
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
-        return {
+        response = {
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else ("stop" if finished else "length")}],
-            "usage": {"prompt_tokens": int(input_ids.shape[1]), "completion_tokens": int(len(new))},
-            "model": self.model_name,
+            "usage": {"prompt_tokens": len(context), "completion_tokens": len(new)},
+            "model": self.name,
         }
+        return response, list(new), list(logprobs)
+
+
+class RecordingChatModel:
+    """One episode's `TokenChatModel` that keeps its token tape. Each turn is sampled after exactly the tape
+    (never a re-tokenization of the conversation), so the logprobs are those of the tokens trained on; the
+    environment's tokens are what the chat template writes after the model's end-of-turn, up to the next
+    assistant header."""
+
+    def __init__(self, model: TokenChatModel) -> None:
+        self.model = model
+        self.tape = TokenTape()
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        return await asyncio.to_thread(self._generate, messages, tools, max_tokens)
+        tape = self.tape
+        if not tape.prompt_ids:
+            tape.prompt_ids = self.model.encode(self.model.render(messages, tools, True))
+        else:
+            env = self.model.encode(self._environment_text(messages, tools))
+            tape.completion_ids += env
+            tape.logprobs += [0.0] * len(env)
+            tape.env_mask += [0] * len(env)
+        response, new, logprobs = await self.model.sample_turn(messages, tape.prompt_ids + tape.completion_ids, max_tokens)
+        if len(logprobs) != len(new):
+            raise ModelEndpointError(f"the sampler returned {len(logprobs)} logprobs for {len(new)} tokens")
+        tape.completion_ids += new
+        tape.logprobs += logprobs
+        tape.env_mask += [1] * len(new)
+        tape.truncated = response["choices"][0]["finish_reason"] == "length"
+        return response
+
+    def _environment_text(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        eos = self.model.tokenizer.eos_token
+        before = self.model.render(messages[: last + 1], tools, False)
+        at = before.rfind(eos)
+        before = before if at == -1 else before[: at + len(eos)]
+        after = self.model.render(messages, tools, True)
+        if not after.startswith(before):
+            raise ValueError("the chat template renders earlier turns differently once tool results follow; the token tape cannot be extended")
+        return after[len(before) :]
+
+
+class RecordingPolicy:
+    """A `TokenChatModel` in the agent loop, recording each episode's token tape into its result."""
+
+    def __init__(self, model: TokenChatModel, max_turns: int, max_tokens: int, name: str = "grpo") -> None:
+        self.name = name
+        self.model: str | None = model.model_id
+        self.chat_model = model
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        recorder = RecordingChatModel(self.chat_model)
+        result = await run_agent(recorder, ctx.toolbox, ctx.episode.prompt, system_prompt=ctx.system_prompt,
+                                 max_turns=self.max_turns, max_tokens=self.max_tokens)  # fmt: skip
+        result.tokens = recorder.tape
+        return result
+
+
+def hf_sampler(model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True) -> Sampler:
+    """Sampling with transformers (greedy at temperature 0), one generation at a time per model. The
+    log-probabilities are those of the sampling distribution (the processed scores generation drew from);
+    without `with_logprobs` none are computed (evaluation does not need them), and the list is empty."""
+    import torch
+
+    lock = threading.Lock()
+
+    def sample(ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+        with lock, torch.no_grad():
+            inputs = torch.tensor([ids], device=model.device)
+            out = model.generate(
+                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens, do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None, top_k=0 if temperature > 0 else None,
+                top_p=1.0 if temperature > 0 else None, output_scores=with_logprobs, return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+            new = out.sequences[0, len(ids) :].tolist()
+            logprobs = [float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(out.scores, new)] if with_logprobs else []
+        return new, logprobs
+
+    return sample
 
 
 def load_pretrained(name_or_path: str) -> tuple[Any, Any]:

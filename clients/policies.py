@@ -1,10 +1,13 @@
 """Policies: who plays an episode. All of them act only through the episode's MCP toolbox.
 
 - `oracle`: the arena's gold calls in dependency order (the validity check of every arena, and the upper
-  bound of every report); it records an OpenAI-format conversation, so its trajectories are SFT data too.
+  bound of every report); it plays through the agent loop like a model, so its trajectories are SFT data too.
 - `random`: schema-valid random calls to random tools (the lower bound).
 - `openai`: a model behind an OpenAI-compatible endpoint, through `clients.agent.run_agent`.
-- `local`: a transformers model in this process (`clients.local_model.LocalChatModel`), same loop.
+- `local`: a transformers model in this process (`clients.local_model.TokenChatModel`), same loop.
+
+Every policy gets the run's system prompt from the episode context and puts it first in its conversation,
+scripted ones included, so oracle trajectories used as SFT data carry the prompt eval and GRPO send.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ from __future__ import annotations
 import json
 import random
 import string
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from clients.agent import DEFAULT_SYSTEM_PROMPT, AgentResult, ChatModel, run_agent
+from clients.agent import AgentResult, ChatModel, run_agent
 from clients.gym_client import GymClient
-from clients.records import Timings
 from clients.toolbox import MCPToolbox
 from gym_server.models import EpisodeCreated
 
@@ -30,6 +31,7 @@ class EpisodeContext:
     arena_id: str
     toolbox: MCPToolbox
     seed: int
+    system_prompt: str | None = None
 
 
 class Policy(Protocol):
@@ -39,25 +41,29 @@ class Policy(Protocol):
     async def play(self, ctx: EpisodeContext) -> AgentResult: ...
 
 
-def _assistant_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+class ScriptedModel:
+    """A chat model that makes fixed calls, one per turn, then answers: scripted policies play through the
+    same loop (and its rules: malformed calls, a gym that stops answering) as every other policy."""
+
+    model_id = "scripted"
+
+    def __init__(self, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> None:
+        self.calls = calls
+        self.answer = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+        turn = sum(1 for m in messages if m["role"] == "assistant")
+        message: dict[str, Any] = {"role": "assistant", "content": self.answer}
+        if turn < len(self.calls):
+            name, arguments = self.calls[turn]
+            call = {"id": f"call_{turn}", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if turn < len(self.calls) else "stop"}]}
 
 
 async def _scripted(ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> AgentResult:
-    """Play fixed calls one per turn, recording the conversation an agent would have had."""
-    started = time.perf_counter()
-    messages: list[dict[str, Any]] = [{"role": "user", "content": ctx.episode.prompt}]
-    tools_s = 0.0
-    for i, (name, arguments) in enumerate(calls):
-        call = _assistant_call(f"call_{i}", name, arguments)
-        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        result = await ctx.toolbox.call(name, arguments)
-        tools_s += result.latency_s
-        messages.append({"role": "tool", "tool_call_id": call["id"], "name": name, "content": result.text})
-    final = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
-    messages.append({"role": "assistant", "content": final})
-    total = time.perf_counter() - started
-    return AgentResult(messages, final, len(calls) + 1, "answer", timings=Timings(total_s=total, tools_s=tools_s))
+    """Play fixed calls one per turn, then answer; the script's length is its turn budget."""
+    return await run_agent(ScriptedModel(calls, answer), ctx.toolbox, ctx.episode.prompt, system_prompt=ctx.system_prompt, max_turns=len(calls) + 1)
 
 
 class OraclePolicy:
@@ -119,28 +125,25 @@ class RandomPolicy:
 
 
 class ChatPolicy:
-    """A chat model (an OpenAI-compatible endpoint, or a local transformers model) in the agent loop."""
+    """A chat model (an OpenAI-compatible endpoint, a local transformers model, a token sampler) in the agent loop."""
 
-    def __init__(
-        self, endpoint: ChatModel, max_turns: int = 16, max_tokens: int = 1024,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, name: str = "openai",
-    ) -> None:  # fmt: skip
+    def __init__(self, endpoint: ChatModel, max_turns: int = 16, max_tokens: int = 1024, name: str = "openai") -> None:
         self.name = name
         self.endpoint = endpoint
         self.model = endpoint.model_id
         self.max_turns = max_turns
         self.max_tokens = max_tokens
-        self.system_prompt = system_prompt
 
     async def play(self, ctx: EpisodeContext) -> AgentResult:
         return await run_agent(
             self.endpoint, ctx.toolbox, ctx.episode.prompt,
-            system_prompt=self.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
+            system_prompt=ctx.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
         )  # fmt: skip
 
 
+def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_tokens: int = 1024) -> ChatPolicy:
+    """A transformers model sampled in this process (greedy), through the same loop as a served model."""
+    from clients.local_model import TokenChatModel, hf_sampler
 
-def local_policy(model: object, tokenizer: object, **kwargs: object) -> ChatPolicy:
-    from clients.local_model import LocalChatModel
-
-    return ChatPolicy(LocalChatModel(model, tokenizer), name="local", **kwargs)  # type: ignore[arg-type]
+    sampler = hf_sampler(model, tokenizer, with_logprobs=False)
+    return ChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens, name="local")

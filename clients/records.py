@@ -25,6 +25,22 @@ class Timings(BaseModel):
     tools_s: float = 0.0
 
 
+class TokenTape(BaseModel):
+    """An episode as the policy's tokens (GRPO's training sample), recorded while it was played:
+
+    - `prompt_ids`: the rendered system/user turn with the tools, up to the first assistant header;
+    - `completion_ids`: every token after it: the model's turns and, between them, the tool-response tokens;
+    - `logprobs`: the sampling log-probabilities of the model's tokens (0.0 for the environment's tokens);
+    - `env_mask`: 1 for tokens the model generated, 0 for tokens the environment wrote (no loss on them);
+    - `truncated`: the last turn was cut off by the token budget."""
+
+    prompt_ids: list[int] = Field(default_factory=list)
+    completion_ids: list[int] = Field(default_factory=list)
+    logprobs: list[float] = Field(default_factory=list)
+    env_mask: list[int] = Field(default_factory=list)
+    truncated: bool = False
+
+
 class TrajectoryRecord(BaseModel):
     """Everything about one episode. `error` is set (and `reward` may be None) when the episode failed."""
 
@@ -37,6 +53,8 @@ class TrajectoryRecord(BaseModel):
     policy: str
     model: str | None = None
     gym_url: str | None = None
+    system_prompt: str | None = None
+    """The system prompt the policy was given (also the first message): SFT, GRPO and eval share it."""
     messages: list[dict[str, Any]] = Field(default_factory=list)
     """OpenAI chat format: system/user/assistant (with tool_calls)/tool messages."""
     tools: list[dict[str, Any]] = Field(default_factory=list)
@@ -49,6 +67,8 @@ class TrajectoryRecord(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     timings: Timings = Field(default_factory=Timings)
     error: str | None = None
+    tokens: TokenTape | None = Field(default=None, exclude=True)
+    """The token-level tape of a recorded episode (GRPO); kept in memory, never written to JSONL."""
 
     @property
     def key(self) -> str:

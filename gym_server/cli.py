@@ -230,6 +230,7 @@ def eval_(
     failure_rate: Annotated[Optional[float], typer.Option(help="Injected failure rate per episode.")] = None,
     max_turns: Annotated[Optional[int], typer.Option()] = None,
     max_tokens: Annotated[Optional[int], typer.Option()] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(help="System prompt of every episode (default: the built-in one).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (re-run to resume).")] = None,
 ) -> None:
@@ -242,7 +243,7 @@ def eval_(
 
     given = dict(policy=policy, model=model, base_url=base_url, api_key_env=api_key_env, arenas=arenas,
                  concurrency=concurrency, episodes_per_arena=episodes_per_arena, gym=gym, token=token,
-                 failure_rate=failure_rate, max_turns=max_turns, max_tokens=max_tokens, seed=seed, out=out)  # fmt: skip
+                 failure_rate=failure_rate, max_turns=max_turns, max_tokens=max_tokens, system_prompt=system_prompt, seed=seed, out=out)  # fmt: skip
     try:
         data = yaml.safe_load(config.read_text()) if config else {}
         cfg = EvalConfig.model_validate({**(data or {}), **{k: v for k, v in given.items() if v is not None}})
@@ -535,10 +536,13 @@ def train_grpo(
     resume: Annotated[bool, typer.Option()] = False,
     vllm_server: Annotated[Optional[str], typer.Option(help="Sample turns with a `trl vllm-serve` server at this URL (needs vllm here too).")] = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
+    system_prompt: Annotated[Optional[str], typer.Option(help="System prompt of every episode (default: the built-in one, as in eval).")] = None,
+    failure_rate: Annotated[Optional[float], typer.Option(help="Injected failure rate per episode (default: the arena's).")] = None,
 ) -> None:
     """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
+    from clients.agent import ModelEndpointError
     from clients.gym_client import GymError
-    from clients.rollout import EpisodeNotPlayed
+    from clients.runner import EpisodeNotPlayed
     from trainer.train import GRPORunConfig, run_grpo
 
     try:
@@ -547,9 +551,10 @@ def train_grpo(
                             batch_size=batch_size, num_generations=num_generations, learning_rate=learning_rate, max_turns=max_turns,
                             max_new_tokens=max_new_tokens, abf=abf, distractors=counts, save_steps=save_steps,
                             keep_resume_state=keep_resume_state, resume=resume, vllm_server=vllm_server,
-                            gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+                            gradient_checkpointing=gradient_checkpointing, failure_rate=failure_rate,
+                            **({"system_prompt": system_prompt} if system_prompt is not None else {}))  # fmt: skip
         result = run_grpo(cfg)
-    except (ValueError, OSError, GymError, EpisodeNotPlayed) as exc:
+    except (ValueError, OSError, GymError, EpisodeNotPlayed, ModelEndpointError) as exc:
         _fail(str(exc), code=1)
     console.print_json(json.dumps(result))
 

@@ -18,9 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
-from clients.agent import ChatEndpoint
+from clients.agent import DEFAULT_SYSTEM_PROMPT, ChatEndpoint
 from clients.gym_client import GymClient
 from clients.llm import LLMClient, LLMConfig
+from clients.policies import ChatPolicy
+from clients.runner import run_episode
 from clients.toolbox import shared_http_client
 from emulators.compile import compile_server, emulator_id
 from gym_server.jsonl import append_rows, read_rows
@@ -29,7 +31,7 @@ from synth.graph import sample_chains
 from synth.models import JudgedTrajectory, JudgeVerdict, SynthTask, ToolChain, stable_id
 from synth.tasks import TaskRules, tasks_for_server
 from synth.tooldocs import collect
-from synth.trajectories import apply_filter, export_sft, judge, rollout
+from synth.trajectories import apply_filter, export_sft, judge
 
 Stage = Literal["chains", "tasks", "trajectories", "export"]
 STAGES: tuple[Stage, ...] = ("chains", "tasks", "trajectories", "export")
@@ -48,6 +50,7 @@ class SFTSynthConfig(BaseModel):
     task_rules: TaskRules = Field(default_factory=TaskRules)
     failure_rate: float = Field(default=0.2, ge=0, le=1)
     max_turns: int = 12
+    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every rollout (eval's and GRPO's default).")
     min_reward: float | None = 0.6
     top_percent: float | None = None
     concurrency: int = Field(default=8, ge=1)
@@ -146,11 +149,12 @@ async def _trajectories(config: SFTSynthConfig, llm: LLMClient, by_name: dict[st
         async with shared_http_client() as http:
             gym = GymClient(gym_thread.url, http, gym_thread.config.token)
             endpoint = ChatEndpoint(config.agent_base_url or config.llm.base_url, config.agent_model or config.llm.model, http)
+            policy = ChatPolicy(endpoint, max_turns=config.max_turns)
 
             async def one(task: SynthTask) -> None:
                 async with semaphore:
                     seed = int(task.id[:8], 16) + config.seed  # per task: failures land on different calls
-                    record = await rollout(gym, http, endpoint, task, arena_of[task.server], max_turns=config.max_turns, seed=seed)
+                    record = await run_episode(gym, policy, arena_of[task.server], seed=seed, prompt=task.query, system_prompt=config.system_prompt)
                     # a rollout the gym did not serve is not judged: it says nothing about the agent
                     verdict = JudgeVerdict(error=f"not played: {record.error}") if record.error else await judge(llm, task, record)
                     append_rows(path, [JudgedTrajectory(id=task.id, task=task, record=record.model_dump(mode="json"), verdict=verdict)])

@@ -1,5 +1,5 @@
-"""Rollouts of synthesized tasks through `clients/` against MCP endpoints (emulators with 20% failure
-injection, or fronted real servers), the seven-axis judge, the filter, and the SFT export."""
+"""The seven-axis judge of synthesized tasks' trajectories (played by the episode runner, `clients.runner`,
+against emulators with 20% failure injection or fronted real servers), the filter, and the SFT export."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from clients.agent import ChatEndpoint
-from clients.gym_client import GymClient
-from clients.policies import ChatPolicy
 from clients.records import TrajectoryRecord
-from clients.rollout import run_episode
 from clients.llm import LLMClient, LLMError
 from synth.models import JUDGE_AXES, JudgedTrajectory, JudgeVerdict, SynthTask
 
@@ -26,13 +22,6 @@ RUBRIC = {
     "tool_conciseness": "Were there no redundant or irrelevant calls?",
     "final_answer_quality": "Is the final answer correct, complete and grounded in the tool results?",
 }
-
-
-async def rollout(
-    gym: GymClient, http: Any, endpoint: ChatEndpoint, task: SynthTask, arena_id: str, *, max_turns: int = 12, seed: int = 0
-) -> TrajectoryRecord:
-    policy = ChatPolicy(endpoint, max_turns=max_turns)
-    return await run_episode(gym, http, policy, arena_id, seed=seed, prompt=task.query)
 
 
 def _transcript(record: TrajectoryRecord) -> str:
@@ -94,8 +83,9 @@ def apply_filter(items: list[JudgedTrajectory], min_reward: float | None = 0.6, 
 
 
 def export_sft(items: list[JudgedTrajectory], out_dir: Path, tools_by_server: dict[str, set[str]]) -> dict[str, Any]:
-    """`train.jsonl` with `messages` (OpenAI tool-call format) and `tools` (JSON string, as TRL reads it),
-    loadable with `datasets.load_dataset("json", data_files=...)`, plus the paper-style stats."""
+    """`train.jsonl` with `messages` (OpenAI tool-call format, the system prompt first), `tools` (JSON string,
+    as TRL reads it) and `system_prompt`, loadable with `datasets.load_dataset("json", data_files=...)`, plus
+    the paper-style stats."""
     out_dir.mkdir(parents=True, exist_ok=True)
     kept = [i for i in items if i.kept]
     calls_per_sample: list[int] = []
@@ -109,7 +99,7 @@ def export_sft(items: list[JudgedTrajectory], out_dir: Path, tools_by_server: di
                 for c in m.get("tool_calls") or []:
                     used.setdefault(item.task.server, set()).add(c["function"]["name"])
             row = {"id": item.id, "server": item.task.server, "reward": item.verdict.reward, "messages": messages,
-                   "tools": json.dumps(item.record["tools"], ensure_ascii=False)}  # fmt: skip
+                   "tools": json.dumps(item.record["tools"], ensure_ascii=False), "system_prompt": item.record.get("system_prompt")}  # fmt: skip
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     total_tools = sum(len(v) for v in tools_by_server.values())
     stats = {

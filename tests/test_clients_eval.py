@@ -13,7 +13,7 @@ from clients.agent import ChatEndpoint, ModelEndpointError
 from clients.evaluation import EvalAborted, EvalConfig, run_eval
 from clients.gym_client import GymClient, GymError
 from clients.policies import OraclePolicy, RandomPolicy, random_value
-from clients.rollout import run_episode
+from clients.runner import run_episode
 from clients.toolbox import EndpointUnreachable, MCPToolbox
 from gym_server.serve import AppThread
 from tests.fixtures.scripted_llm import create_scripted_llm
@@ -43,16 +43,16 @@ async def test_agent_loop_handles_malformed_plain_and_endless_models(gym, llm, h
     client = GymClient(gym.url, http)
     from clients.policies import ChatPolicy
 
-    malformed = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "malformed", http)), "airline-seats-aa100")
+    malformed = await run_episode(client, ChatPolicy(ChatEndpoint(llm, "malformed", http)), "airline-seats-aa100")
     tool_messages = [m for m in malformed.messages if m["role"] == "tool"]
     assert "malformed call" in tool_messages[0]["content"] and "not valid JSON" in tool_messages[0]["content"]
     assert len(malformed.call_log) == 1  # the malformed call never reached the gym
     assert malformed.reward.reward == 1.0 and malformed.final_answer == "12"
 
-    plain = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "plain", http)), "airline-seats-aa100")
+    plain = await run_episode(client, ChatPolicy(ChatEndpoint(llm, "plain", http)), "airline-seats-aa100")
     assert plain.turns == 1 and plain.stop_reason == "answer" and plain.reward.reward == 0.0 and plain.reward.tool_calls == 0
 
-    chatty = await run_episode(client, http, ChatPolicy(ChatEndpoint(llm, "chatty", http), max_turns=3), "airline-seats-aa100")
+    chatty = await run_episode(client, ChatPolicy(ChatEndpoint(llm, "chatty", http), max_turns=3), "airline-seats-aa100")
     assert chatty.stop_reason == "max_turns" and chatty.turns == 3 and chatty.reward.tool_calls == 3
     assert chatty.reward.precision == pytest.approx(1 / 3)
 
@@ -66,10 +66,10 @@ async def test_broken_model_endpoint_is_a_clear_error(gym, llm, http):
 
 async def test_oracle_and_random_policies(gym, http):
     client = GymClient(gym.url, http)
-    oracle = [await run_episode(client, http, OraclePolicy(), a) for a in ("clinic-book-d02", "retail-return-headphones")]
+    oracle = [await run_episode(client, OraclePolicy(), a) for a in ("clinic-book-d02", "retail-return-headphones")]
     assert all(r.reward.reward == 1.0 for r in oracle)
     assert oracle[0].messages[-1]["content"] == "10:30; next open slot 11:15"
-    random_rewards = [(await run_episode(client, http, RandomPolicy(), "retail-return-headphones", seed=s)).reward.reward for s in range(10)]
+    random_rewards = [(await run_episode(client, RandomPolicy(), "retail-return-headphones", seed=s)).reward.reward for s in range(10)]
     assert sum(random_rewards) / len(random_rewards) < 0.3
 
 

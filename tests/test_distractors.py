@@ -42,12 +42,10 @@ def test_bands_respect_their_thresholds():
     assert cosine(v[0], v[0]) > 0.99 and cosine(v[0], v[1]) < 0.5
 
 
-async def test_distractors_are_served_in_rollout_episodes(gym, http):
-    from trainer.rollout import EpisodeTokens  # noqa: F401
+def test_distractors_are_served_in_rollout_episodes(gym):
+    from clients.gym_session import GymSession
 
     arenas = builtin_arenas()
-    rollout = MCPRollout(gym.url, max_turns=1, failure_rate=0.0)
-    rollout.distractors = DistractorSampler(arenas, counts={"low": 3}, seed=1)
     offered = []
 
     class Tok:  # the smallest tokenizer the rollout needs, recording the tools it was shown
@@ -63,8 +61,11 @@ async def test_distractors_are_served_in_rollout_episodes(gym, http):
         def decode(self, ids, skip_special_tokens):
             return "done"
 
-    prompt = [{"role": "user", "content": "q", "arena_id": "clinic-refills-rx12"}]
-    [episode] = await rollout.play([prompt], Tok(), lambda ids: ([0], [0.0]))
+    with GymSession(gym.url) as session:
+        sampler = DistractorSampler(arenas, counts={"low": 3}, seed=1)
+        rollout = MCPRollout(session, Tok(), sampler=lambda ids, n: ([0], [0.0]), max_turns=1, failure_rate=0.0, distractors=sampler.sample)
+        prompt = [{"role": "user", "content": "q", "arena_id": "clinic-refills-rx12"}]
+        [episode] = rollout.play([prompt])
     clinic = {t.name for t in next(a for a in arenas if a.id == "clinic-refills-rx12").tools}
     extra = offered[0] - clinic
     assert len(extra) == 3 and clinic <= offered[0]

@@ -64,7 +64,7 @@ async def test_an_episode_whose_gym_stops_answering_mid_play_is_not_scored(locke
 
     from clients.gym_client import GymClient
     from clients.policies import EpisodeContext, _scripted
-    from clients.rollout import run_episode
+    from clients.runner import run_episode
 
     class VanishingGym:  # the episode ends under the agent's feet (an operator, a restart, the TTL)
         name, model = "vanishing", None
@@ -75,7 +75,7 @@ async def test_an_episode_whose_gym_stops_answering_mid_play_is_not_scored(locke
 
     async with httpx2.AsyncClient(timeout=30) as http:
         gym = GymClient(locked_gym.url, http, TOKEN)
-        record = await run_episode(gym, http, VanishingGym(), "airline-seats-aa100")
+        record = await run_episode(gym, VanishingGym(), "airline-seats-aa100")
     assert record.reward is None and record.error and "got no answer from the gym" in record.error
     assert record.messages  # what happened is kept for the report
 
@@ -144,10 +144,11 @@ async def test_toolbox_tells_a_refused_call_from_a_call_without_an_answer():
     assert failed.transport_error and box.transport_errors == ["the call to get_flight failed: MCP error -32603: refused get_flight"]
 
 
-async def test_a_grpo_rollout_the_gym_stops_serving_fails_instead_of_earning_a_reward(locked_gym):
+def test_a_grpo_rollout_the_gym_stops_serving_fails_instead_of_earning_a_reward(locked_gym):
     import httpx2
 
-    from clients.rollout import EpisodeNotPlayed
+    from clients.gym_session import GymSession
+    from clients.runner import EpisodeNotPlayed
     from trainer.rollout import MCPRollout
 
     manager = locked_gym.app.state.manager
@@ -165,12 +166,13 @@ async def test_a_grpo_rollout_the_gym_stops_serving_fails_instead_of_earning_a_r
         def decode(self, ids, skip_special_tokens):
             return '<tool_call>{"name": "get_flight", "arguments": {"flight_id": "AA100"}}</tool_call>'
 
-    def generate(ids):  # the episode ends on the gym while the model thinks
+    def generate(ids, max_tokens):  # the episode ends on the gym while the model thinks
         for eid in set(manager._episodes) - before:
             httpx2.delete(f"{locked_gym.url}/api/episodes/{eid}", headers={"Authorization": f"Bearer {TOKEN}"})
         return [0], [0.0]
 
-    rollout = MCPRollout(locked_gym.url, max_turns=3, token=TOKEN)  # the token reaches REST; the MCP URL carries its key
-    prompt = [{"role": "user", "content": "q", "arena_id": "airline-seats-aa100"}]
-    with pytest.raises(EpisodeNotPlayed, match="does not exist"):
-        await rollout.play([prompt], Tok(), generate)
+    with GymSession(locked_gym.url, TOKEN) as session:  # the token reaches REST; the MCP URL carries its key
+        rollout = MCPRollout(session, Tok(), sampler=generate, max_turns=3)
+        prompt = [{"role": "user", "content": "q", "arena_id": "airline-seats-aa100"}]
+        with pytest.raises(EpisodeNotPlayed, match="does not exist"):
+            rollout.play([prompt])

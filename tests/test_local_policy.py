@@ -8,7 +8,7 @@ import pytest
 
 from clients.gym_client import GymClient
 from clients.policies import OraclePolicy, local_policy
-from clients.rollout import run_episode
+from clients.runner import run_episode
 from clients.tool_calls import parse_tool_calls
 
 torch = pytest.importorskip("torch")
@@ -66,11 +66,11 @@ def _memorize(model, tokenizer, record, steps: int = 300) -> None:
 async def test_local_policy_plays_through_mcp_and_can_solve_an_arena(gym, http, tiny):
     model, tokenizer = tiny
     client = GymClient(gym.url, http)
-    untrained = await run_episode(client, http, local_policy(model, tokenizer, max_turns=2, max_tokens=16, system_prompt=None), "airline-seats-aa100")
+    untrained = await run_episode(client, local_policy(model, tokenizer, max_turns=2, max_tokens=16), "airline-seats-aa100")
     assert untrained.error is None and untrained.reward is not None and untrained.usage.completion_tokens > 0
-    oracle = await run_episode(client, http, OraclePolicy(), "airline-seats-aa100")
+    oracle = await run_episode(client, OraclePolicy(), "airline-seats-aa100")
     _memorize(model, tokenizer, oracle)
-    played = await run_episode(client, http, local_policy(model, tokenizer, max_turns=3, max_tokens=48, system_prompt=None), "airline-seats-aa100")
+    played = await run_episode(client, local_policy(model, tokenizer, max_turns=3, max_tokens=48), "airline-seats-aa100")
     assert played.error is None, played.error
     assert played.call_log[0].tool == "get_flight" and played.call_log[0].arguments == {"flight_id": "AA100"}
     assert played.reward.reward == 1.0 and played.final_answer == "12"

@@ -52,7 +52,10 @@ async def test_pipeline_produces_a_dataset_trl_trains_on(llm, http, tmp_path):
     from datasets import load_dataset
 
     dataset = load_dataset("json", data_files=str(tmp_path / "sft" / "train.jsonl"), split="train")
-    assert set(dataset.column_names) >= {"messages", "tools"} and len(dataset) == stats["samples"]
+    assert set(dataset.column_names) >= {"messages", "tools", "system_prompt"} and len(dataset) == stats["samples"]
+    from clients.agent import DEFAULT_SYSTEM_PROMPT  # the prompt eval and GRPO send, first in every SFT row
+
+    assert all(r["system_prompt"] == DEFAULT_SYSTEM_PROMPT and r["messages"][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT} for r in dataset)
 
     from transformers import TrainingArguments  # noqa: F401  (TRL's config builds on it)
     from trl import SFTConfig, SFTTrainer

@@ -69,3 +69,36 @@ def test_grpo_against_a_gym_that_refuses_the_token_stops_before_training(tmp_pat
     assert done.returncode == 1, done.stderr
     assert "401" in done.stderr and "refused" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "g" / "final").exists()
+
+
+def test_grpo_trains_on_the_arenas_of_the_gym_it_plays_on(tmp_path):
+    """`--gym URL` serving a store the trainer has never seen: prompts, specs and distractors come from it."""
+    from gym_server.builtin import builtin_arenas
+    from gym_server.config import ServeConfig
+    from gym_server.models import Arena
+    from gym_server.sandbox.pool import SandboxConfig
+    from gym_server.serve import GymThread
+    from gym_server.store import write_bundle
+
+    unseen = []
+    for arena in builtin_arenas():
+        if arena.id in ("airline-seats-aa100", "clinic-refills-rx12"):
+            data = arena.model_dump(mode="json", by_alias=True)
+            data["id"], data["question"] = f"unseen-{arena.id}", f"(asked elsewhere) {arena.question}"
+            unseen.append(Arena.model_validate(data))
+    write_bundle(unseen, tmp_path / "store.jsonl")
+    config = ServeConfig(port=0, arenas=[str(tmp_path / "store.jsonl")], token="op-token", sandbox=SandboxConfig(workers=1))
+    with GymThread(config) as gym:
+        done = subprocess.run([*CLI, "train", "grpo", "--model", "tiny", "--gym", gym.url, "--token", "op-token", "--out", str(tmp_path / "g"),
+                               "--max-steps", "2", "--batch-size", "2", "--num-generations", "2", "--max-turns", "1",
+                               "--max-new-tokens", "8", "--no-abf", "--save-steps", "100", "--no-gradient-checkpointing"],
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"steps": 2' in done.stdout
+    records = [json.loads(line) for line in (tmp_path / "g" / "trajectories.jsonl").read_text().splitlines()]
+    assert len(records) >= 4 and {r["arena_id"] for r in records} <= {a.id for a in unseen}
+    assert all(r["error"] is None and r["reward"] is not None for r in records)
+    questions = {a.id: a.question for a in unseen}
+    assert all(r["messages"][1] == {"role": "user", "content": questions[r["arena_id"]]} for r in records)  # the gym's prompt
+    own = {a.id: {t.name for t in a.tools} for a in unseen}
+    assert all({t["function"]["name"] for t in r["tools"]} > own[r["arena_id"]] for r in records)  # distractors from the other arena

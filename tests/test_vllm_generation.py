@@ -4,14 +4,14 @@ cannot be installed here, so the server is a scripted stand-in speaking the same
 
 from __future__ import annotations
 
-from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 
 from gym_server.serve import AppThread
 from tests.fixtures.scripted_vllm import scripted_vllm_app
-from trainer.rollout import MCPRollout
+from clients.gym_session import GymSession
+from trainer.rollout import MCPRollout, gym_reward
 from trainer.train import GRPORunConfig, grpo_arguments
 from trainer.vllm_server import VLLMServerError, vllm_server_generate_fn
 
@@ -31,10 +31,10 @@ def tiny():
 def test_rollout_samples_every_turn_from_the_server_and_masks_tool_tokens(gym, tiny):
     model, tokenizer = tiny
     app = scripted_vllm_app(tokenizer, [CALL, "12"])
-    with AppThread(app, 0) as server:
-        rollout = MCPRollout(gym.url, max_turns=3, max_new_tokens=64, temperature=0.7, failure_rate=0.0, vllm_server_url=server.url)
-        trainer = SimpleNamespace(model=model, processing_class=tokenizer, _metrics={"train": defaultdict(list)})
-        batch = rollout([PROMPT], trainer)
+    with AppThread(app, 0) as server, GymSession(gym.url) as session:
+        sampler = vllm_server_generate_fn(server.url, max_new_tokens=64, temperature=0.7)
+        rollout = MCPRollout(session, tokenizer, model=model, sampler=sampler, max_turns=3, max_new_tokens=64, failure_rate=0.0)
+        batch = rollout([PROMPT], SimpleNamespace(model=model, processing_class=tokenizer))
     first, second = app.state.requests
     assert first["model"] == "tiny-policy" and first["max_tokens"] == 64 and first["temperature"] == 0.7
     assert first["logprobs"] == 0 and first["return_token_ids"] and first["n"] == 1
@@ -49,7 +49,10 @@ def test_rollout_samples_every_turn_from_the_server_and_masks_tool_tokens(gym, t
     assert '"seats_left": 12' in tokenizer.decode(env)
     assert all(lp == 0.0 for lp, m in zip(logprobs, mask) if m == 0)
     assert batch["gym_reward"] == [1.0] and batch["tool_calls"] == [1]
-    assert trainer._metrics["train"]["gym/solved"] == [1.0]
+    assert batch["solved"] == [1]
+    logged = {}
+    assert gym_reward([PROMPT], [None], log_metric=logged.__setitem__, **{k: v for k, v in batch.items() if "_ids" not in k}) == [1.0]
+    assert logged["gym/solved"] == 1.0 and logged["gym/tool_calls"] == 1.0  # through TRL's public log_metric hook
 
 
 def test_a_dead_server_fails_loudly_instead_of_ending_the_turn(tiny):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.rollout import EpisodeTokens
+from trainer.episodes import EpisodeTokens
 
 PlayFn = Callable[[list[Any]], list[EpisodeTokens]]
 """Plays prompts (already repeated per group) and returns one episode each, in order."""

@@ -2,16 +2,22 @@
 
 SFT reads the synthesis track's `train.jsonl` (`messages` + `tools`) with assistant-only loss. GRPO plays every
 step's episodes on the gym over MCP (a gym started in-process over `arenas`, or `gym` URLs), beta = 0 and
-no entropy term, F1 reward from the gym, Adaptive Batch Filling and banded distractor tools.
+no entropy term, F1 reward from the gym, Adaptive Batch Filling and banded distractor tools. GRPO reads what
+it plays: its prompts and distractor candidates are the arenas the gym serves (`GET /api/arenas`, then each
+spec with the operator's token), so an in-process gym and `--gym URL` behave the same.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from clients.agent import DEFAULT_SYSTEM_PROMPT
+from clients.gym_client import GymClient
+from clients.gym_session import GymSession
+from gym_server.models import Arena
 
 
 class SFTRunConfig(BaseModel):
@@ -35,10 +41,12 @@ class GRPORunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources (in-process gym).")
+    arenas: list[str] = Field(default_factory=lambda: ["builtin"], description="Arena sources of the in-process gym (unused with `gym`).")
     arena_filter: str = Field(default="*", description="Glob over arena ids used as training prompts.")
     gym: str | None = Field(default=None, description="Gym URLs; none starts one in-process.")
-    token: str | None = Field(default=None, description="The gym's bearer token (an in-process gym makes its own).")
+    token: str | None = Field(default=None, description="The gym's operator token (an in-process gym makes its own).")
+    system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every episode (eval's default).")
+    failure_rate: float | None = Field(default=None, ge=0, le=1, description="Injected failure rate per episode (default: the arena's).")
     out: Path = Path("runs/train-grpo")
     max_steps: int = 100
     batch_size: int = 8
@@ -80,7 +88,10 @@ def sft_dataset(path: Path) -> Any:
         if row.get("error") or not row.get("messages"):
             continue
         tools = row.get("tools") or []
-        rows.append({"messages": row["messages"], "tools": tools if isinstance(tools, str) else json.dumps(tools)})
+        messages = row["messages"]
+        if row.get("system_prompt") and messages[0].get("role") != "system":  # the prompt the policy is played with
+            messages = [{"role": "system", "content": row["system_prompt"]}, *messages]
+        rows.append({"messages": messages, "tools": tools if isinstance(tools, str) else json.dumps(tools)})
     if not rows:
         raise ValueError(f"{path}: no usable rows (need messages and tools)")
     return Dataset.from_list(rows)
@@ -139,57 +150,70 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
 
 
 def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
-    if config.gym:
-        asyncio.run(_check_gym(config.gym, config.token))
-    import fnmatch
-
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
+    arguments = grpo_arguments(config)
     from gym_server.config import ServeConfig
     from gym_server.serve import GymThread
-    from gym_server.store import ArenaStore
-    from trainer.callbacks import KeepResumeStateForNewest, MetricsWriter
-    from trainer.distractors import DistractorSampler
-    from trainer.rollout import MCPRollout, gym_reward
 
-    arguments = grpo_arguments(config)
-    store = ArenaStore(config.arenas)
-    ids = [i for i in store.ids() if fnmatch.fnmatchcase(i, config.arena_filter)]
-    if not ids:
-        raise ValueError(f"no arena matches {config.arena_filter!r}")
-    arenas = [store.get(i) for i in ids]
-    prompts = [[{"role": "user", "content": a.question, "arena_id": a.id}] for a in arenas if a.kind == "arena"]
-    dataset = Dataset.from_list([{"prompt": p} for p in prompts])
     gym_thread = None if config.gym else GymThread.private(ServeConfig(port=0, arenas=config.arenas)).start()
     try:
-        gym_url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
-        rollout = MCPRollout(gym_url, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
-                             temperature=config.temperature, vllm_server_url=config.vllm_server, token=token)  # fmt: skip
-        if any(config.distractors.values()):
-            rollout.distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed)
-        if config.abf:
-            rollout.enable_abf(prompts, config.num_generations)
-        model, tokenizer = _load(config.model)
-        args = GRPOConfig(**arguments)
-        trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              rollout_func=rollout, callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
-        result = trainer.train(resume_from_checkpoint=config.resume or None)
-        trainer.save_model(str(config.out / "final"))
-        tokenizer.save_pretrained(str(config.out / "final"))
+        url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
+        with GymSession(url, token) as session:  # type: ignore[arg-type]
+            arenas = session.run(training_arenas(session.gym, config.arena_filter))  # a dead gym or wrong token fails here
+            return _train_grpo(config, arguments, session, arenas)
     finally:
         if gym_thread is not None:
             gym_thread.stop()
+
+
+def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena]) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trainer.callbacks import KeepResumeStateForNewest, MetricsWriter
+    from trainer.distractors import DistractorSampler
+    from trainer.rollout import ABFSettings, MCPRollout, gym_reward
+
+    prompts = [[{"role": "user", "content": a.question, "arena_id": a.id}] for a in arenas if a.kind == "arena"]
+    if not prompts:
+        raise ValueError(f"the gym serves no arena with a question matching {config.arena_filter!r}")
+    model, tokenizer = _load(config.model)
+    sampler = None
+    if config.vllm_server:
+        from trainer.vllm_server import vllm_server_generate_fn
+
+        sampler = vllm_server_generate_fn(config.vllm_server, config.max_new_tokens, config.temperature)
+    distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed).sample if any(config.distractors.values()) else None
+    config.out.mkdir(parents=True, exist_ok=True)
+    rollout = MCPRollout(
+        session, tokenizer, model=model, sampler=sampler, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature, failure_rate=config.failure_rate, system_prompt=config.system_prompt, seed=config.seed,
+        distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
+        records=config.out / "trajectories.jsonl",
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, rollout_func=rollout,
+                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
+    result = trainer.train(resume_from_checkpoint=config.resume or None)
+    trainer.save_model(str(config.out / "final"))
+    tokenizer.save_pretrained(str(config.out / "final"))
     return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
 
 
-async def _check_gym(url: str, token: str | None) -> None:
-    """A wrong token or a dead gym fails the run now, not after the model loaded."""
-    from clients.gym_client import GymClient
-    from clients.toolbox import shared_http_client
+async def training_arenas(gym: GymClient, pattern: str) -> list[Arena]:
+    """The specs of the gym's arenas whose ids match `pattern` (the operator's view: questions, gold, tools)."""
+    import asyncio
+    import fnmatch
 
-    async with shared_http_client(max_connections=4) as http:
-        await GymClient(url, http, token).check_access()
+    ids = [s.id for s in await gym.arenas() if fnmatch.fnmatchcase(s.id, pattern)]
+    if not ids:
+        raise ValueError(f"the gym serves no arena matching {pattern!r}")
+    limit = asyncio.Semaphore(16)
+
+    async def spec(arena_id: str) -> Arena:
+        async with limit:
+            return await gym.arena(arena_id)
+
+    return list(await asyncio.gather(*(spec(i) for i in ids)))
 
 
 def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:

@@ -14,15 +14,17 @@ from typing import Any
 
 import httpx2
 
-from trainer.rollout import GenerateFn
+from clients.agent import ModelEndpointError
+from clients.local_model import Sampler
 
 
-class VLLMServerError(RuntimeError):
-    """The vLLM server cannot be reached or answered something that is not a completion."""
+class VLLMServerError(ModelEndpointError):
+    """The vLLM server cannot be reached or answered something that is not a completion: the run stops."""
 
 
-def vllm_server_generate_fn(base_url: str, max_new_tokens: int, temperature: float = 1.0, *, timeout_s: float = 600.0) -> GenerateFn:
-    """A `GenerateFn` backed by the server at `base_url`; fails loudly (never an empty turn) when it is down."""
+def vllm_server_generate_fn(base_url: str, max_new_tokens: int, temperature: float = 1.0, *, timeout_s: float = 600.0) -> Sampler:
+    """A `Sampler` backed by the server at `base_url` (`max_new_tokens` caps every turn's budget); fails
+    loudly (never an empty turn) when it is down."""
     base = base_url.rstrip("/")
     http = httpx2.Client(timeout=timeout_s, limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64))
 
@@ -30,9 +32,10 @@ def vllm_server_generate_fn(base_url: str, max_new_tokens: int, temperature: flo
     def served_model() -> str:
         return str(_request(http, "GET", f"{base}/v1/models")["data"][0]["id"])
 
-    def generate(ids: list[int]) -> tuple[list[int], list[float]]:
+    def generate(ids: list[int], max_tokens: int | None = None) -> tuple[list[int], list[float]]:
+        budget = max_new_tokens if max_tokens is None else min(max_tokens, max_new_tokens)
         payload = {
-            "model": served_model(), "prompt": [ids], "n": 1, "max_tokens": max_new_tokens, "temperature": temperature,
+            "model": served_model(), "prompt": [ids], "n": 1, "max_tokens": budget, "temperature": temperature,
             "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "logprobs": 0,
             "return_token_ids": True, "return_tokens_as_token_ids": True,
         }  # fmt: skip

@@ -1,55 +1,67 @@
-"""One episode end to end: create it on the gym, connect its MCP toolbox, let a policy play, score, record."""
+"""The episode runner: the only create -> play -> score -> delete lifecycle. `astra-gym eval`, `synth
+trajectories` and GRPO's rollout function all play their episodes through `run_episode`, so an episode is
+the same episode whoever plays it: same prompt (the gym's), same system prompt, same tools (the episode's
+MCP toolbox), same seed rule, same score."""
 
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Sequence
 
-import httpx2
-
-from clients.agent import ModelEndpointError
+from clients.agent import DEFAULT_SYSTEM_PROMPT, ModelEndpointError
 from clients.gym_client import GymClient, GymError
 from clients.policies import EpisodeContext, Policy
 from clients.records import TrajectoryRecord
 from clients.toolbox import MCPToolbox
-from gym_server.models import EpisodeCreate
+from gym_server.models import DistractorRef, EpisodeCreate
 
 
 class EpisodeNotPlayed(RuntimeError):
     """The gym did not answer some of the episode's tool calls: its score would measure the gym, not the agent."""
 
 
+def episode_seed(run_seed: int, arena_id: str, attempt: int) -> int:
+    """The seed of a run's `attempt`-th episode on an arena (failure injection follows it): distinct per arena
+    and attempt, and equal in every command given the same run seed."""
+    return zlib.crc32(f"{run_seed}:{arena_id}:{attempt}".encode())
+
+
 async def run_episode(
     gym: GymClient,
-    http: httpx2.AsyncClient,
     policy: Policy,
     arena_id: str,
     *,
     repeat: int = 0,
     seed: int = 0,
     failure_rate: float | None = None,
+    distractors: Sequence[DistractorRef] = (),
     domain: str | None = None,
     scenario_type: str | None = None,
     prompt: str | None = None,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
 ) -> TrajectoryRecord:
     """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop).
     An episode that could not be played (its MCP URL refused, a tool call without an answer) is an
-    infrastructure error in `record.error`, never a score: it is not scored at all."""
+    infrastructure error in `record.error`, never a score: it is not scored at all. The toolbox shares the
+    gym client's HTTP pool."""
     started = time.perf_counter()
     record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, policy=policy.name, model=policy.model,
-                              domain=domain, scenario_type=scenario_type)  # fmt: skip
-    created = await gym.create_episode(EpisodeCreate(arena_id=arena_id, seed=seed, failure_rate=failure_rate))
+                              domain=domain, scenario_type=scenario_type, system_prompt=system_prompt)  # fmt: skip
+    request = EpisodeCreate(arena_id=arena_id, seed=seed, failure_rate=failure_rate, distractors=list(distractors))
+    created = await gym.create_episode(request)
     if prompt is not None:  # a synthesized task played in an arena that has no question of its own
         created = created.model_copy(update={"prompt": prompt})
     record.episode_id = created.episode_id
     record.gym_url = created.mcp_url.split("?", 1)[0]  # the key opens the episode's tools: it stays out of records
     try:
-        async with MCPToolbox.http_endpoint(created.mcp_url, http) as toolbox:
+        async with MCPToolbox.http_endpoint(created.mcp_url, gym.http) as toolbox:
             record.tools = toolbox.openai_tools()
-            result = await policy.play(EpisodeContext(gym, created, arena_id, toolbox, seed))
+            result = await policy.play(EpisodeContext(gym, created, arena_id, toolbox, seed, system_prompt))
         record.messages = result.messages
         record.final_answer = result.final_answer
         record.turns, record.stop_reason = result.turns, result.stop_reason
-        record.usage, record.timings = result.usage, result.timings
+        record.usage, record.timings, record.tokens = result.usage, result.timings, result.tokens
         if toolbox.transport_errors:
             raise EpisodeNotPlayed(f"{len(toolbox.transport_errors)} tool call(s) got no answer from the gym; first: {toolbox.transport_errors[0]}")
         record.reward = await gym.score(created.episode_id, result.final_answer)
