@@ -45,6 +45,7 @@ code = compile(source, "<arena>", "exec")
 start = time.process_time()
 for i in range(calls):
     ex = Executor(guard, safe_builtins(), {}, cpu_s=5, memory_mb=1024, max_result_bytes=1 << 20, max_result_depth=64, max_state_bytes=1 << 25)
+    ex.open()
     ex.load(image)
     header, out = ex.call({"function": "bump", "arguments": {"key": str(i % 7)}}, code, image)
     assert header["ok"], header

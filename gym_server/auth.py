@@ -132,5 +132,9 @@ def require_operator(request: Request, what: str) -> Principal:
 
 def episode_key_matches(scope: Scope, key: str) -> bool:
     """Whether the request's `?key=` is the episode's key (constant-time; a missing key never matches)."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key", [])
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "%" in query or "+" in query:  # percent-encoded: let the standard parser decode it
+        values = parse_qs(query).get("key", [])
+    else:  # the common case (the mcp_url as the gym wrote it), without parse_qs on every call
+        values = [part[4:] for part in query.split("&") if part.startswith("key=")]
     return len(values) == 1 and _same(values[0], key)

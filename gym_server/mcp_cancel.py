@@ -25,9 +25,16 @@ T = TypeVar("T")
 
 @dataclass(eq=False)
 class InFlight:
-    """One POST being served; `cancelled` is set when its client cancels or goes away."""
+    """One POST being served; `cancelled` is set when its client cancels or goes away, and the calls it runs
+    are cancelled with it."""
 
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for call in self.calls:
+            call.cancel()
 
 
 current_request: ContextVar[InFlight | None] = ContextVar("astra_current_request", default=None)
@@ -63,7 +70,7 @@ class InFlightCalls:
             return 0  # not a JSON-RPC id: it names nothing
         found = self._open.get((episode_id, _key(request_id)), [])
         for inflight in found:
-            inflight.cancelled.set()
+            inflight.cancel()
         return len(found)
 
 
@@ -84,7 +91,7 @@ async def serve_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receiv
         while (await receive())["type"] != "http.disconnect":
             pass
         disconnected.set()
-        inflight.cancelled.set()
+        inflight.cancel()
 
     watcher = asyncio.get_running_loop().create_task(watch())
     try:
@@ -102,22 +109,24 @@ class CallCancelled(Exception):
 
 
 async def run_cancellable(call: Callable[[], Awaitable[T]]) -> T:
-    """Await `call()`, stopping it as soon as the current request is cancelled (then CallCancelled)."""
+    """Await `call()`, stopping it as soon as the current request is cancelled (then CallCancelled).
+
+    The call runs as its own task, which `InFlight.cancel` cancels directly: no watcher task per call."""
     inflight = current_request.get()
     if inflight is None:
         return await call()
+    if inflight.cancelled.is_set():
+        raise CallCancelled()
     task = asyncio.ensure_future(call())
     _running.add(task)
     task.add_done_callback(_running.discard)
-    waiter = asyncio.ensure_future(inflight.cancelled.wait())
+    inflight.calls.append(task)
     try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        return await task  # cancelling the handler cancels the call too, and waits for it to unwind
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if inflight.cancelled.is_set() and (current is None or not current.cancelling()):
+            raise CallCancelled() from None  # the client's cancellation: the call logged it and let go of the lock
+        raise
     finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()  # the handler itself cancelled, or the client: the call stops either way
-    if not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # it logs `cancelled` and releases the lock at once; the pool replaces its worker
-        raise CallCancelled()
-    return task.result()
+        inflight.calls.remove(task)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 4, 38, 22, 2
 CLONE_NEWUSER = 0x10000000
@@ -42,10 +43,19 @@ class KernelCalls:
 
     def install_filter(self, bpf: bytes) -> None:
         """Stack a seccomp filter on this process (and every process it forks from now on); irreversible."""
-        self._check(self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+        self.prepared(bpf)()
+
+    def prepared(self, bpf: bytes) -> Callable[[], None]:
+        """The installation of `bpf`, with the program built now: a forked process then only makes the calls."""
         code, prog = self._program(bpf)
-        self._check(self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0), "PR_SET_SECCOMP")
-        del code
+        prctl, check = self._prctl, self._check
+
+        def install() -> None:
+            check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+            check(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0), "PR_SET_SECCOMP")
+            assert code  # the buffer the program points into lives as long as this closure
+
+        return install
 
     def die_with_parent(self, signum: int) -> None:
         """A uid change clears the parent-death signal bubblewrap set; set it again."""

@@ -119,7 +119,9 @@ class Template:
         self.kernel.die_with_parent(signal.SIGKILL)
         if base_bpf:
             self.kernel.install_filter(base_bpf)
+        self.install_call_filter = self.kernel.prepared(call_bpf) if call_bpf else (lambda: None)
         self.code_cache: dict[str, Any] = {}
+        self.executor: Executor | None = None
         self.code: Any = None
         self.code_id: str | None = None
         """In a forked process: the arena code it serves (bound by its first call)."""
@@ -137,6 +139,15 @@ class Template:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def serve(self) -> None:
+        # Run a call-shaped piece of our own code once here: SQLite's library initialization, the encoder's and
+        # the interpreter's lazily built caches then happen once, before any fork, instead of in every process.
+        s = self.settings
+        self.executor = Executor(
+            self.guard, self.builtins, self.code_cache, cpu_s=float(s["cpu_s"]), memory_mb=int(s["memory_mb"]),
+            max_result_bytes=int(s["max_result_bytes"]), max_result_depth=int(s["max_result_depth"]),
+            max_state_bytes=int(s["max_state_bytes"]),
+        )  # fmt: skip
+        self.executor.warm_up()
         gc.collect()
         gc.freeze()  # forked processes then never touch (and copy) the template's objects to collect them
         self.send({"op": "ready", "pid": os.getpid(), "facts": isolation_facts()})
@@ -237,14 +248,10 @@ class Template:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_NOFILE, (CALL_FD + 1, CALL_FD + 1))
             sys.setrecursionlimit(400)
-            executor = Executor(
-                self.guard, self.builtins, self.code_cache, cpu_s=float(s["cpu_s"]), memory_mb=int(s["memory_mb"]),
-                max_result_bytes=int(s["max_result_bytes"]), max_result_depth=int(s["max_result_depth"]),
-                max_state_bytes=int(s["max_state_bytes"]),
-            )  # fmt: skip
-            if self.call_bpf:
-                self.kernel.install_filter(self.call_bpf)
-            executor.warm_up()
+            executor = self.executor  # built (and its references captured) once, in the template
+            assert executor is not None
+            executor.open()
+            self.install_call_filter()
             status = 0
             self.serve_calls(executor)
         except BaseException:
