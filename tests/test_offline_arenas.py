@@ -3,6 +3,8 @@ the demo and the CLI run end to end."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import json
 import subprocess
@@ -27,6 +29,7 @@ def test_generation_is_seeded_and_covers_every_scenario_type():
     assert report["by_domain"] == {"airline": 134, "clinic": 133, "retail": 133}
 
 
+@pytest.mark.timeout(300)  # ~60 s on a quiet 2-core machine; 110 s seen with other jobs on it
 async def test_1000_offline_arenas_validate_and_the_oracle_solves_them_over_mcp(tmp_path):
     arenas = list(generate(1000, seed=11))
     async with SandboxPool(SandboxConfig(workers=2)) as pool:

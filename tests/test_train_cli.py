@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 CLI = [sys.executable, "-m", "gym_server.cli"]
 
 
+@pytest.mark.timeout(300)  # two training subprocesses: 60 to 118 s seen on a loaded 2-core machine
 def test_train_sft_then_grpo(tmp_path):
     oracle = subprocess.run([*CLI, "eval", "--policy", "oracle", "--arenas", "airline-*,clinic-*", "--out", str(tmp_path / "oracle")],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
