@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gym_server.models import InitialState  # noqa: E402
 from gym_server.sandbox.pool import SandboxConfig, SandboxPool  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gym_throughput import update_section  # noqa: E402
 
 SOURCE = '''
 def bump(db, key):
@@ -93,8 +97,6 @@ async def pooled(calls: int, concurrency: int, per_episode: int | None) -> dict[
 def persistent(calls: int, image: bytes) -> float:
     inside = str(Path(__file__).resolve().parents[1] / "gym_server" / "sandbox")
     done = subprocess.run([sys.executable, "-c", PERSISTENT, inside, str(calls), SOURCE], input=image.hex(), capture_output=True, text=True, check=True)
-    import json
-
     return json.loads(done.stdout)["cpu_ms_per_call"]
 
 
@@ -121,15 +123,7 @@ async def main() -> None:
     ]  # fmt: skip
     print("\n".join(lines))
     if args.write:
-        text = args.write.read_text() if args.write.exists() else ""
-        marker = "## Sandbox CPU per call"
-        if marker in text:
-            head, _, rest = text.partition(marker)
-            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-            text = head + "\n".join(lines) + tail
-        else:
-            text = text.rstrip() + "\n\n" + "\n".join(lines)
-        args.write.write_text(text)
+        update_section(args.write, "## Sandbox CPU per call", "\n".join(lines))
 
 
 if __name__ == "__main__":
