@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.agent import DEFAULT_SYSTEM_PROMPT
 from clients.gym_client import GymClient
 from clients.gym_session import GymSession
+from gym_server.jsonl import read_rows
 from gym_server.models import Arena
 
 
@@ -78,16 +79,16 @@ def _load(name: str) -> tuple[Any, Any]:
 
 def sft_dataset(path: Path) -> Any:
     """Rows with `messages` and `tools`: synthesis' `sft/train.jsonl`, or trajectory records (e.g. an oracle
-    `astra-gym eval` run); tools become the JSON string TRL reads, records that failed are skipped."""
+    `astra-gym eval` run); tools become the JSON string TRL reads, records that failed are skipped (and so is
+    a last line cut short by a kill, as every resumable JSONL reader does)."""
     import json
 
     from datasets import Dataset
 
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_rows(Path(path)):
         if row.get("error") or not row.get("messages"):
             continue
         tools = row.get("tools") or []

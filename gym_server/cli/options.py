@@ -221,7 +221,7 @@ def _parameter(option: Option) -> inspect.Parameter:
     choices = _literal(option.info.annotation)
     metavar = "|".join(str(c) for c in choices) if choices else None
     if option.flag.argument:
-        info = typer.Argument(None, help=help_text, metavar=metavar, show_default=False)
+        info = typer.Argument(None, help=help_text, metavar=metavar or option.label, show_default=False)
     else:
         default = None if option.info.is_required() else _shown_default(option.info)
         info = typer.Option(None, *option.flag.decls, help=help_text, metavar=metavar, show_default=default if default is not None else False)
