@@ -225,3 +225,30 @@ def test_a_command_runs_from_its_config_file(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
     assert len(rows) == 2 and {r["domain"] for r in rows} == {"clinic"}
+
+
+def test_a_command_cannot_be_registered_with_a_flag_that_would_lie():
+    """The mechanism refuses at import time what would make help or flags wrong: a field with no help, a
+    flag declared twice, a flag for a field that does not exist."""
+    import typer
+    from pydantic import ConfigDict, Field
+
+    from gym_server.cli.options import Flag, command
+
+    class Undocumented(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = 1
+
+    class Documented(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = Field(default=1, description="How many.")
+        m: int = Field(default=1, description="How many more.")
+
+    group = typer.Typer()
+    with pytest.raises(TypeError, match="Undocumented.n has no description"):
+        command(group, "x", Undocumented)(print)
+    with pytest.raises(TypeError, match="flag --n is declared twice"):
+        command(group, "x", Documented, {"m": Flag("--n")})(print)
+    with pytest.raises(TypeError, match="Documented has no field 'k'"):
+        command(group, "x", Documented, {"k": Flag("--k")})(print)
+    assert "x" not in COMMANDS

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import os
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -122,7 +122,7 @@ def command(
 
 
 def load_config(
-    model: type[BaseModel], path: Path | None, given: Mapping[str, Any] = {}, envvars: Mapping[str, str] = {}, options: list[Option] = ()  # type: ignore[assignment]
+    model: type[BaseModel], path: Path | None, given: Mapping[str, Any] = {}, envvars: Mapping[str, str] = {}, options: Sequence[Option] = ()
 ) -> Any:  # fmt: skip
     """The one loader: defaults < environment fallbacks < the YAML file < flags given. Raises ConfigError."""
     data = read_yaml(path) if path is not None else {}
@@ -156,7 +156,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _problem(error: Any, model: type[BaseModel], options: list[Option]) -> str:
+def _problem(error: Any, model: type[BaseModel], options: Sequence[Option]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or model.__name__
     flags = [o.label for o in options if o.path == where or o.path.startswith(where + ".")]
     hint = f" ({', '.join(flags)})" if flags and error["loc"] else ""
@@ -238,7 +238,10 @@ def _shown_default(info: FieldInfo) -> str | None:
 def _field(model: type[BaseModel], dotted: str) -> FieldInfo:
     *parents, leaf = dotted.split(".")
     for part in parents:
-        model = next(a for a in (_unwrap(model.model_fields[part].annotation),) if isinstance(a, type) and issubclass(a, BaseModel))
+        inner = _unwrap(model.model_fields[part].annotation) if part in model.model_fields else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            raise TypeError(f"{model.__name__}.{part} is not a nested model (flag for {dotted})")
+        model = inner
     if leaf not in model.model_fields:
         raise TypeError(f"{model.__name__} has no field {leaf!r} (flag for {dotted})")
     return model.model_fields[leaf]
