@@ -28,6 +28,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from gym_server.cli.root import fail
+
 SCALARS = (str, int, float, bool, Path)
 CONFIG_HELP = "YAML file with this command's fields (the flags' names with underscores); flags given here override it."
 
@@ -101,8 +103,6 @@ def command(
         by_param = {o.param: o for o in options}
 
         def callback(**kwargs: Any) -> None:
-            from gym_server.cli.root import fail
-
             path = kwargs.pop("config")
             try:
                 given = {by_param[p].path: by_param[p].value(v) for p, v in kwargs.items() if v is not None and v != () and v != []}
