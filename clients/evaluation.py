@@ -38,16 +38,16 @@ class EvalConfig(BaseModel):
     base_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://localhost:8001/v1.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     arenas: str = Field(default="*", description="Comma-separated glob patterns over arena ids.")
-    concurrency: int = Field(default=8, ge=1, le=4096)
+    concurrency: int = Field(default=8, ge=1, le=4096, description="Episodes in flight.")
     episodes_per_arena: int = Field(default=1, ge=1, description="K: attempts per arena (pass^k when K > 1).")
     gym: str | None = Field(default=None, description="Gym URLs, comma-separated; none starts a built-in gym in-process.")
-    token: str | None = Field(default=None, description="Gym bearer token.")
-    failure_rate: float | None = Field(default=None, ge=0, le=1)
-    max_turns: int = Field(default=16, ge=1)
-    max_tokens: int = Field(default=1024, ge=1)
+    token: str | None = Field(default=None, description="The --gym's operator bearer token.")
+    failure_rate: float | None = Field(default=None, ge=0, le=1, description="Injected failure rate per episode (default: the arena's).")
+    max_turns: int = Field(default=16, ge=1, description="Assistant turns per episode; the last turn's calls still run.")
+    max_tokens: int = Field(default=1024, ge=1, description="Tokens per assistant turn.")
     system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every episode (GRPO's default too).")
-    seed: int = 0
-    out: Path = Field(default=Path("runs/eval"))
+    seed: int = Field(default=0, description="Seeds each episode (with the arena id and attempt).")
+    out: Path = Field(default=Path("runs/eval"), description="Output folder (re-run to resume).")
 
 
 class EvalAborted(RuntimeError):

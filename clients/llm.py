@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 import httpx2
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ChatHTTPError(RuntimeError):
@@ -66,8 +66,10 @@ class LLMError(RuntimeError):
 
 
 class LLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://localhost:8001/v1")
-    model: str
+    model: str = Field(description="The model name sent with each request.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     concurrency: int = Field(default=16, ge=1, le=4096)
     retries: int = Field(default=3, ge=0, le=10)

@@ -24,10 +24,10 @@ from starlette.routing import Route
 from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
 from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
-from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.episodes import EpisodeManager, EpisodeNotFound, EpisodeRejected
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
-from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
+from gym_server.models import EpisodeCreate, EpisodeCreated, ScoreRequest
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -115,15 +115,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
     store = ArenaStore(config.arenas)
     pool = SandboxPool(config.sandbox)
-    limits = EpisodeLimits(
-        ttl_s=config.episode_ttl_s,
-        max_episodes=config.max_episodes,
-        max_argument_bytes=config.max_argument_bytes,
-        max_result_bytes=config.sandbox.max_result_bytes,
-        max_calls=config.max_calls_per_episode,
-        default_failure=FailurePolicy(rate=config.failure_rate, kinds=config.failure_kinds, timeout_delay_s=config.timeout_delay_s),
-    )
-    manager = EpisodeManager(store, pool, limits, backends)
+    manager = EpisodeManager(store, pool, config, backends)  # the config is the episodes' limits
     authenticator = Authenticator(config.token, config.agent_tokens)
     quotas = Quotas(lambda p: config.operator_limits if p.role is Role.operator else config.agent_limits, manager.__contains__)
     sessions = StreamableHTTPSessionManager(

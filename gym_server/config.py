@@ -1,15 +1,13 @@
-"""`ServeConfig`: everything `astra-gym serve` reads. CLI flags map 1:1 onto its fields; YAML loads the same."""
+"""`ServeConfig`: everything `astra-gym serve` reads (the CLI generates its flags from the fields and loads
+the same fields from YAML), and `EpisodeLimits`, the part of it the episode manager enforces."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Self
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gym_server.models import FailureKind
+from gym_server.models import FailureKind, FailurePolicy
 from gym_server.quotas import TokenLimits
 from gym_server.sandbox.pool import SandboxConfig
 
@@ -19,10 +17,12 @@ class UpstreamConfig(BaseModel):
     names one, never an arena store: starting a command is the operator's decision. The backend that talks to
     it is `clients.upstreams.UpstreamBackend`, wired in by the command that assembles the app."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="The server's name; its arena is mcp-NAME.")
     command: str | None = Field(default=None, description="stdio server command line")
     url: str | None = Field(default=None, description="Streamable HTTP endpoint")
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of calls that fail on purpose.")
 
     @model_validator(mode="after")
     def _one_target(self) -> UpstreamConfig:
@@ -46,8 +46,27 @@ class UpstreamConfig(BaseModel):
         return f"mcp-{self.name}"
 
 
-class ServeConfig(BaseModel):
+class EpisodeLimits(BaseModel):
+    """What every episode is held to, and the failures injected by default. `ServeConfig` is one, so the gym
+    hands its config to the episode manager as it is: each limit is declared here once."""
+
     model_config = ConfigDict(extra="forbid")
+
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Default share of calls that fail on purpose (arenas: 0).")
+    failure_kinds: list[FailureKind] = Field(default_factory=lambda: list(FailureKind), min_length=1, description="Kinds of injected failure.")
+    timeout_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, description="How long an injected timeout stalls.")
+    episode_ttl_s: float = Field(default=1800.0, gt=0, description="Idle episodes are deleted after this long.")
+    max_episodes: int = Field(default=10_000, ge=1, description="Episodes alive at once, over all tokens.")
+    max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
+    max_calls_per_episode: int = Field(default=500, ge=1, description="Calls one episode may make; later ones are refused unrun.")
+
+    @property
+    def default_failure(self) -> FailurePolicy:
+        return FailurePolicy(rate=self.failure_rate, kinds=self.failure_kinds, timeout_delay_s=self.timeout_delay_s)
+
+
+class ServeConfig(EpisodeLimits):
+    """The gym: where it listens, what it serves, who may do what, and (inherited) what each episode may do."""
 
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
@@ -80,18 +99,11 @@ class ServeConfig(BaseModel):
         description="Browser Origin values accepted besides loopback origins, public_url's and same-origin ones (a foreign Origin "
         "gets 403, as the MCP spec requires). '*' allows any Origin.",
     )
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="Default share of calls that fail on purpose (arenas: 0).")
-    failure_kinds: list[FailureKind] = Field(default_factory=lambda: list(FailureKind), min_length=1)
-    timeout_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, description="How long an injected timeout stalls.")
-    episode_ttl_s: float = Field(default=1800.0, gt=0, description="Idle episodes are deleted after this long.")
-    max_episodes: int = Field(default=10_000, ge=1)
-    max_argument_bytes: int = Field(default=64 * 1024, ge=64, description="Largest tool-call arguments (JSON bytes).")
-    max_calls_per_episode: int = Field(default=500, ge=1, description="Calls one episode may make; later ones are refused unrun.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox that runs arena code.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="uvicorn's log level.")
 
     @model_validator(mode="after")
     def _tokens(self) -> ServeConfig:
@@ -102,21 +114,3 @@ class ServeConfig(BaseModel):
         if self.token in self.agent_tokens:
             raise ValueError("an agent token must not be the operator's token")
         return self
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> Self:
-        """YAML file (optional) first, then explicit overrides (CLI flags that were given)."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: a config file must be a YAML mapping")
-            data.update(loaded)
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            if key == "sandbox" and isinstance(value, dict):
-                data["sandbox"] = {**data.get("sandbox", {}), **value}
-            else:
-                data[key] = value
-        return cls.model_validate(data)

@@ -21,6 +21,7 @@ from typing import Any
 import mcp_types as types
 
 from gym_server.backends import SandboxBackend, ToolBackend
+from gym_server.config import EpisodeLimits
 from gym_server.failures import MESSAGES, injected_failure
 from gym_server.models import (
     Arena,
@@ -115,17 +116,6 @@ class Episode:
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
             created_at=self.created_at, calls=list(self.calls), scored=self.scored,
         )  # fmt: skip
-
-
-@dataclass(slots=True)
-class EpisodeLimits:
-    ttl_s: float = 1800.0
-    max_episodes: int = 10_000
-    max_argument_bytes: int = 64 * 1024
-    max_result_bytes: int = 256 * 1024
-    max_calls: int = 500
-    """Calls one episode may log; later calls are refused unrun, so an episode's log has a size bound."""
-    default_failure: FailurePolicy = field(default_factory=FailurePolicy)
 
 
 class EpisodeManager:
@@ -240,7 +230,7 @@ class EpisodeManager:
         self._episodes.clear()
 
     def expire_idle(self) -> int:
-        cutoff = time.monotonic() - self.limits.ttl_s
+        cutoff = time.monotonic() - self.limits.episode_ttl_s
         stale = [eid for eid, ep in self._episodes.items() if ep.last_used < cutoff]
         for eid in stale:
             self._release(self._episodes.pop(eid))
@@ -265,15 +255,15 @@ class EpisodeManager:
                 raise EpisodeScored(episode.id)
             started, t0 = time.time(), time.perf_counter()
             index = len(episode.calls)
-            if index >= self.limits.max_calls:
+            if index >= self.limits.max_calls_per_episode:
                 raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
             try:
                 status, result, error, injected = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
                 status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
-            if status is CallStatus.ok and len(_measure_arguments(result)) > self.limits.max_result_bytes:
-                status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.limits.max_result_bytes} bytes of JSON"
+            if status is CallStatus.ok and len(_measure_arguments(result)) > self.pool.config.max_result_bytes:
+                status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.pool.config.max_result_bytes} bytes of JSON"
             entry = CallLogEntry(
                 index=index, tool=name, arguments=arguments, status=status, result=result,
                 error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,

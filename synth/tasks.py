@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from clients.llm import LLMClient, LLMError
 from gym_server.models import ServerDoc
@@ -28,6 +28,8 @@ PERSONAS = [
 
 
 class TaskRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     min_clarity: float = 3.0
     min_realism: float = 3.0
     min_tool_necessity: float = 3.0

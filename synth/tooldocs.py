@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gym_server.models import ServerDoc, ToolSpec
 from gym_server.schemas import SchemaError, compile_validator
@@ -27,9 +27,11 @@ _NAME = re.compile(r"[^A-Za-z0-9_\-]")
 class QualityRules(BaseModel):
     """The paper's filter: enough tools, clear descriptions, schemas that compile."""
 
-    min_tools: int = 2
-    min_description_chars: int = 12
-    max_tools: int = 128
+    model_config = ConfigDict(extra="forbid")
+
+    min_tools: int = Field(default=2, ge=0, description="Servers with fewer usable tools are dropped.")
+    min_description_chars: int = Field(default=12, ge=0, description="Tools with shorter descriptions are dropped.")
+    max_tools: int = Field(default=128, ge=1, description="Servers with more tools are dropped.")
 
 
 def normalize_schema(schema: Any) -> dict[str, Any]:

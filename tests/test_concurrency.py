@@ -49,11 +49,11 @@ async def test_deleted_episode_is_gone_and_frees_state(gym, http):
 async def test_idle_episodes_expire(gym, http):
     manager = gym.app.state.manager
     episode = await new_episode(http, gym, "airline-seats-aa100")
-    ttl = manager.limits.ttl_s
-    manager.limits.ttl_s = 0.0
+    ttl = manager.limits.episode_ttl_s
+    manager.limits.episode_ttl_s = 0.0
     try:
         await asyncio.sleep(0.01)
         assert manager.expire_idle() >= 1
     finally:
-        manager.limits.ttl_s = ttl
+        manager.limits.episode_ttl_s = ttl
     assert (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).status_code == 404

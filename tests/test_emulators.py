@@ -14,8 +14,8 @@ import pytest
 
 from clients.policies import random_value
 from emulators.compile import compile_server
-from gym_server.config import ServeConfig
-from gym_server.episodes import EpisodeLimits, EpisodeManager
+from gym_server.config import EpisodeLimits, ServeConfig
+from gym_server.episodes import EpisodeManager
 from gym_server.models import EpisodeCreate, ServerDoc
 from gym_server.sandbox.pool import SandboxConfig, SandboxPool
 from gym_server.serve import GymThread

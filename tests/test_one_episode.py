@@ -113,3 +113,18 @@ def test_sft_rows_start_with_the_prompt_their_episode_was_played_with(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     firsts = [r["messages"][0] for r in sft_dataset(tmp_path / "rows.jsonl")]
     assert firsts == [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "system", "content": "Be terse."}, user]
+
+
+def test_sft_rows_are_read_like_every_resumable_jsonl(tmp_path):
+    """The SFT reader is gym_server.jsonl's: a last line cut short by a kill is skipped, not a crash."""
+    import pytest
+
+    from trainer.train import sft_dataset
+
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"type": "function"}]}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row)[:25])
+    dataset = sft_dataset(path)
+    assert len(dataset) == 1 and json.loads(dataset[0]["tools"]) == [{"type": "function"}]
+    with pytest.raises(ValueError, match="no such file"):
+        sft_dataset(tmp_path / "missing.jsonl")

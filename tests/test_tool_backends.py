@@ -100,12 +100,13 @@ def test_upstreams_in_the_config_need_an_upstream_backend():
 def test_the_serve_command_wires_the_backends_its_yaml_asks_for(tmp_path):
     from clients.upstreams import UpstreamBackend
     from emulators.llm_mode import LLMEmulatorBackend
-    from gym_server.cli import ServeCommandConfig, serve_backends
+    from gym_server.cli.options import ConfigError, load_config
+    from gym_server.cli.serve import ServeCommandConfig, serve_backends
 
     path = tmp_path / "gym.yaml"
     path.write_text("emulator_llm: {base_url: 'http://127.0.0.1:9/v1', model: m}\nupstreams: [{name: time, command: mcp-server-time}]\n")
-    config = ServeCommandConfig.load(path, port=0)
+    config = load_config(ServeCommandConfig, path, {"port": 0})
     assert [type(b) for b in serve_backends(config)] == [UpstreamBackend, LLMEmulatorBackend]
-    assert serve_backends(ServeCommandConfig.load(None, port=0)) == []
-    with pytest.raises(ValueError, match="emulator_llm"):  # the gym's own config knows no LLM
-        ServeConfig.load(path)
+    assert serve_backends(load_config(ServeCommandConfig, None, {"port": 0})) == []
+    with pytest.raises(ConfigError, match="emulator_llm: unknown key"):  # the gym's own config knows no LLM
+        load_config(ServeConfig, path)

@@ -6,20 +6,22 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
 """Names handed to a container engine's command line: never one it could read as a flag."""
 
 
 class SandboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     backend: Literal["auto", "process", "docker"] = Field(
         default="auto", description="'auto' and 'process': bubblewrap namespaces + seccomp; 'docker': a container engine (docker or podman)."
     )
     unsafe: bool = Field(
         default_factory=lambda: os.environ.get("ASTRA_GYM_UNSAFE_SANDBOX", "") == "1",
         description="Run arena code without kernel isolation when bubblewrap, namespaces or seccomp are missing. "
-        "Never for untrusted arenas; every call's log then says so.",
+        "Never for untrusted arenas; every call's log then says so. Also: ASTRA_GYM_UNSAFE_SANDBOX=1.",
     )
     workers: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256, description="Call processes kept forked and waiting.")
     max_active: int = Field(default=32, ge=1, le=4096, description="Calls running at once; more wait their turn, first come first served.")

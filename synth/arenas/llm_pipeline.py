@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clients.llm import LLMClient, LLMConfig, LLMError
 from gym_server.answers import answers_equal, result_contains_answer
@@ -43,6 +43,8 @@ class SubEnvironment(BaseModel):
 
 
 class ArenaSynthRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     min_hops: int = 1
     max_hops: int = 6
     min_score: float = 1.0
@@ -242,16 +244,18 @@ async def synthesize_arena(llm: LLMClient, pool: SandboxPool, scenario: Scenario
 
 
 class LLMArenaConfig(BaseModel):
-    llm: LLMConfig
-    knowledge: str | None = Field(default=None, description="JSONL of {domain, knowledge_corpus} records (ASTRA's format).")
+    model_config = ConfigDict(extra="forbid")
+
+    llm: LLMConfig = Field(description="The synthesis model.")
+    knowledge: str | None = Field(default=None, description="JSONL of {domain, knowledge_corpus} records (ASTRA's format), e.g. ../shared/data/astra_knowledge/en/context.jsonl.")
     domains: list[str] = Field(default_factory=list, description="Domains to use when there is no knowledge file.")
     questions: list[str] = Field(default_factory=list, description="User questions to decompose (each grounds one arena).")
-    n: int = Field(default=20, ge=1)
-    scenarios: list[ScenarioType] = Field(default_factory=lambda: list(ScenarioType))
-    rules: ArenaSynthRules = Field(default_factory=ArenaSynthRules)
-    language: str = "en"
-    concurrency: int = Field(default=8, ge=1)
-    out: Path = Path("runs/arenas/llm.jsonl")
+    n: int = Field(default=20, ge=1, description="Synthesis attempts (kept arenas are fewer).")
+    scenarios: list[ScenarioType] = Field(default_factory=lambda: list(ScenarioType), description="Scenario types, taken in turn.")
+    rules: ArenaSynthRules = Field(default_factory=ArenaSynthRules, description="What a synthesized arena must satisfy.")
+    language: str = Field(default="en", description="Language of the arenas: en or zh.")
+    concurrency: int = Field(default=8, ge=1, description="Arenas in flight.")
+    out: Path = Field(default=Path("runs/arenas/llm.jsonl"), description="JSONL bundle of kept arenas (rejects beside it); re-run to resume.")
 
 
 async def run_llm_synthesis(config: LLMArenaConfig) -> dict[str, Any]:

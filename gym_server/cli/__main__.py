@@ -1,0 +1,3 @@
+from gym_server.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""`train sft|grpo`: the trainer's run configs (`trainer.train`) as commands."""
+
+from __future__ import annotations
+
+import json
+
+from gym_server.cli.options import Flag, command
+from gym_server.cli.root import console, fail, train_app
+from trainer.train import GRPORunConfig, SFTRunConfig
+
+BANDS = ("high", "medium", "low")
+
+
+@command(train_app, "train sft", SFTRunConfig)
+def train_sft(config: SFTRunConfig) -> None:
+    """Supervised fine-tuning on tool-use conversations, assistant tokens only."""
+    from trainer.train import run_sft
+
+    try:
+        result = run_sft(config)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), code=1)
+    console.print_json(json.dumps(result))
+
+
+def distractor_counts(text: str) -> dict[str, int]:
+    """`--distractors HIGH,MEDIUM,LOW` -> {"high": .., "medium": .., "low": ..}."""
+    parts = text.split(",")
+    if len(parts) != len(BANDS) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r}: expected three counts HIGH,MEDIUM,LOW, e.g. 1,1,1")
+    return dict(zip(BANDS, (int(p) for p in parts)))
+
+
+GRPO_FLAGS = {"arenas": Flag("--arenas", "-a"), "token": Flag(envvar="ASTRA_GYM_TOKEN"), "distractors": Flag(parse=distractor_counts)}
+
+
+@command(train_app, "train grpo", GRPORunConfig, GRPO_FLAGS)
+def train_grpo(config: GRPORunConfig) -> None:
+    """Online multi-turn GRPO (beta 0, no entropy term) with rollouts over MCP and the gym's F1 reward."""
+    from clients.agent import ModelEndpointError
+    from clients.gym_client import GymError
+    from clients.runner import EpisodeNotPlayed
+    from trainer.train import run_grpo
+
+    try:
+        result = run_grpo(config)
+    except (ValueError, OSError, GymError, EpisodeNotPlayed, ModelEndpointError) as exc:
+        fail(str(exc), code=1)
+    console.print_json(json.dumps(result))
