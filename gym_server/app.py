@@ -22,12 +22,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
-from gym_server.backends import ToolBackend
+from gym_server.backends import SuiteBackend, ToolBackend
 from gym_server.config import ServeConfig
-from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.episodes import EpisodeLimits, EpisodeManager, EpisodeNotFound, EpisodeRejected, EpisodeScored, NoMoreTurns
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
-from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest
+from gym_server.models import EpisodeCreate, EpisodeCreated, FailurePolicy, ScoreRequest, TurnRequest
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -176,10 +176,16 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         created = EpisodeCreated(
             episode_id=episode.id,
             mcp_url=f"{base}/episodes/{episode.id}/mcp?key={episode.key}",
-            prompt=episode.arena.question,
+            prompt=episode.arena.turns[0].message if episode.arena.turns else episode.arena.question,
             tools=[t.definition() for t in episode.tools.values()],
+            n_turns=episode.arena.n_turns,
         )
         return ok(created, 201)
+
+    async def next_turn(request: Request) -> Response:
+        episode = own_episode(request, "advance")
+        _parse(TurnRequest, await _json_body(request, config.max_request_bytes))  # scripted turns read no reply yet
+        return ok(await manager.advance(episode))
 
     async def episode_log(request: Request) -> Response:
         return ok(own_episode(request, "log").log())
@@ -189,7 +195,13 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
         async with episode.lock:  # a score never sees half of a call, and the first score is final
             if episode.scored is None:
-                episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
+                backend = manager.backend_for(episode.arena)
+                if isinstance(backend, SuiteBackend):
+                    episode.scored = await backend.score(episode)
+                elif episode.arena.kind == "suite":
+                    raise _HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
+                else:
+                    episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
         return ok(episode.scored)
 
     async def delete_episode(request: Request) -> Response:
@@ -227,6 +239,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         Route("/api/episodes/{episode_id}", episode_log, methods=["GET"]),
         Route("/api/episodes/{episode_id}", delete_episode, methods=["DELETE"]),
         Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
+        Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
@@ -281,6 +294,8 @@ EXCEPTION_HANDLERS = {
     EpisodeRejected: _rejected,
     SandboxUnavailable: _answer(503, lambda exc: f"the sandbox is unavailable: {exc}"),
     Forbidden: _answer(403),
+    NoMoreTurns: _answer(409),
+    EpisodeScored: _answer(409, lambda exc: f"episode {exc.args[0]!r} is scored: it has no further turn"),
     QuotaExceeded: _over_quota,
 }
 """The REST routes' domain errors as the contract's `{"error", "detail"}` bodies (Starlette's exception
