@@ -33,6 +33,7 @@ from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
+from gym_server.suites import load_suite, sandbox_packages
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,12 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
     if config.upstreams and not any("upstream" in b.kinds for b in backends):
         raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
     store = ArenaStore(config.arenas)
+    if config.suites:  # the sandbox offers the suites' backend classes to the arena code that drives them
+        wanted = [p for p in sandbox_packages(list(config.suites)) if p not in config.sandbox.packages]
+        config = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"packages": [*config.sandbox.packages, *wanted]})})
     pool = SandboxPool(config.sandbox)
+    suite_options = {"categories": tuple(config.suite_categories)} if config.suite_categories else {}
+    backends = [*backends, *(load_suite(name, pool, **suite_options) for name in config.suites)]
     limits = EpisodeLimits(
         ttl_s=config.episode_ttl_s,
         max_episodes=config.max_episodes,

@@ -124,6 +124,8 @@ def bwrap(uid: int, gid: int, packages: dict[str, str] | None = None) -> Launch:
     argv += [
         "--perms", "0755", "--dir", SANDBOX_ROOT, "--ro-bind", str(INSIDE), f"{SANDBOX_ROOT}/inside",
     ]  # fmt: skip
+    if packages:
+        argv += ["--perms", "0755", "--dir", f"{SANDBOX_ROOT}/lib"]  # made 0700 otherwise: the sandbox's id could not enter it
     for top, path in (packages or {}).items():
         argv += ["--ro-bind", path, f"{SANDBOX_ROOT}/lib/{top}"]
     lib = f"{SANDBOX_ROOT}/lib" if packages else None
