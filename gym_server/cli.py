@@ -73,6 +73,8 @@ def serve(
     unsafe_sandbox: Annotated[Optional[bool], typer.Option("--unsafe-sandbox", help=UNSAFE_HELP)] = None,
     upstream: Annotated[Optional[list[str]], typer.Option(help="Front a real MCP server: NAME=COMMAND or NAME=URL (repeatable).")] = None,
     otel_spans: Annotated[Optional[bool], typer.Option("--otel-spans/--no-otel-spans", help="Emit the MCP SDK's OpenTelemetry span per message.")] = None,
+    suite: Annotated[Optional[list[str]], typer.Option(help="Also serve an external benchmark suite's entries as arenas: bfcl-mt (repeatable).")] = None,
+    category: Annotated[Optional[list[str]], typer.Option(help="The suite's categories to load (repeatable; default: all).")] = None,
 ) -> None:
     """Serve arenas over HTTP: REST at /api, each episode's tools over MCP at /episodes/{id}/mcp?key=KEY."""
     from gym_server.serve import serve as run
@@ -83,6 +85,7 @@ def serve(
             config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
             public_url=public_url, failure_rate=failure_rate, allowed_hosts=allowed_host, allowed_origins=allowed_origin,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
+            suites=suite, suite_categories=category,
         )  # fmt: skip
         if upstream:
             from gym_server.config import UpstreamConfig
@@ -98,6 +101,13 @@ def serve(
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
+    if cfg.suites:
+        from gym_server.suites.bfcl.data import BfclMissing, versions
+
+        try:
+            versions()
+        except BfclMissing as exc:
+            _fail(str(exc))
     try:
         run(cfg, on_ready=ready, backends=serve_backends(cfg))
     except OSError as exc:
@@ -215,6 +225,25 @@ def episode(
     err.print(f"[dim]score:[/] curl -X POST{auth} {gym.rstrip('/')}/api/episodes/{data['episode_id']}/score", highlight=False)
 
 
+suites_app = typer.Typer(help="External benchmark suites (bfcl-mt).", no_args_is_help=True)
+app.add_typer(suites_app, name="suites")
+
+
+@suites_app.command("install")
+def suites_install(name: Annotated[str, typer.Argument(help="bfcl-mt")]) -> None:
+    """Install a suite's optional dependency light: bfcl-eval with `--no-deps` plus the two modules its
+    multi-turn backends and checker import (its full dependency set pulls torch and CUDA wheels)."""
+    import subprocess
+
+    from gym_server.suites.bfcl.data import PIN
+
+    if name != "bfcl-mt":
+        _fail(f"unknown suite {name!r}; known: bfcl-mt")
+    argv = [sys.executable, "-m", "pip", "install", "--no-deps", f"bfcl-eval=={PIN}", "mpmath==1.3.0", "filelock>=3.12"]
+    console.print(" ".join(argv))
+    raise typer.Exit(subprocess.call(argv))
+
+
 @app.command("eval")
 def eval_(
     config: Annotated[Optional[Path], typer.Option(help="YAML file with EvalConfig fields.")] = None,
@@ -233,8 +262,10 @@ def eval_(
     system_prompt: Annotated[Optional[str], typer.Option(help="System prompt of every episode (default: the built-in one).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (re-run to resume).")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="An external benchmark suite instead of the gym's arenas: bfcl-mt.")] = None,
+    category: Annotated[Optional[str], typer.Option(help="The suite's categories, comma-separated (bfcl-mt: base, miss_func, miss_param, long_context).")] = None,
 ) -> None:
-    """Benchmark a policy over the gym's arenas; writes trajectories.jsonl, report.json/.md and charts."""
+    """Benchmark a policy over the gym's arenas (or a suite's entries); writes trajectories.jsonl, report.json/.md and charts."""
     import yaml
     from pydantic import ValidationError
 
@@ -243,7 +274,8 @@ def eval_(
 
     given = dict(policy=policy, model=model, base_url=base_url, api_key_env=api_key_env, arenas=arenas,
                  concurrency=concurrency, episodes_per_arena=episodes_per_arena, gym=gym, token=token,
-                 failure_rate=failure_rate, max_turns=max_turns, max_tokens=max_tokens, system_prompt=system_prompt, seed=seed, out=out)  # fmt: skip
+                 failure_rate=failure_rate, max_turns=max_turns, max_tokens=max_tokens, system_prompt=system_prompt, seed=seed, out=out,
+                 suite=suite, category=category)  # fmt: skip
     try:
         data = yaml.safe_load(config.read_text()) if config else {}
         cfg = EvalConfig.model_validate({**(data or {}), **{k: v for k, v in given.items() if v is not None}})
@@ -253,6 +285,10 @@ def eval_(
         report = asyncio.run(run_eval(cfg))
     except (EvalAborted, GymError, ValueError) as exc:
         _fail(str(exc), code=1)
+    if "suite" in report:
+        s = report["suite"]
+        rows = ", ".join(f"{c} {r['accuracy']:.4f}" for c, r in s["by_category"].items())
+        console.print(f"[bold]{s['name']}[/] accuracy {s['overall']['accuracy']:.4f} ({s['overall']['correct']}/{s['overall']['total']}): {rows}")
     o = report["overall"]
     console.print(
         f"[bold]{o['episodes']}[/] episodes, {o['scored']} scored: reward {o['reward']:.3f}, recall {o['recall']:.3f}, "
