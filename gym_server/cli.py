@@ -239,7 +239,7 @@ def suites_install(name: Annotated[str, typer.Argument(help="bfcl-mt")]) -> None
 
     if name != "bfcl-mt":
         _fail(f"unknown suite {name!r}; known: bfcl-mt")
-    argv = [sys.executable, "-m", "pip", "install", "--no-deps", f"bfcl-eval=={PIN}", "mpmath==1.3.0", "filelock>=3.12"]
+    argv = [sys.executable, "-m", "pip", "install", "--no-deps", f"bfcl-eval=={PIN}", "mpmath==1.3.0", "filelock==3.20.0"]
     console.print(" ".join(argv))
     raise typer.Exit(subprocess.call(argv))
 

@@ -24,7 +24,7 @@ SUITE = "bfcl-mt"
 PIN = "2026.3.23"
 INSTALL_HINT = (
     f"the bfcl-mt suite needs bfcl-eval, installed light (its full dependency set pulls torch and CUDA): "
-    f"`astra-gym suites install bfcl-mt`, or `pip install --no-deps bfcl-eval=={PIN} mpmath==1.3.0 filelock`"
+    f"`astra-gym suites install bfcl-mt`, or `pip install --no-deps bfcl-eval=={PIN} mpmath==1.3.0 filelock==3.20.0`"
 )
 BACKEND_MODULE = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 SANDBOX_PACKAGES = (
