@@ -226,7 +226,7 @@ class EpisodeManager:
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states, hidden=hidden)
         self._episodes[episode.id] = episode
-        backend = self.backends.get(runtime.arena.kind)
+        backend = self.backend_for(runtime.arena)
         if backend is not None:
             backend.begin(episode)
         return episode

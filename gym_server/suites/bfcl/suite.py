@@ -51,6 +51,11 @@ class BfclSuite(SandboxBackend):
             arena.implementation = source  # one string for all: compiled once by the sandbox, by its digest
         return arenas
 
+    def begin(self, episode: Episode) -> None:
+        """As the sandbox's own arenas: the episode's process is forked and bound before its first call."""
+        arena = episode.arena
+        self.pool.open(arena.implementation, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
+
     async def call(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> ToolAnswer:
         if keys := bad_keys(arguments):
             return ToolAnswer(CallStatus.invalid_arguments, error=f"argument names must be Python identifiers: {', '.join(map(repr, keys))[:300]}")
