@@ -108,9 +108,15 @@ async def run_agent(
     max_turns: int = 16,
     max_tokens: int = 1024,
     tools: list[dict[str, Any]] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> AgentResult:
+    """`history`: the conversation so far (a multi-turn episode's earlier turns); `prompt` is then the next user
+    message, and `max_turns` counts the model turns of this user turn only."""
     tools = toolbox.openai_tools() if tools is None else tools
-    messages: list[dict[str, Any]] = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+    if history is None:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    else:
+        messages = history
     messages.append({"role": "user", "content": prompt})
     usage, timings = TokenUsage(), Timings()
     started = time.perf_counter()

@@ -28,6 +28,8 @@ from clients.toolbox import shared_http_client
 from gym_server.jsonl import read_rows
 
 TRAJECTORIES = "trajectories.jsonl"
+BFCL_STEP_LIMIT = 20
+"""BFCL's MAXIMUM_STEP_LIMIT: a user turn whose 21st step still calls tools force-quits the entry."""
 
 
 class EvalConfig(BaseModel):
@@ -48,6 +50,19 @@ class EvalConfig(BaseModel):
     system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every episode (GRPO's default too).")
     seed: int = Field(default=0, description="Seeds each episode (with the arena id and attempt).")
     out: Path = Field(default=Path("runs/eval"), description="Output folder (re-run to resume).")
+    suite: Literal["bfcl-mt"] | None = Field(default=None, description="Evaluate on an external benchmark suite instead of the gym's arenas.")
+    category: str | None = Field(default=None, description="The suite's categories, comma-separated (bfcl-mt: base, miss_func, miss_param, long_context).")
+
+    def model_post_init(self, context: Any) -> None:
+        if self.suite == "bfcl-mt":  # BFCL's function-calling harness: no system prompt, 20 steps per user turn
+            if "system_prompt" not in self.model_fields_set:
+                self.system_prompt = None
+            if "max_turns" not in self.model_fields_set:
+                self.max_turns = BFCL_STEP_LIMIT + 1
+
+    @property
+    def categories(self) -> list[str]:
+        return [c.strip() for c in (self.category or "").split(",") if c.strip()]
 
 
 class EvalAborted(RuntimeError):
@@ -89,7 +104,8 @@ async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | N
         from gym_server.config import ServeConfig
         from gym_server.serve import GymThread
 
-        gym_thread = GymThread.private(ServeConfig(port=0)).start()
+        suite = {"arenas": [], "suites": [config.suite], "suite_categories": config.categories} if config.suite else {}
+        gym_thread = GymThread.private(ServeConfig(port=0, **suite)).start()
     try:
         async with shared_http_client(max_connections=max(64, config.concurrency * 4)) as http:
             if gym_thread is not None:
@@ -99,6 +115,8 @@ async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | N
             policy = policy or make_policy(config, http)
             patterns = [p.strip() for p in config.arenas.split(",") if p.strip()]
             arenas = [a for a in await gym.arenas() if any(fnmatch.fnmatchcase(a.id, p) for p in patterns)]
+            if config.suite:  # a suite's arenas are `bfcl.ID`, their domain `bfcl-CATEGORY`
+                arenas = [a for a in arenas if a.id.startswith("bfcl.") and (not config.categories or a.domain.removeprefix("bfcl-") in config.categories)]
             if not arenas:
                 raise ValueError(f"no arena matches {config.arenas!r}")
             todo = [(a, k) for a in arenas for k in range(config.episodes_per_arena) if f"{a.id}#{k}" not in done]
@@ -197,6 +215,8 @@ def build_report(records: list[TrajectoryRecord], config: EvalConfig) -> dict[st
         "by_scenario_type": {k: _aggregate(v) for k, v in sorted(by["scenario_type"].items())},
         "by_domain": {k: _aggregate(v) for k, v in sorted(by["domain"].items())},
     }  # fmt: skip
+    if config.suite:
+        report["suite"] = suite_report(final, config.suite)
     trials = config.episodes_per_arena
     if trials > 1:
         per_arena: dict[str, int] = defaultdict(int)
@@ -204,6 +224,32 @@ def build_report(records: list[TrajectoryRecord], config: EvalConfig) -> dict[st
             per_arena[r.arena_id] += int(r.reward is not None and r.reward.reward >= 1.0)
         report["pass_hat_k"] = {str(k): pass_hat_k(list(per_arena.values()), trials, k) for k in range(1, trials + 1)}
     return report
+
+
+def suite_report(records: list[TrajectoryRecord], suite: str) -> dict[str, Any]:
+    """The suite's own numbers: accuracy per category and overall (entries whose verdict is valid, over scored
+    entries), the verdicts' error types, and the versions that produced them."""
+    verdicts = [r.reward.verdict for r in records if r.reward is not None and r.reward.verdict is not None]
+    by: dict[str, list[bool]] = defaultdict(list)
+    for v in verdicts:
+        by[v.category or "?"].append(v.valid)
+    accuracy = {c: {"correct": sum(ok), "total": len(ok), "accuracy": sum(ok) / len(ok)} for c, ok in sorted(by.items())}
+    correct = sum(v.valid for v in verdicts)
+    return {
+        "name": suite, "versions": verdicts[0].versions if verdicts else {},
+        "overall": {"correct": correct, "total": len(verdicts), "accuracy": correct / len(verdicts) if verdicts else 0.0},
+        "by_category": accuracy,
+        "error_types": dict(Counter(v.error_type or "?" for v in verdicts if not v.valid).most_common()),
+    }  # fmt: skip
+
+
+def _suite_markdown(suite: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in suite["versions"].items())
+    md = [f"## Suite {suite['name']} ({versions})", "", "| category | correct | total | accuracy |", "|---|---|---|---|"]
+    for name, row in [*suite["by_category"].items(), ("overall", suite["overall"])]:
+        md.append(f"| {name} | {row['correct']} | {row['total']} | {row['accuracy']:.4f} |")
+    md += ["", "| error type | entries |", "|---|---|"] + [f"| {k} | {n} |" for k, n in suite["error_types"].items()] + [""]
+    return md
 
 
 def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: Path) -> None:
@@ -217,6 +263,8 @@ def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: P
         return lines + [""]
 
     md = [f"# Evaluation: {report['policy']}" + (f" ({report['model']})" if report.get("model") else ""), ""]
+    if "suite" in report:
+        md += _suite_markdown(report["suite"])
     md += table("Overall", {"all": report["overall"]})
     md += table("By scenario type", report["by_scenario_type"])
     md += table("By domain", report["by_domain"])
@@ -227,7 +275,8 @@ def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: P
         md += [f"- {n} x {cause}" for cause, n in infra["causes"].items()] + [""]
     if "pass_hat_k" in report:
         md += ["## pass^k", "", "| k | pass^k |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in report["pass_hat_k"].items()] + [""]
-    md += ["Charts: reward.png, calls_tokens.png" + (", pass_hat_k.png" if "pass_hat_k" in report else ""), ""]
+    charts = ["reward.png", "calls_tokens.png", *(["pass_hat_k.png"] if "pass_hat_k" in report else []), *(["suite.png"] if "suite" in report else [])]
+    md += ["Charts: " + ", ".join(charts), ""]
     (out / "report.md").write_text("\n".join(md))
     _charts(report, out)
 
@@ -262,6 +311,18 @@ def _charts(report: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "calls_tokens.png", dpi=100)
     plt.close(fig)
+    if "suite" in report:
+        suite = report["suite"]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        names = [*suite["by_category"], "overall"]
+        axes[0].bar(names, [suite["by_category"].get(n, suite["overall"])["accuracy"] for n in names])
+        axes[0].set_ylim(0, 1.05)
+        axes[0].set_title(f"{suite['name']} accuracy by category")
+        axes[1].barh(list(suite["error_types"]) or ["(none)"], list(suite["error_types"].values()) or [0])
+        axes[1].set_title("error types")
+        fig.tight_layout()
+        fig.savefig(out / "suite.png", dpi=100)
+        plt.close(fig)
     if "pass_hat_k" in report:
         fig, ax = plt.subplots(figsize=(5, 4))
         ks = list(report["pass_hat_k"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx2
 
-from gym_server.models import Arena, ArenaSummary, EpisodeCreate, EpisodeCreated, EpisodeLog, RewardBreakdown
+from gym_server.models import Arena, ArenaSummary, EpisodeCreate, EpisodeCreated, EpisodeLog, RewardBreakdown, TurnAdvanced
 
 
 class GymError(RuntimeError):
@@ -94,6 +94,11 @@ class GymClient:
     async def score(self, episode_id: str, final_answer: Any = None) -> RewardBreakdown:
         url = f"{self._base(episode_id)}/api/episodes/{episode_id}/score"
         return RewardBreakdown.model_validate((await self._request("POST", url, json={"final_answer": final_answer})).json())
+
+    async def next_turn(self, episode_id: str, reply: str | None = None) -> TurnAdvanced:
+        """Open the episode's next user turn (its message, and the tool list when it changed)."""
+        url = f"{self._base(episode_id)}/api/episodes/{episode_id}/turns"
+        return TurnAdvanced.model_validate((await self._request("POST", url, json={"reply": reply})).json())
 
     async def delete(self, episode_id: str) -> None:
         try:

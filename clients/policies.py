@@ -40,6 +40,10 @@ class Policy(Protocol):
 
     async def play(self, ctx: EpisodeContext) -> AgentResult: ...
 
+    async def next_turn(self, ctx: EpisodeContext, turn: int, message: str, previous: AgentResult) -> AgentResult:
+        """Play user turn `turn` (>= 1) of a multi-turn episode in the same conversation (`previous.messages`)."""
+        ...
+
 
 class ScriptedModel:
     """A chat model that makes fixed calls, one per turn, then answers: scripted policies play through the
@@ -47,12 +51,14 @@ class ScriptedModel:
 
     model_id = "scripted"
 
-    def __init__(self, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> None:
+    def __init__(self, calls: list[tuple[str, dict[str, Any]]], answer: Any, offset: int = 0) -> None:
         self.calls = calls
         self.answer = answer if isinstance(answer, str) or answer is None else json.dumps(answer)
+        self.offset = offset
+        """Assistant messages already in the conversation (earlier user turns), not part of this script."""
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        turn = sum(1 for m in messages if m["role"] == "assistant")
+        turn = sum(1 for m in messages if m["role"] == "assistant") - self.offset
         message: dict[str, Any] = {"role": "assistant", "content": self.answer}
         if turn < len(self.calls):
             name, arguments = self.calls[turn]
@@ -61,19 +67,49 @@ class ScriptedModel:
         return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if turn < len(self.calls) else "stop"}]}
 
 
-async def _scripted(ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any) -> AgentResult:
+async def _scripted(
+    ctx: EpisodeContext, calls: list[tuple[str, dict[str, Any]]], answer: Any, prompt: str | None = None, history: list[dict[str, Any]] | None = None
+) -> AgentResult:  # fmt: skip
     """Play fixed calls one per turn, then answer; the script's length is its turn budget."""
-    return await run_agent(ScriptedModel(calls, answer), ctx.toolbox, ctx.episode.prompt, system_prompt=ctx.system_prompt, max_turns=len(calls) + 1)
+    model = ScriptedModel(calls, answer, offset=sum(1 for m in history or [] if m["role"] == "assistant"))
+    return await run_agent(model, ctx.toolbox, ctx.episode.prompt if prompt is None else prompt, system_prompt=ctx.system_prompt,
+                           max_turns=len(calls) + 1, history=history)  # fmt: skip
 
 
 class OraclePolicy:
+    """Gold calls: an arena's in dependency order; a suite entry's per user turn (its ground truth, in the
+    admin view's `suite_data`, each call string read as a name and literal arguments)."""
+
     name = "oracle"
     model = None
 
     async def play(self, ctx: EpisodeContext) -> AgentResult:
         arena = await ctx.gym.arena(ctx.arena_id)  # the admin view carries the gold calls
+        if arena.kind == "suite":
+            return await _scripted(ctx, suite_turn_calls(arena, 0), None)
         calls = [(s.gold_call.tool, dict(s.gold_call.arguments)) for s in arena.gold_plan()]  # type: ignore[union-attr]
         return await _scripted(ctx, calls, arena.final_answer)
+
+    async def next_turn(self, ctx: EpisodeContext, turn: int, message: str, previous: AgentResult) -> AgentResult:
+        arena = await ctx.gym.arena(ctx.arena_id)
+        return await _scripted(ctx, suite_turn_calls(arena, turn), None, prompt=message, history=previous.messages)
+
+
+def suite_turn_calls(arena: Any, turn: int) -> list[tuple[str, dict[str, Any]]]:
+    """A BFCL ground-truth turn as (name, arguments): call strings are data (read with `ast.literal_eval`, never
+    evaluated), positional arguments named in the tool's parameter order."""
+    import ast
+
+    schemas = {t.name: list((t.input_schema.get("properties") or {})) for t in arena.tools}
+    calls = []
+    for text in (arena.suite_data or {}).get("ground_truth", [])[turn]:
+        node = ast.parse(text, mode="eval").body
+        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name), f"not a call: {text!r}"
+        arguments = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
+        for position, value in enumerate(node.args):
+            arguments[schemas[node.func.id][position]] = ast.literal_eval(value)
+        calls.append((node.func.id, arguments))
+    return calls
 
 
 def random_value(schema: dict[str, Any], rng: random.Random, depth: int = 0) -> Any:
@@ -114,14 +150,19 @@ class RandomPolicy:
     def __init__(self, max_calls: int = 4) -> None:
         self.max_calls = max_calls
 
-    async def play(self, ctx: EpisodeContext) -> AgentResult:
-        rng = random.Random(ctx.seed)
+    def _calls(self, ctx: EpisodeContext, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
         tools = ctx.toolbox.tools
         calls = []
         for _ in range(rng.randint(1, self.max_calls)):
             tool = rng.choice(tools)
             calls.append((tool.name, random_value(tool.input_schema or {"type": "object"}, rng)))
-        return await _scripted(ctx, calls, None)
+        return calls
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        return await _scripted(ctx, self._calls(ctx, random.Random(ctx.seed)), None)
+
+    async def next_turn(self, ctx: EpisodeContext, turn: int, message: str, previous: AgentResult) -> AgentResult:
+        return await _scripted(ctx, self._calls(ctx, random.Random(ctx.seed * 1000 + turn)), None, prompt=message, history=previous.messages)
 
 
 class ChatPolicy:
@@ -138,6 +179,11 @@ class ChatPolicy:
         return await run_agent(
             self.endpoint, ctx.toolbox, ctx.episode.prompt,
             system_prompt=ctx.system_prompt, max_turns=self.max_turns, max_tokens=self.max_tokens,
+        )  # fmt: skip
+
+    async def next_turn(self, ctx: EpisodeContext, turn: int, message: str, previous: AgentResult) -> AgentResult:
+        return await run_agent(
+            self.endpoint, ctx.toolbox, message, max_turns=self.max_turns, max_tokens=self.max_tokens, history=previous.messages,
         )  # fmt: skip
 
 

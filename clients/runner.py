@@ -9,7 +9,7 @@ import time
 import zlib
 from collections.abc import Sequence
 
-from clients.agent import DEFAULT_SYSTEM_PROMPT, ModelEndpointError
+from clients.agent import DEFAULT_SYSTEM_PROMPT, AgentResult, ModelEndpointError
 from clients.gym_client import GymClient, GymError
 from clients.policies import EpisodeContext, Policy
 from clients.records import TrajectoryRecord
@@ -57,7 +57,9 @@ async def run_episode(
     try:
         async with MCPToolbox.http_endpoint(created.mcp_url, gym.http) as toolbox:
             record.tools = toolbox.openai_tools()
-            result = await policy.play(EpisodeContext(gym, created, arena_id, toolbox, seed, system_prompt))
+            ctx = EpisodeContext(gym, created, arena_id, toolbox, seed, system_prompt)
+            result = await policy.play(ctx)
+            result = await _later_turns(gym, policy, ctx, result, record)
         record.messages = result.messages
         record.final_answer = result.final_answer
         record.turns, record.stop_reason = result.turns, result.stop_reason
@@ -77,3 +79,27 @@ async def run_episode(
             pass
     record.timings.total_s = time.perf_counter() - started
     return record
+
+
+CUT_SHORT = ("max_turns", "length", "gym_unreachable")
+"""A user turn that ended so stops the conversation (BFCL's harness: past the step limit it force-quits the
+entry); the episode is scored with the turns it reached."""
+
+
+async def _later_turns(gym: GymClient, policy: Policy, ctx: EpisodeContext, result: AgentResult, record: TrajectoryRecord) -> AgentResult:
+    """A multi-turn episode's later user turns, in the same conversation: the gym opens each one (its message,
+    and the tools that came with it, which the toolbox lists again)."""
+    for turn in range(1, ctx.episode.n_turns):
+        if result.stop_reason in CUT_SHORT:
+            break
+        advanced = await gym.next_turn(ctx.episode.episode_id, result.final_answer)
+        if advanced.tools_changed:
+            await ctx.toolbox.refresh_tools()
+            record.tools = ctx.toolbox.openai_tools()
+        usage, timings, turns = result.usage, result.timings, result.turns
+        result = await policy.next_turn(ctx, turn, advanced.message, result)
+        result.usage.add(usage.model_dump())
+        result.turns += turns
+        result.timings.model_s += timings.model_s
+        result.timings.tools_s += timings.tools_s
+    return result

@@ -22,17 +22,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
-from gym_server.backends import ToolBackend
+from gym_server.backends import SuiteBackend, ToolBackend
 from gym_server.config import ServeConfig
-from gym_server.episodes import EpisodeManager, EpisodeNotFound, EpisodeRejected
+from gym_server.episodes import EpisodeManager, EpisodeNotFound, EpisodeRejected, EpisodeScored, NoMoreTurns
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
-from gym_server.models import EpisodeCreate, EpisodeCreated, ScoreRequest
+from gym_server.models import EpisodeCreate, EpisodeCreated, ScoreRequest, TurnRequest
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
+from gym_server.suites import load_suite, sandbox_packages
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,12 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
     if config.upstreams and not any("upstream" in b.kinds for b in backends):
         raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
     store = ArenaStore(config.arenas)
+    if config.suites:  # the sandbox offers the suites' backend classes to the arena code that drives them
+        wanted = [p for p in sandbox_packages(list(config.suites)) if p not in config.sandbox.packages]
+        config = config.model_copy(update={"sandbox": config.sandbox.model_copy(update={"packages": [*config.sandbox.packages, *wanted]})})
     pool = SandboxPool(config.sandbox)
+    suite_options = {"categories": tuple(config.suite_categories)} if config.suite_categories else {}
+    backends = [*backends, *(load_suite(name, pool, **suite_options) for name in config.suites)]
     manager = EpisodeManager(store, pool, config, backends)  # the config is the episodes' limits
     authenticator = Authenticator(config.token, config.agent_tokens)
     quotas = Quotas(lambda p: config.operator_limits if p.role is Role.operator else config.agent_limits, manager.__contains__)
@@ -168,10 +174,16 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         created = EpisodeCreated(
             episode_id=episode.id,
             mcp_url=f"{base}/episodes/{episode.id}/mcp?key={episode.key}",
-            prompt=episode.arena.question,
+            prompt=episode.arena.turns[0].message if episode.arena.turns else episode.arena.question,
             tools=[t.definition() for t in episode.tools.values()],
+            n_turns=episode.arena.n_turns,
         )
         return ok(created, 201)
+
+    async def next_turn(request: Request) -> Response:
+        episode = own_episode(request, "advance")
+        _parse(TurnRequest, await _json_body(request, config.max_request_bytes))  # scripted turns read no reply yet
+        return ok(await manager.advance(episode))
 
     async def episode_log(request: Request) -> Response:
         return ok(own_episode(request, "log").log())
@@ -181,7 +193,13 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
         async with episode.lock:  # a score never sees half of a call, and the first score is final
             if episode.scored is None:
-                episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
+                backend = manager.backend_for(episode.arena)
+                if isinstance(backend, SuiteBackend):
+                    episode.scored = await backend.score(episode)
+                elif episode.arena.kind == "suite":
+                    raise _HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
+                else:
+                    episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
         return ok(episode.scored)
 
     async def delete_episode(request: Request) -> Response:
@@ -219,6 +237,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         Route("/api/episodes/{episode_id}", episode_log, methods=["GET"]),
         Route("/api/episodes/{episode_id}", delete_episode, methods=["DELETE"]),
         Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
+        Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
@@ -273,6 +292,8 @@ EXCEPTION_HANDLERS = {
     EpisodeRejected: _rejected,
     SandboxUnavailable: _answer(503, lambda exc: f"the sandbox is unavailable: {exc}"),
     Forbidden: _answer(403),
+    NoMoreTurns: _answer(409),
+    EpisodeScored: _answer(409, lambda exc: f"episode {exc.args[0]!r} is scored: it has no further turn"),
     QuotaExceeded: _over_quota,
 }
 """The REST routes' domain errors as the contract's `{"error", "detail"}` bodies (Starlette's exception

@@ -107,6 +107,13 @@ def structural_problems(arena: Arena) -> list[str]:
         error = validators[sub.gold_call.tool].first_error(sub.gold_call.arguments)
         if error:
             problems.append(f"sub-task {sub.id!r}: gold arguments do not match the schema: {error}")
+    for i, turn in enumerate(arena.turns):
+        if unknown := sorted(set(turn.add_tools) - set(tool_names)):
+            problems.append(f"turn {i}: adds unknown tools {unknown}")
+        if i == 0 and turn.add_tools:
+            problems.append("turn 0 adds tools: a tool offered from the start is simply one of the arena's tools")
+    if (arena.kind == "suite") != (arena.suite is not None):
+        problems.append("an arena of kind 'suite' names its suite, and only such an arena does")
     if arena.kind == "arena" and arena.subtasks and not any(s.gold_call for s in arena.subtasks):
         problems.append("no sub-task has a gold call: nothing to score")
     return problems

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from gym_server.models import Arena, ArenaKind, CallStatus, ToolSpec
+from gym_server.models import Arena, ArenaKind, CallStatus, RewardBreakdown, ToolSpec
 from gym_server.sandbox.pool import SandboxPool
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ class ToolAnswer:
     status: CallStatus
     result: Any = None
     error: str | None = None
+    rendered: str | None = None
+    """The call as the backend's own harness writes it (BFCL: its call string), for the call log."""
 
     @classmethod
     def ok(cls, result: Any) -> ToolAnswer:
@@ -34,8 +36,9 @@ class ToolAnswer:
 
 @runtime_checkable
 class ToolBackend(Protocol):
-    kinds: tuple[ArenaKind, ...]
-    """The arena kinds it answers for; a later backend in `create_app`'s list wins a kind over an earlier one."""
+    kinds: tuple[str, ...]
+    """The arena kinds it answers for (`ArenaKind`, or `suite:NAME` for a suite's arenas); a later backend in
+    `create_app`'s list wins a kind over an earlier one."""
 
     async def start(self) -> list[Arena]:
         """Open what it needs; the arenas it contributes to the store (a fronted server's tools), else []."""
@@ -53,6 +56,18 @@ class ToolBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SuiteBackend(ToolBackend, Protocol):
+    """An external benchmark behind the tool-backend protocol: it contributes its entries as arenas of kind
+    `suite` (from `start`), serves their tools and scores their episodes with the benchmark's own verdict."""
+
+    suite: str
+
+    async def score(self, episode: Episode) -> RewardBreakdown:
+        """Called once, under the episode's lock: the verdict is final."""
+        ...
 
 
 class SandboxBackend:

@@ -4,6 +4,7 @@ the same fields from YAML), and `EpisodeLimits`, the part of it the episode mana
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -102,6 +103,8 @@ class ServeConfig(EpisodeLimits):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox that runs arena code.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
+    suites: list[Literal["bfcl-mt"]] = Field(default_factory=list, description="External benchmark suites to serve (their entries become arenas).")
+    suite_categories: list[str] = Field(default_factory=list, description="A suite's categories to load (bfcl-mt: base, miss_func, miss_param, long_context); none: all.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
     log_level: str = Field(default="info", description="uvicorn's log level.")
 

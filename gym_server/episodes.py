@@ -33,6 +33,7 @@ from gym_server.models import (
     FailurePolicy,
     RewardBreakdown,
     ToolSpec,
+    TurnAdvanced,
 )
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.schemas import ArgumentValidator, compile_validator
@@ -49,6 +50,11 @@ CANCELLED_MESSAGE = "the client cancelled the call (or its connection dropped) b
 _MAX_ERROR_CHARS = 4000
 
 
+def backend_key(arena: Arena) -> str:
+    """Which backend serves an arena: its kind, or `suite:NAME` for a suite's arenas."""
+    return f"suite:{arena.suite}" if arena.kind == "suite" else arena.kind
+
+
 class EpisodeNotFound(KeyError):
     pass
 
@@ -59,6 +65,10 @@ class CallRefused(Exception):
 
 class EpisodeScored(Exception):
     """The episode was scored: its tools answer no more."""
+
+
+class NoMoreTurns(Exception):
+    """The episode is at its last user turn."""
 
 
 class EpisodeRejected(ValueError):
@@ -110,6 +120,10 @@ class Episode:
     """The secret in the episode's MCP URL: the capability for its tools (the id is not secret)."""
     scored: RewardBreakdown | None = None
     """The first score, which is final: later score requests return it, and the tools stop answering."""
+    turn: int = 0
+    """The user turn now open (0: the first prompt)."""
+    hidden: dict[str, ServedTool] = field(default_factory=dict)
+    """Tools that appear at a later turn (`Arena.turns[i].add_tools`), not yet listed or callable."""
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
@@ -129,7 +143,7 @@ class EpisodeManager:
         self.backends: dict[str, ToolBackend] = {}
         """The backend of each arena kind: the sandbox's, then each passed one for the kinds it names."""
         for backend in [SandboxBackend(pool), *backends]:
-            self.backends.update(dict.fromkeys(backend.kinds, backend))
+            self.backends.update(dict.fromkeys(backend.kinds, backend))  # a suite's kind is `suite:NAME`
         self._runtimes: OrderedDict[str, ArenaRuntime] = OrderedDict()
         self._building: dict[str, asyncio.Future[ArenaRuntime]] = {}
 
@@ -177,15 +191,17 @@ class EpisodeManager:
         if len(self._episodes) >= self.limits.max_episodes:
             raise EpisodeRejected(f"the gym already runs {len(self._episodes)} episodes (the limit); delete some", 503)
         runtime = await self.runtime(request.arena_id)
-        tools = {t.name: ServedTool(t, runtime, distractor=False) for t in runtime.arena.tools}
+        later = runtime.arena.hidden_tools
+        tools = {t.name: ServedTool(t, runtime, distractor=False) for t in runtime.arena.tools if t.name not in later}
+        hidden = {t.name: ServedTool(t, runtime, distractor=False) for t in runtime.arena.tools if t.name in later}
         states = {runtime.arena.id: runtime.template}
         for ref in request.distractors:
             other = await self.runtime(ref.arena_id)
             spec = other.arena.tool_by_name.get(ref.tool)
             if spec is None:
                 raise EpisodeRejected(f"distractor {ref.arena_id}/{ref.tool}: that arena has no such tool")
-            if spec.name in tools:
-                if tools[spec.name].runtime is other:
+            if spec.name in tools or spec.name in hidden:
+                if spec.name in tools and tools[spec.name].runtime is other:
                     continue
                 raise EpisodeRejected(f"distractor {ref.arena_id}/{ref.tool}: a tool named {spec.name!r} is already served")
             tools[spec.name] = ServedTool(spec, other, distractor=True)
@@ -198,12 +214,34 @@ class EpisodeManager:
             timeout_delay_s=default.timeout_delay_s,
         )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states)
+        episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states, hidden=hidden)
         self._episodes[episode.id] = episode
-        backend = self.backends.get(runtime.arena.kind)
+        backend = self.backend_for(runtime.arena)
         if backend is not None:
             backend.begin(episode)
         return episode
+
+    def backend_for(self, arena: Arena) -> ToolBackend | None:
+        return self.backends.get(backend_key(arena))
+
+    async def advance(self, episode: Episode) -> TurnAdvanced:
+        """Open the episode's next user turn; the tools that come with it are listed and callable from now on.
+        Raises `NoMoreTurns` at the last turn and `EpisodeScored` once scored. Calls still running finish in the
+        turn they were made in (the turn changes under the episode's lock)."""
+        async with episode.lock:
+            if episode.scored is not None:
+                raise EpisodeScored(episode.id)
+            arena = episode.arena
+            if episode.turn + 1 >= arena.n_turns:
+                raise NoMoreTurns(f"the episode is at its last user turn ({episode.turn + 1} of {arena.n_turns})")
+            episode.turn += 1
+            turn = arena.turns[episode.turn]
+            added = [name for name in turn.add_tools if name in episode.hidden]
+            for name in added:
+                episode.tools[name] = episode.hidden.pop(name)
+            episode.last_used = time.monotonic()
+            tools = [t.definition() for t in episode.tools.values()] if added else None
+            return TurnAdvanced(turn=episode.turn, n_turns=arena.n_turns, message=turn.message, tools_changed=bool(added), tools=tools)
 
     def get(self, episode_id: str, touch: bool = True) -> Episode:
         """`touch=False` looks without keeping the episode alive (a request not yet authorized must not)."""
@@ -258,8 +296,9 @@ class EpisodeManager:
             if index >= self.limits.max_calls_per_episode:
                 raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
+            rendered: str | None = None
             try:
-                status, result, error, injected = await self._execute(episode, served, name, arguments, index)
+                status, result, error, injected, rendered = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
                 status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
             if status is CallStatus.ok and len(_measure_arguments(result)) > self.pool.config.max_result_bytes:
@@ -269,6 +308,7 @@ class EpisodeManager:
                 error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
                 source_arena=served.runtime.arena.id if served and served.distractor else None,
                 started_at=started, latency_ms=(time.perf_counter() - t0) * 1000, unsafe_sandbox=self.pool.unsafe or None,
+                turn=episode.turn, rendered=rendered,
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
@@ -278,30 +318,30 @@ class EpisodeManager:
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
-    ) -> tuple[CallStatus, Any, str | None, FailureKind | None]:
+    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None]:
         if served is None:
             available = ", ".join(sorted(episode.tools))
-            return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None
+            return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None, None
         if not isinstance(arguments, dict):
-            return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None
+            return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None, None
         size = len(_measure_arguments(arguments))
         if size > self.limits.max_argument_bytes:
             return (
                 CallStatus.invalid_arguments, None,
-                f"arguments are {size} bytes; the limit is {self.limits.max_argument_bytes}", None,
+                f"arguments are {size} bytes; the limit is {self.limits.max_argument_bytes}", None, None,
             )  # fmt: skip
-        problem = served.runtime.validators[served.spec.name].first_error(arguments)
+        arena = served.runtime.arena
+        problem = served.runtime.validators[served.spec.name].first_error(arguments) if arena.validate_arguments else None
         if problem:
             schema = json.dumps(served.spec.input_schema, separators=(",", ":"))
-            return CallStatus.invalid_arguments, None, f"invalid arguments for {name}: {problem}. Expected: {schema}", None
+            return CallStatus.invalid_arguments, None, f"invalid arguments for {name}: {problem}. Expected: {schema}", None, None
         kind = injected_failure(episode.failure, episode.seed, index)
         if kind is not None:
             if kind is FailureKind.timeout and episode.failure.timeout_delay_s:
                 await asyncio.sleep(episode.failure.timeout_delay_s)
-            return CallStatus.injected_failure, None, MESSAGES[kind], kind
-        arena = served.runtime.arena
-        backend = self.backends.get(arena.kind)
+            return CallStatus.injected_failure, None, MESSAGES[kind], kind, None
+        backend = self.backends.get(backend_key(arena))
         if backend is None:
-            return CallStatus.upstream_error, None, f"this gym has no backend for {arena.kind} arenas such as {arena.id!r}", None
+            return CallStatus.upstream_error, None, f"this gym has no backend for {backend_key(arena)} arenas such as {arena.id!r}", None, None
         answer = await backend.call(episode, arena, served.spec, arguments)
-        return answer.status, answer.result, answer.error, None
+        return answer.status, answer.result, answer.error, None, answer.rendered

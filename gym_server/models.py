@@ -16,8 +16,9 @@ ARENA_FORMAT_VERSION = 1
 JSONValue = Any
 """A JSON-serializable value (what tools take and return)."""
 
-ArenaKind = Literal["arena", "emulator", "upstream"]
-"""What serves an arena's tools: its own code (`arena`), a tool doc's emulator, or a fronted MCP server."""
+ArenaKind = Literal["arena", "emulator", "upstream", "suite"]
+"""What serves an arena's tools: its own code (`arena`), a tool doc's emulator, a fronted MCP server, or an
+external benchmark suite's backend and scorer (`suite`, named by `Arena.suite`)."""
 
 
 class ScenarioType(str, Enum):
@@ -126,6 +127,16 @@ class InitialState(BaseModel):
     rows: dict[str, list[dict[str, JSONValue]]] = Field(default_factory=dict)
 
 
+class UserTurn(BaseModel):
+    """One user turn of a multi-turn episode: what the user says, and the tools that appear with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    add_tools: list[str] = Field(default_factory=list)
+    """Tools hidden until this turn (BFCL's miss_func): the tool list grows when the episode reaches it."""
+
+
 class Provenance(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -158,6 +169,24 @@ class Arena(BaseModel):
     """An emulator serves a tool doc's tools, an upstream a real MCP server's; neither has questions to score."""
     failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     """This arena's default injected-failure rate (emulators: 0.2); an episode's own rate wins."""
+    turns: list[UserTurn] = Field(default_factory=list)
+    """Scripted user turns, the first being `question`; empty for a single-turn arena."""
+    suite: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_\-]{0,31}$")
+    """The suite whose backend serves and scores this arena (kind `suite`), e.g. `bfcl-mt`."""
+    suite_data: dict[str, JSONValue] | None = None
+    """What the suite's backend and scorer need (BFCL: the entry and its ground truth); the operator's view only."""
+    validate_arguments: bool = True
+    """Check arguments against inputSchema before the backend runs; a suite whose own harness does not (BFCL)
+    turns it off so that its backend answers such calls as the harness would."""
+
+    @property
+    def n_turns(self) -> int:
+        return max(1, len(self.turns))
+
+    @property
+    def hidden_tools(self) -> dict[str, int]:
+        """Tool name -> the turn at which it appears, for tools not offered from the start."""
+        return {name: i for i, turn in enumerate(self.turns) for name in turn.add_tools}
 
     @model_validator(mode="after")
     def _structure(self) -> Arena:
@@ -238,6 +267,27 @@ class EpisodeCreated(BaseModel):
     prompt: str
     tools: list[dict[str, Any]]
     """MCP tool definitions (name, description, inputSchema, outputSchema), distractors included."""
+    n_turns: int = 1
+    """User turns of the episode; the runner asks for each next one (`POST /api/episodes/{id}/turns`)."""
+
+
+class TurnRequest(BaseModel):
+    """Body of `POST /api/episodes/{id}/turns`: the agent's last reply, for a user that answers it (a simulated
+    user); scripted turns ignore it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reply: str | None = Field(default=None, max_length=256 * 1024)
+
+
+class TurnAdvanced(BaseModel):
+    turn: int
+    """The index of the turn now open (0 is the episode's first prompt)."""
+    n_turns: int
+    message: str
+    tools_changed: bool
+    tools: list[dict[str, Any]] | None = None
+    """The episode's whole tool list, when it changed."""
 
 
 class CallStatus(str, Enum):
@@ -269,6 +319,10 @@ class CallLogEntry(BaseModel):
     latency_ms: float
     unsafe_sandbox: bool | None = None
     """True when the gym ran this call's arena code without its kernel sandbox (`--unsafe-sandbox`)."""
+    turn: int = 0
+    """The user turn the call was made in."""
+    rendered: str | None = None
+    """A suite's rendering of the call (BFCL: the call string its checker executes)."""
 
 
 class EpisodeLog(BaseModel):
@@ -303,3 +357,15 @@ class RewardBreakdown(BaseModel):
     final_answer_correct: bool | None = None
     """Whether the submitted final answer matches the arena's, under the same normalization; None if none
     was submitted. Reported, not part of the reward."""
+    verdict: SuiteVerdict | None = None
+    """A suite's own verdict (its scorer's), when the arena belongs to a suite; `reward` is then 1 or 0."""
+
+
+class SuiteVerdict(BaseModel):
+    suite: str
+    category: str | None = None
+    valid: bool
+    error_type: str | None = None
+    error_message: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    """What produced the verdict (BFCL: the bfcl-eval release and its data version)."""

@@ -24,6 +24,7 @@ from gym_server.cli.options import COMMANDS
 VERBS = {
     "serve", "emulate", "episode", "eval", "demo", "arenas list", "arenas show", "arenas validate", "synth tools",
     "synth chains", "synth tasks", "synth trajectories", "synth sft", "synth arenas", "train sft", "train grpo",
+    "suites install",
 }  # fmt: skip
 
 SFT_SYNTH = (
@@ -38,12 +39,12 @@ CASES: dict[str, tuple[list[str], dict[str, Any]]] = {
         ["--port", "9123", "-a", "builtin", "-a", "x.jsonl", "--token", "op", "--agent-token", "ag", "--agent-arena", "offline-*",
          "--failure-rate", "0.25", "--failure-kinds", "timeout", "--episode-ttl-s", "60", "--workers", "3", "--sandbox-backend", "process",
          "--call-timeout-s", "2.5", "--unsafe-sandbox", "--upstream", "time=python -m mcp_server_time", "--otel-spans",
-         "--max-calls-per-episode", "9", "--public-url", "http://gym.example:8000"],
+         "--max-calls-per-episode", "9", "--public-url", "http://gym.example:8000", "--suite", "bfcl-mt", "--category", "base"],
         {"port": 9123, "arenas": ["builtin", "x.jsonl"], "token": "op", "agent_tokens": ["ag"], "agent_arenas": ["offline-*"],
          "failure_rate": 0.25, "failure_kinds": ["timeout"], "episode_ttl_s": 60,
          "sandbox": {"workers": 3, "backend": "process", "call_timeout_s": 2.5, "unsafe": True},
          "upstreams": [{"name": "time", "command": "python -m mcp_server_time"}], "otel_spans": True, "max_calls_per_episode": 9,
-         "public_url": "http://gym.example:8000"},
+         "public_url": "http://gym.example:8000", "suites": ["bfcl-mt"], "suite_categories": ["base"]},
     ),
     "emulate": (
         ["docs/a.json", "docs/b.json", "--failure-rate", "0.5", "--port", "0", "--store", "runs/emu.jsonl", "--llm-base-url",
@@ -64,11 +65,12 @@ CASES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "eval": (
         ["--policy", "openai", "--model", "m", "--base-url", "http://x/v1", "--api-key-env", "K", "--arenas", "airline-*", "--concurrency", "4",
          "--episodes-per-arena", "2", "--gym", "http://g:1", "--token", "t", "--failure-rate", "0.1", "--max-turns", "3", "--max-tokens", "64",
-         "--system-prompt", "Be terse.", "--seed", "7", "--out", "runs/e"],
+         "--system-prompt", "Be terse.", "--seed", "7", "--out", "runs/e", "--suite", "bfcl-mt", "--category", "base,miss_func"],
         {"policy": "openai", "model": "m", "base_url": "http://x/v1", "api_key_env": "K", "arenas": "airline-*", "concurrency": 4,
          "episodes_per_arena": 2, "gym": "http://g:1", "token": "t", "failure_rate": 0.1, "max_turns": 3, "max_tokens": 64,
-         "system_prompt": "Be terse.", "seed": 7, "out": "runs/e"},
+         "system_prompt": "Be terse.", "seed": 7, "out": "runs/e", "suite": "bfcl-mt", "category": "base,miss_func"},
     ),
+    "suites install": (["bfcl-mt"], {"name": "bfcl-mt"}),
     "demo": (["--n", "10", "--out", "runs/d", "--concurrency", "2", "--seed", "1"], {"n": 10, "out": "runs/d", "concurrency": 2, "seed": 1}),
     "synth tools": (
         ["a.json", "b", "--out", "runs/t.jsonl", "--min-tools", "1", "--min-description-chars", "3"],

@@ -18,7 +18,7 @@ from gym_server.cli.root import app, console, err, fail
 
 @command(app, "eval", EvalConfig, {"token": Flag(envvar="ASTRA_GYM_TOKEN")})
 def eval_(config: EvalConfig) -> None:
-    """Benchmark a policy over the gym's arenas; writes trajectories.jsonl, report.json/.md and charts."""
+    """Benchmark a policy over the gym's arenas (or a suite's entries); writes trajectories.jsonl, report.json/.md and charts."""
     from clients.evaluation import EvalAborted, run_eval
     from clients.gym_client import GymError
 
@@ -26,6 +26,10 @@ def eval_(config: EvalConfig) -> None:
         report = asyncio.run(run_eval(config))
     except (EvalAborted, GymError, ValueError) as exc:
         fail(str(exc), code=1)
+    if "suite" in report:
+        s = report["suite"]
+        rows = ", ".join(f"{c} {r['accuracy']:.4f}" for c, r in s["by_category"].items())
+        console.print(f"[bold]{s['name']}[/] accuracy {s['overall']['accuracy']:.4f} ({s['overall']['correct']}/{s['overall']['total']}): {rows}")
     o = report["overall"]
     console.print(
         f"[bold]{o['episodes']}[/] episodes, {o['scored']} scored: reward {o['reward']:.3f}, recall {o['recall']:.3f}, "

@@ -35,6 +35,8 @@ SERVE_FLAGS = {
     "sandbox.backend": Flag("--sandbox-backend"),
     "sandbox.call_timeout_s": Flag("--call-timeout-s"),
     "sandbox.unsafe": Flag("--unsafe-sandbox"),
+    "suites": Flag("--suite"),
+    "suite_categories": Flag("--category"),
 }
 
 
@@ -59,6 +61,13 @@ def serve(config: ServeCommandConfig) -> None:
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
+    if config.suites:
+        from gym_server.suites.bfcl.data import BfclMissing, versions
+
+        try:
+            versions()
+        except BfclMissing as exc:
+            fail(str(exc))
     try:
         run(config, on_ready=ready, backends=serve_backends(config))
     except OSError as exc:

@@ -41,6 +41,11 @@ class SandboxConfig(BaseModel):
         default=True,
         description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",
     )
+    packages: list[str] = Field(
+        default_factory=list,
+        description="Modules beyond the standard library that arena code may import (a suite's backend classes): their "
+        "top-level packages are bound read-only into the sandbox and imported once in the template, before anything is armed.",
+    )
     sandbox_uid: int = Field(default=65534, ge=1, description="Host uid (and gid) of arena code when the gym runs as root.")
     docker_image: str = Field(default="astra-gym-sandbox:latest", pattern=IMAGE_NAME, description="Image with python3 for the docker backend.")
     docker_engine: str = Field(default="docker", description="The docker-compatible CLI (docker or podman).")

@@ -62,8 +62,26 @@ def interpreter() -> tuple[str, str]:
     return os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix)
 
 
-def _template_code(root: str) -> str:
-    return f"import sys; sys.path.insert(0, {root!r}); from inside.template import main; main()"
+def _template_code(root: str, lib: str | None = None) -> str:
+    extra = f"sys.path.append({lib!r}); " if lib else ""
+    return f"import sys; sys.path.insert(0, {root!r}); {extra}from inside.template import main; main()"
+
+
+def package_dirs(modules: list[str]) -> dict[str, str]:
+    """The directory of each module's top-level package (what the sandbox binds read-only at `/astra/lib/NAME`);
+    raises ValueError for a module that is not installed or is not a package directory."""
+    import importlib.util
+
+    found: dict[str, str] = {}
+    for name in modules:
+        top = name.split(".", 1)[0]
+        if top in found:
+            continue
+        spec = importlib.util.find_spec(top)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"the sandbox was asked to offer {name!r}, but {top!r} is not an installed package")
+        found[top] = os.path.realpath(list(spec.submodule_search_locations)[0])
+    return found
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -77,7 +95,7 @@ def bwrap_available() -> str | None:
     return None if shutil.which("bwrap") else "bubblewrap (bwrap) is not installed; on Debian: apt-get install bubblewrap"
 
 
-def bwrap(uid: int, gid: int) -> Launch:
+def bwrap(uid: int, gid: int, packages: dict[str, str] | None = None) -> Launch:
     python, prefix = interpreter()
     gym_end, template_end = _pair()
     as_root = os.geteuid() == 0
@@ -104,20 +122,32 @@ def bwrap(uid: int, gid: int) -> Launch:
     if os.path.isdir(site):
         argv += ["--tmpfs", site]  # the interpreter's own third-party packages are not part of the sandbox's world
     argv += [
-        "--perms", "0755", "--dir", SANDBOX_ROOT, "--ro-bind", str(INSIDE), f"{SANDBOX_ROOT}/inside", "--dev", "/dev", "--proc", "/proc",
-        "--size", str(16 * 1024 * 1024), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/",
-        "--", python, "-I", "-S", "-B", "-c", _template_code(SANDBOX_ROOT), "--fd", str(template_end.fileno()),
+        "--perms", "0755", "--dir", SANDBOX_ROOT, "--ro-bind", str(INSIDE), f"{SANDBOX_ROOT}/inside",
+    ]  # fmt: skip
+    if packages:
+        argv += ["--perms", "0755", "--dir", f"{SANDBOX_ROOT}/lib"]  # made 0700 otherwise: the sandbox's id could not enter it
+    for top, path in (packages or {}).items():
+        argv += ["--ro-bind", path, f"{SANDBOX_ROOT}/lib/{top}"]
+    lib = f"{SANDBOX_ROOT}/lib" if packages else None
+    argv += [
+        "--dev", "/dev", "--proc", "/proc", "--size", str(16 * 1024 * 1024), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/",
+        "--", python, "-I", "-S", "-B", "-c", _template_code(SANDBOX_ROOT, lib), "--fd", str(template_end.fileno()),
     ]  # fmt: skip
     if as_root:
         argv += ["--drop", f"{uid}:{gid}"]
     return Launch("bwrap", argv, gym_end, [template_end.fileno()], [template_end])
 
 
-def unsafe() -> Launch:
-    """The template as a plain child process: seccomp where libseccomp is present, no namespaces."""
+def unsafe(packages: dict[str, str] | None = None) -> Launch:
+    """The template as a plain child process: seccomp where libseccomp is present, no namespaces. Offered
+    packages are found where they are installed (their whole directory of packages is on the path)."""
     python, _ = interpreter()
     gym_end, template_end = _pair()
-    argv = [python, "-I", "-S", "-B", "-c", _template_code(str(INSIDE.parent)), "--fd", str(template_end.fileno())]
+    dirs = sorted({os.path.dirname(p) for p in (packages or {}).values()})
+    code = _template_code(str(INSIDE.parent)) if not dirs else _template_code(str(INSIDE.parent), dirs[0])
+    for extra in dirs[1:]:
+        code = code.replace("from inside", f"sys.path.append({extra!r}); from inside", 1)
+    argv = [python, "-I", "-S", "-B", "-c", code, "--fd", str(template_end.fileno())]
     return Launch("unsafe", argv, gym_end, [template_end.fileno()], [template_end])
 
 
@@ -146,7 +176,7 @@ def _engine_env() -> dict[str, str]:
 
 def container(
     engine: str, image: str, memory_mb: int, max_processes: int, uid: int, gid: int, socket_dir: str,
-    runtime: str | None = None, uid_base: int = CONTAINER_UID_BASE,
+    runtime: str | None = None, uid_base: int = CONTAINER_UID_BASE, packages: dict[str, str] | None = None,
 ) -> Launch:  # fmt: skip
     """The template in a container (docker, or podman). A container cannot inherit a descriptor, so the
     template connects to a unix socket in a directory mounted (read-only) into it.
@@ -182,12 +212,14 @@ def container(
         "--tmpfs", "/tmp:size=16m", "-e", "PYTHONHASHSEED=0",
         "-v", f"{INSIDE}:{SANDBOX_ROOT}/inside:ro", "-v", f"{mounted}:/run/astra:ro",
     ]  # fmt: skip
+    for top, path in (packages or {}).items():
+        argv += ["-v", f"{path}:{SANDBOX_ROOT}/lib/{top}:ro"]
     if runtime:
         argv.append(f"--runtime={runtime}")
     if flavour == "podman" and as_root:
         size = max(65536, uid + 1, gid + 1)
         argv += [f"--uidmap=0:{uid_base}:{size}", f"--gidmap=0:{uid_base}:{size}"]
-    argv += [image, "python3", "-I", "-S", "-B", "-c", _template_code(SANDBOX_ROOT), "--connect", "/run/astra/ctl"]
+    argv += [image, "python3", "-I", "-S", "-B", "-c", _template_code(SANDBOX_ROOT, f"{SANDBOX_ROOT}/lib" if packages else None), "--connect", "/run/astra/ctl"]
     teardown = [path, "rm", "--force", *(["--time=0"] if flavour == "podman" else []), name]
     return Launch("docker", argv, listener, listener=listener, cleanup=[socket_dir], env=_engine_env(), teardown=teardown)
 

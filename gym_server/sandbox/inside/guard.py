@@ -105,20 +105,24 @@ class Guard:
         self.arm, self.expect, self.expect_exec, self.read_frames = arm, expect, expect_exec, read_frames
 
 
-def _restricted_import(name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-    root = name.split(".", 1)[0]
-    if level != 0 or root not in ALLOWED_MODULES:
-        raise ImportError(f"module {name!r} is not importable in arena code; allowed: {', '.join(sorted(ALLOWED_MODULES))}")
-    return __import__(name, globals_, locals_, fromlist, level)
+def _restricted_import(allowed: frozenset[str], real_import: Any = __import__) -> Any:
+    def restricted(name: str, globals_: Any = None, locals_: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+        root = name.split(".", 1)[0]
+        if level != 0 or root not in allowed:
+            raise ImportError(f"module {name!r} is not importable in arena code; allowed: {', '.join(sorted(allowed))}")
+        return real_import(name, globals_, locals_, fromlist, level)
+
+    return restricted
 
 
-def safe_builtins() -> dict[str, Any]:
+def safe_builtins(packages: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """`packages`: the operator's extra modules (a suite's backends), importable once `preload` has loaded them."""
     safe = {k: v for k, v in vars(builtins).items() if k not in _REMOVED_BUILTINS}
-    safe["__import__"] = _restricted_import
+    safe["__import__"] = _restricted_import(ALLOWED_MODULES | {p.split(".", 1)[0] for p in packages})
     return safe
 
 
-def preload() -> None:
+def preload(packages: list[str] = ()) -> None:  # type: ignore[assignment]
     """Import what arena code may import, now: inside a call's process nothing can be read from disk."""
-    for name in sorted(ALLOWED_MODULES) + list(PRELOADED_SUBMODULES):
+    for name in sorted(ALLOWED_MODULES) + list(PRELOADED_SUBMODULES) + list(packages):
         __import__(name)
