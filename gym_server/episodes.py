@@ -296,6 +296,8 @@ class EpisodeManager:
             if index >= self.limits.max_calls_per_episode:
                 raise CallRefused(f"this episode has made {index} calls, the most one episode may make")
             served = episode.tools.get(name)
+            if served is None and episode.arena.hidden_tools_callable:
+                served = episode.hidden.get(name)
             rendered: str | None = None
             try:
                 status, result, error, injected, rendered = await self._execute(episode, served, name, arguments, index)

@@ -178,6 +178,10 @@ class Arena(BaseModel):
     validate_arguments: bool = True
     """Check arguments against inputSchema before the backend runs; a suite whose own harness does not (BFCL)
     turns it off so that its backend answers such calls as the harness would."""
+    hidden_tools_callable: bool = False
+    """Whether a tool held back until a later turn already answers when called by name (it stays unlisted).
+    BFCL's harness runs any method of an entry's classes that the model names, held out or not (its own ground
+    truth does so once, in miss_func_49); a suite that reproduces that harness sets this."""
 
     @property
     def n_turns(self) -> int:

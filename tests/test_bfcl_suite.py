@@ -92,14 +92,15 @@ async def test_oracle_scores_every_sampled_entry_of_each_category(gym: GymClient
     assert {r.reward.verdict.category for r in records if r.reward and r.reward.verdict} == set(CATEGORIES)
 
 
-async def test_ground_truth_calling_a_held_out_function_early_fails_as_bfcl_would_not(gym: GymClient) -> None:
-    """miss_func_49's ground truth calls `tail` at turn 1, but the entry holds `tail` out until turn 3. The gym
-    checks names against the episode's tool list, so the oracle's call is refused and the checker fails it."""
+async def test_a_held_out_function_called_early_runs_as_in_bfcls_harness(gym: GymClient) -> None:
+    """miss_func_49's ground truth calls `tail` at turn 1, though the entry lists `tail` only from turn 3. BFCL's
+    harness runs any method of the entry's classes the model names, so the gym does too (unlisted until then),
+    and the oracle passes the checker."""
     record = await run_episode(gym, OraclePolicy(), "bfcl.multi_turn_miss_func_49", system_prompt=None)
     assert record.reward is not None and record.reward.verdict is not None
-    assert record.reward.verdict.error_type == "multi_turn:execution_response_mismatch"
-    refused = [c for c in record.call_log if c.status == "unknown_tool"]
-    assert [c.tool for c in refused] == ["tail"] and refused[0].turn == 1
+    assert record.reward.reward == 1.0 and record.reward.verdict.error_type is None
+    early = [c for c in record.call_log if c.tool == "tail" and c.turn == 1]
+    assert early and all(c.status == "ok" for c in early)
 
 
 @pytest.mark.parametrize(
@@ -161,8 +162,8 @@ async def test_miss_func_tools_appear_at_their_turn_for_the_official_sdk_client(
         assert created.n_turns == 5 and "sort" not in {t["name"] for t in created.tools}
         async with MCPToolbox.http_endpoint(created.mcp_url, gym.http) as toolbox:
             seen = [{t.name for t in toolbox.tools}]
-            early = await toolbox.call("sort", {"file_name": "final_report.pdf"})
-            assert early.is_error and "unknown tool" in early.text.lower()
+            early = await toolbox.call("sort", {"file_name": "final_report.pdf"})  # unlisted, yet BFCL would run it
+            assert not early.is_error
             changed = []
             for _ in range(3):
                 advanced = await gym.next_turn(created.episode_id)
@@ -171,7 +172,7 @@ async def test_miss_func_tools_appear_at_their_turn_for_the_official_sdk_client(
             assert changed == [False, False, True]
             assert "sort" not in seen[2] and "sort" in seen[3] and seen[3] - seen[0] == {"sort"}
         log = await gym.log(created.episode_id)
-        assert [(c.tool, c.status, c.turn) for c in log.calls] == [("sort", "unknown_tool", 0)]
+        assert [(c.tool, c.status, c.turn) for c in log.calls] == [("sort", "ok", 0)]
         await gym.next_turn(created.episode_id)
         with pytest.raises(Exception, match="last user turn"):
             await gym.next_turn(created.episode_id)

@@ -159,7 +159,7 @@ def entry_arena(entry: dict[str, Any], ground_truth: list[list[str]]) -> Arena:
     return Arena(
         id=arena_id(entry["id"]), domain=f"bfcl-{category}", scenario_type=ScenarioType.multi_hop,
         question=turns[0].message, tools=tools, implementation="", kind="suite", suite=SUITE, failure_rate=0.0,
-        turns=turns, validate_arguments=False,
+        turns=turns, validate_arguments=False, hidden_tools_callable=True,
         initial_state=InitialState(ddl=ENTRY_DDL, rows={"entry": [{
             "id": entry["id"], "initial_config": json.dumps(entry.get("initial_config", {})),
             "involved_classes": json.dumps(entry["involved_classes"]), "long_context": int(long_context),
