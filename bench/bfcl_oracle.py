@@ -3,8 +3,8 @@ and scored by BFCL's checker in the sandbox. Prints the accuracy per category an
 
     python bench/bfcl_oracle.py [--concurrency 8] [--out runs/bench-bfcl-oracle]
 
-Expected: 799/800. multi_turn_miss_func_49's ground truth calls `tail` at turn 1 while the entry holds `tail`
-out until turn 3; the gym checks every name against the episode's tool list, so that call is refused."""
+Expected: 800/800 (multi_turn_miss_func_49's ground truth calls `tail` two turns before the entry offers it;
+as in BFCL's harness, a held-out function runs when named)."""
 
 from __future__ import annotations
 

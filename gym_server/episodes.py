@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 
 from gym_server.backends import SandboxBackend, ToolBackend
 from gym_server.config import EpisodeLimits
@@ -43,6 +44,9 @@ _measure_arguments = json.JSONEncoder(ensure_ascii=False, default=str).encode
 """The size check's serializer, built once: `json.dumps` with options builds a new encoder on every call."""
 
 logger = logging.getLogger(__name__)
+
+MAX_LISTEN_STREAMS = 4
+"""`subscriptions/listen` streams one episode may hold open (each is a held HTTP response)."""
 
 CANCELLED_MESSAGE = "the client cancelled the call (or its connection dropped) before it finished; it was stopped and changed nothing"
 
@@ -124,6 +128,12 @@ class Episode:
     """The user turn now open (0: the first prompt)."""
     hidden: dict[str, ServedTool] = field(default_factory=dict)
     """Tools that appear at a later turn (`Arena.turns[i].add_tools`), not yet listed or callable."""
+    events: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    """The episode's change events (its tool list grew); only its own `subscriptions/listen` streams hear them."""
+    listener: ListenHandler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.listener = ListenHandler(self.events, max_subscriptions=MAX_LISTEN_STREAMS, max_buffered_events=64)
 
     def log(self) -> EpisodeLog:
         return EpisodeLog(
@@ -241,6 +251,8 @@ class EpisodeManager:
                 episode.tools[name] = episode.hidden.pop(name)
             episode.last_used = time.monotonic()
             tools = [t.definition() for t in episode.tools.values()] if added else None
+            if added:
+                await episode.events.publish(ToolsListChanged())
             return TurnAdvanced(turn=episode.turn, n_turns=arena.n_turns, message=turn.message, tools_changed=bool(added), tools=tools)
 
     def get(self, episode_id: str, touch: bool = True) -> Episode:
@@ -259,6 +271,7 @@ class EpisodeManager:
         self._release(episode)
 
     def _release(self, episode: Episode) -> None:
+        episode.listener.close()  # its listen streams end gracefully
         for backend in {id(b): b for b in self.backends.values()}.values():
             backend.end(episode.id)
 

@@ -99,8 +99,14 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
             raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
         return tool_result(entry)
 
+    async def listen(ctx: Any, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
+        """A 2026-07-28 client's change stream: `notifications/tools/list_changed` when the episode's next user
+        turn brings tools (BFCL's miss_func). Each episode has its own event bus, so no stream hears another's."""
+        return await _episode_of(manager, ctx).listener(ctx, params)
+
     server = Server(
-        "astra-gym", version="0.1.0", get_tool_input_schema=_input_schema, on_list_tools=list_tools, on_call_tool=call_tool
+        "astra-gym", version="0.1.0", get_tool_input_schema=_input_schema, on_list_tools=list_tools, on_call_tool=call_tool,
+        on_subscriptions_listen=listen,
     )
     if not otel_spans:
         server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
