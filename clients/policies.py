@@ -142,8 +142,9 @@ class ChatPolicy:
 
 
 def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_tokens: int = 1024) -> ChatPolicy:
-    """A transformers model sampled in this process (greedy), through the same loop as a served model."""
-    from clients.local_model import TokenChatModel, hf_sampler
+    """A transformers model sampled in this process (greedy), through the same loop as a served model; the turns
+    of concurrent episodes are generated in batches."""
+    from clients.local_model import LocalChatPolicy, TokenChatModel, hf_sampler
 
     sampler = hf_sampler(model, tokenizer, with_logprobs=False)
-    return ChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens, name="local")
+    return LocalChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens)

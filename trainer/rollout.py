@@ -108,12 +108,14 @@ class MCPRollout:
         return records
 
     async def _play(self, arena_ids: list[str], seeds: list[int]) -> list[TrajectoryRecord]:
-        gym = self.session.gym
-        return list(await asyncio.gather(*(
-            run_episode(gym, self.policy, arena_id, seed=seed, failure_rate=self.failure_rate, system_prompt=self.system_prompt,
-                        distractors=self.distractors(arena_id) if self.distractors is not None else ())
-            for arena_id, seed in zip(arena_ids, seeds)
-        )))  # fmt: skip
+        return list(await asyncio.gather(*(self._play_one(arena_id, seed) for arena_id, seed in zip(arena_ids, seeds))))
+
+    async def _play_one(self, arena_id: str, seed: int) -> TrajectoryRecord:
+        # live from the start: a batching sampler waits for this episode's first turn while the gym creates it
+        with self.policy.chat_model.episode():
+            return await run_episode(self.session.gym, self.policy, arena_id, seed=seed, failure_rate=self.failure_rate,
+                                     system_prompt=self.system_prompt,
+                                     distractors=self.distractors(arena_id) if self.distractors is not None else ())  # fmt: skip
 
     @staticmethod
     def as_batch(episodes: list[EpisodeTokens]) -> dict[str, list[Any]]:
