@@ -9,6 +9,7 @@ spec with the operator's token), so an in-process gym and `--gym URL` behave the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,9 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
     return arguments
 
 
-def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
+def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None) -> dict[str, Any]:
+    """`reward` is the reward function GRPO sees (`trainer.rollout.gym_reward`, the gym's F1, unless given:
+    a shaped reward, or the negated one of the learning test's control); it gets the rollout's fields."""
     arguments = grpo_arguments(config)
     from gym_server.config import ServeConfig
     from gym_server.serve import GymThread
@@ -159,13 +162,14 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
         url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
         with GymSession(url, token) as session:  # type: ignore[arg-type]
             arenas = session.run(training_arenas(session.gym, config.arena_filter))  # a dead gym or wrong token fails here
-            return _train_grpo(config, arguments, session, arenas)
+            return _train_grpo(config, arguments, session, arenas, reward)
     finally:
         if gym_thread is not None:
             gym_thread.stop()
 
 
-def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena]) -> dict[str, Any]:
+def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena],
+                reward: Callable[..., list[float]] | None) -> dict[str, Any]:  # fmt: skip
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -190,7 +194,7 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
         distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
         records=config.out / "trajectories.jsonl",
     )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
     result = trainer.train(resume_from_checkpoint=config.resume or None)
