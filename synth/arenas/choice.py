@@ -37,12 +37,16 @@ QUESTIONS = {"get_price": "What does the {name} cost?", "get_stock": "How many o
 NAMES = ["lamp", "kettle", "chair", "desk", "mug", "radio", "clock", "fan", "stool", "vase", "rug", "mirror"]
 
 
-def generate(n: int, seed: int = 0, prefix: str = "choice") -> Iterator[Arena]:
-    """`n` arenas, reproducible from `seed`, alternating price and stock questions; ids `{prefix}-{seed}-{i}`."""
+def generate(n: int, seed: int = 0, prefix: str = "choice", asks: tuple[str, ...] = ("get_price", "get_stock")) -> Iterator[Arena]:
+    """`n` arenas, reproducible from `seed`, whose questions take turns asking for what the tools in `asks`
+    return (both by default: the right tool depends on the question; one: the same tool is always right);
+    ids `{prefix}-{seed}-{i}`."""
+    if not asks or any(a not in QUESTIONS for a in asks):
+        raise ValueError(f"asks must name tools among {sorted(QUESTIONS)}")
     rng = random.Random(seed)
     for i in range(n):
         item = {"name": rng.choice(NAMES), "price": rng.randint(100, 999), "stock": rng.randint(1, 60)}
-        tool = "get_price" if i % 2 == 0 else "get_stock"
+        tool = asks[i % len(asks)]
         answer = item["price" if tool == "get_price" else "stock"]
         question = QUESTIONS[tool].format(name=item["name"])
         yield Arena.model_validate({
