@@ -18,7 +18,7 @@ from tests.fixtures.choice_learning import HELDOUT, build_world, coin_trajectori
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-GRPO_STEPS = 30
+GRPO_STEPS = 40
 
 
 @pytest.fixture(scope="module")
