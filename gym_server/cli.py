@@ -535,6 +535,7 @@ def train_grpo(
     keep_resume_state: Annotated[int, typer.Option(help="Checkpoints that keep optimizer/scheduler state.")] = 2,
     resume: Annotated[bool, typer.Option()] = False,
     vllm_server: Annotated[Optional[str], typer.Option(help="Sample turns with a `trl vllm-serve` server at this URL (needs vllm here too).")] = None,
+    vllm_colocate: Annotated[bool, typer.Option(help="Sample turns with TRL's vLLM engine in this process, on the training GPUs (needs vllm).")] = False,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward (off pays off for small models).")] = True,
     system_prompt: Annotated[Optional[str], typer.Option(help="System prompt of every episode (default: the built-in one, as in eval).")] = None,
     failure_rate: Annotated[Optional[float], typer.Option(help="Injected failure rate per episode (default: the arena's).")] = None,
@@ -551,7 +552,7 @@ def train_grpo(
                             batch_size=batch_size, num_generations=num_generations, learning_rate=learning_rate, max_turns=max_turns,
                             max_new_tokens=max_new_tokens, abf=abf, distractors=counts, save_steps=save_steps,
                             keep_resume_state=keep_resume_state, resume=resume, vllm_server=vllm_server,
-                            gradient_checkpointing=gradient_checkpointing, failure_rate=failure_rate,
+                            vllm_colocate=vllm_colocate, gradient_checkpointing=gradient_checkpointing, failure_rate=failure_rate,
                             **({"system_prompt": system_prompt} if system_prompt is not None else {}))  # fmt: skip
         result = run_grpo(cfg)
     except (ValueError, OSError, GymError, EpisodeNotPlayed, ModelEndpointError) as exc:

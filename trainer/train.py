@@ -61,6 +61,7 @@ class GRPORunConfig(BaseModel):
     distractors: dict[str, int] = Field(default_factory=lambda: {"high": 1, "medium": 1, "low": 1})
     embedding_model: str | None = None
     vllm_server: str | None = Field(default=None, description="URL of a `trl vllm-serve` server that samples the turns.")
+    vllm_colocate: bool = Field(default=False, description="Sample the turns with TRL's vLLM engine in this process, on the training GPUs.")
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
     save_steps: int = 50
     keep_resume_state: int = 2
@@ -138,16 +139,35 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
         mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
         **_checkpointing(GRPOConfig, config.gradient_checkpointing),
     )  # fmt: skip
-    if config.vllm_server:
+    if config.vllm_server and config.vllm_colocate:
+        raise ValueError("choose one of --vllm-server and --vllm-colocate")
+    if config.vllm_server or config.vllm_colocate:
         from trl.import_utils import is_vllm_available
 
         if not is_vllm_available():
             raise ValueError(
                 "--vllm-server needs vllm installed where training runs: TRL sends the new weights to the server "
                 "after every step (pip install 'astra-gym[vllm]'). Without it, generation uses transformers."
-            )
+                if config.vllm_server else
+                "--vllm-colocate needs vllm installed (pip install 'astra-gym[vllm]'). Without it, generation uses transformers."
+            )  # fmt: skip
+    if config.vllm_server:
         arguments.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=config.vllm_server)
+    if config.vllm_colocate:  # TRL builds the engine; the rollout samples every turn with it (`colocated_sampler`)
+        arguments.update(use_vllm=True, vllm_mode="colocate")
     return arguments
+
+
+def colocated_sampler(temperature: float) -> Callable[[Any], Any]:
+    """Builds the rollout's sampler from TRL's colocated engine, once the trainer has started it."""
+
+    def build(trainer: Any) -> Any:
+        from clients.batching import BatchedSampler
+        from trainer.vllm_colocate import vllm_llm_batch_generate
+
+        return BatchedSampler(vllm_llm_batch_generate(trainer.vllm_generation.llm, temperature))
+
+    return build
 
 
 def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None) -> dict[str, Any]:
@@ -192,7 +212,7 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
         session, tokenizer, model=model, sampler=sampler, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, failure_rate=config.failure_rate, system_prompt=config.system_prompt, seed=config.seed,
         distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
-        records=config.out / "trajectories.jsonl",
+        records=config.out / "trajectories.jsonl", sampler_from_trainer=colocated_sampler(config.temperature) if config.vllm_colocate else None,
     )  # fmt: skip
     trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, rollout_func=rollout,
