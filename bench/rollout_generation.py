@@ -4,7 +4,7 @@ their turns batched by `BatchedSampler`, against (a) one batched `generate` over
 at batch size 1, through the same gym). Tokens/s counts the sampled tokens over the wall time of the whole
 rollout (episode creation, MCP, scoring included) or of the generate calls. Goals: >= 0.8 of (a), >= 4x (b).
 
-    python bench/rollout_generation.py [--episodes 8] [--budget 64] [--hidden 256] [--layers 4] [--write docs/benchmarks.md]
+    python bench/rollout_generation.py [--episodes 8] [--budget 64] [--hidden 256] [--layers 4] [--threads N] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -42,6 +43,8 @@ def main() -> None:
     from trainer.rollout import MCPRollout
     from trainer.tiny import tiny_model, train_tokenizer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer()
     model = tiny_model(tokenizer, hidden_size=args.hidden, layers=args.layers).eval()
     arenas = builtin_arenas()
@@ -81,7 +84,7 @@ def main() -> None:
         print(f"  {label:>36}: {med[key]:8.1f} tokens/s  (runs: {', '.join(f'{x:.0f}' for x in figures[key])})")
     print(f"  rollout / batched generate = {vs_batched:.2f} (goal >= 0.8); rollout / sequential rollout = {vs_sequential:.1f}x (goal >= 4x)")
     if args.write:
-        command = f"python bench/rollout_generation.py --episodes {args.episodes} --budget {args.budget} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}"
+        command = f"python bench/rollout_generation.py --episodes {args.episodes} --budget {args.budget} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}" + (f" --threads {args.threads}" if args.threads else "")
         update_section(args.write, "## Rollout generation", "\n".join([
             "## Rollout generation: batched turns (bench/rollout_generation.py)", "",
             f"`{command}` on {os.cpu_count()} shared cores, {time.strftime('%Y-%m-%d')}; tiny Qwen3 ({args.layers} layers, hidden {args.hidden}, "
