@@ -16,6 +16,7 @@ async def _answer_at_once(self: SandboxPool, source: str, function: str, argumen
 
 if __name__ == "__main__":
     SandboxPool.call = _answer_at_once  # type: ignore[method-assign]
+    SandboxPool.open = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no process bound per episode
     from gym_server.cli import main
 
     sys.argv = ["astra-gym", "serve", *sys.argv[1:]]

@@ -7,6 +7,10 @@ pool. At 1 and 50 concurrent episodes the three alternate in rounds (this machin
 to minute, and a round is short enough that its sides see the same machine); printed: calls/s, p50/p99
 latency, the median per-round b/a and c/a. Then 1,000 concurrent gym episodes with an error count.
 
+Where the machine lets us (root and a cgroup hierarchy with CPU accounting), each server runs in a cgroup of
+its own, and the CPU its whole process tree spent per call is printed too (the gym's includes the sandbox's
+template and every process it forked): unlike calls/s, that figure does not move with the machine's load.
+
     python bench/gym_throughput.py [--calls 3000] [--rounds 25] [--big 1000] [--write docs/benchmarks.md]
 """
 
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 from mcp.client import Client
@@ -128,6 +133,54 @@ async def soak(urls: list[str], procs: int, calls: int = 3) -> tuple[list[float]
     return [x for lat, _ in results for x in lat], sum(e for _, e in results), wall
 
 
+class CpuMeter:
+    """The CPU time of one server's whole process tree, from a cgroup it and its descendants run in."""
+
+    def __init__(self, name: str) -> None:
+        self.path: Path | None = None
+        self.usage: Path | None = None
+        for root, usage in ((Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage"), (Path("/sys/fs/cgroup"), "cpu.stat")):
+            if (root / usage).exists() or (root / "cgroup.procs").exists():
+                try:
+                    path = root / f"astra-bench-{name}-{os.getpid()}"
+                    path.mkdir()
+                except OSError:
+                    continue
+                if (path / usage).exists():
+                    self.path, self.usage = path, path / usage
+                    break
+                path.rmdir()
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        if self.path is None:
+            return argv
+        return ["sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh", *argv]
+
+    def seconds(self) -> float:
+        if self.usage is None:
+            return float("nan")
+        text = self.usage.read_text()
+        if self.usage.name == "cpu.stat":
+            return int(text.split("usage_usec", 1)[1].split()[0]) / 1e6
+        return int(text) / 1e9
+
+    def remove(self) -> None:
+        if self.path is not None:
+            for _ in range(50):
+                try:
+                    self.path.rmdir()
+                    return
+                except OSError:  # its last processes are still exiting
+                    time.sleep(0.1)
+
+
+async def metered(meter: CpuMeter, run: Any) -> tuple[list[float], int, float, float]:
+    """`drive`'s result and the CPU (ms) the server's tree spent per call while it ran."""
+    before = meter.seconds()
+    latencies, errors, wall = await run
+    return latencies, errors, wall, (meter.seconds() - before) * 1000 / max(1, len(latencies))
+
+
 def summary(latencies: list[float], wall: float) -> dict[str, float]:
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
     return {"calls_s": len(latencies) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000}
@@ -147,10 +200,11 @@ async def main() -> None:
     write_bundle([bench_arena()], tmp / "bench.jsonl")
     bare_port, gym_port, stub_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    meters = {name: CpuMeter(name) for name in ("bare", "gym", "stub")}
     procs = [
-        subprocess.Popen([sys.executable, str(Path(__file__).parent / "_bare_server.py"), str(bare_port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", str(gym_port), "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"], env=env, stdout=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, str(Path(__file__).parent / "_stub_sandbox_gym.py"), "--port", str(stub_port), "--arenas", str(tmp / "bench.jsonl")], env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen(meters["bare"].wrap([sys.executable, str(Path(__file__).parent / "_bare_server.py"), str(bare_port)]), env=env),
+        subprocess.Popen(meters["gym"].wrap([sys.executable, "-m", "gym_server.cli", "serve", "--port", str(gym_port), "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"]), env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen(meters["stub"].wrap([sys.executable, str(Path(__file__).parent / "_stub_sandbox_gym.py"), "--port", str(stub_port), "--arenas", str(tmp / "bench.jsonl")]), env=env, stdout=subprocess.DEVNULL),
     ]  # fmt: skip
     rows = []
     try:
@@ -164,19 +218,49 @@ async def main() -> None:
                 created = await asyncio.gather(*(http.post(f"{base}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
                 return [r.json()["mcp_url"] for r in created]
 
+            async def settle(meter: CpuMeter, n: int) -> None:
+                """Wait until the server's tree is idle: what an episode's creation or end set off in the background
+                (its process forked and bound, or exiting) is then counted where it belongs."""
+                if meter.usage is None:
+                    return await asyncio.sleep(0.05 * n**0.5)
+                last = meter.seconds()
+                for _ in range(100):
+                    await asyncio.sleep(0.02)
+                    now = meter.seconds()
+                    if now - last < 0.001:
+                        return
+                    last = now
+
+            async def gym_round(base: str, meter: CpuMeter, n: int, per: int) -> tuple[list[float], int, float, float, float]:
+                """Create `n` episodes, play `per` calls in each (timed), delete them, as a client does. Returns the
+                timed calls' figures, and the CPU (ms) per episode its creation and deletion cost the server."""
+                before = meter.seconds()
+                urls = await gym_urls(n, base)
+                await settle(meter, n)
+                created = meter.seconds() - before
+                latencies, errors, wall, per_call = await metered(meter, drive(http, urls, per))
+                before = meter.seconds()
+                await asyncio.gather(*(http.delete(url.split("/mcp")[0].replace("/episodes/", "/api/episodes/")) for url in urls))
+                await settle(meter, n)
+                return latencies, errors, wall, per_call, (created + meter.seconds() - before) * 1000 / n
+
             for concurrency in args.episodes:
                 per = max(1, args.calls // concurrency // args.rounds)
                 # warm-up at this concurrency, untimed: opens the HTTP connections and the servers' caches
                 await drive(http, [bare + "/mcp"] * concurrency, 5)
-                await drive(http, await gym_urls(concurrency), 5)
-                await drive(http, await gym_urls(concurrency, stub), 5)
+                await gym_round(gym, meters["gym"], concurrency, 5)
+                await gym_round(stub, meters["stub"], concurrency, 5)
                 a_lat, b_lat, a_wall, b_wall, ratios, stub_ratios, errs = [], [], 0.0, 0.0, [], [], 0
+                cpu: dict[str, list[float]] = {"bare": [], "gym": [], "stub": [], "lifecycle": []}
                 # Interleaved rounds: a noisy neighbour slows both sides of a round alike, so the median
                 # of per-round ratios is steadier than one long run of each.
                 for _ in range(args.rounds):
-                    la, ea, wa = await drive(http, [bare + "/mcp"] * concurrency, per)
-                    lb, eb, wb = await drive(http, await gym_urls(concurrency), per)
-                    lc, ec, wc = await drive(http, await gym_urls(concurrency, stub), per)
+                    la, ea, wa, ca = await metered(meters["bare"], drive(http, [bare + "/mcp"] * concurrency, per))
+                    lb, eb, wb, cb, life = await gym_round(gym, meters["gym"], concurrency, per)
+                    lc, ec, wc, cc, _ = await gym_round(stub, meters["stub"], concurrency, per)
+                    cpu["lifecycle"].append(life)
+                    for name, value in (("bare", ca), ("gym", cb), ("stub", cc)):
+                        cpu[name].append(value)
                     stub_ratios.append((len(lc) / wc) / (len(la) / wa))
                     errs += ec
                     a_lat += la
@@ -187,11 +271,14 @@ async def main() -> None:
                     ratios.append((len(lb) / wb) / (len(la) / wa))
                 a, b = summary(a_lat, a_wall), summary(b_lat, b_wall)
                 ratio = statistics.median(ratios)
-                rows.append((concurrency, a, b, errs, ratio, ratios, statistics.median(stub_ratios)))
+                rows.append((concurrency, a, b, errs, ratio, ratios, statistics.median(stub_ratios), {k: statistics.median(v) for k, v in cpu.items()}))
                 print(f"episodes={concurrency:>4}  bare: {a['calls_s']:7.1f} calls/s p50 {a['p50_ms']:6.2f} ms p99 {a['p99_ms']:7.2f} ms"
                       f"  | gym: {b['calls_s']:7.1f} calls/s p50 {b['p50_ms']:6.2f} ms p99 {b['p99_ms']:7.2f} ms"
                       f"  | b/a median of {args.rounds} rounds = {ratio:.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
                       f"  | stubbed sandbox/a = {statistics.median(stub_ratios):.2f}  errors={errs}")  # fmt: skip
+                m = rows[-1][-1]
+                print(f"               server CPU per call (ms, median of rounds): bare {m['bare']:.2f}, gym {m['gym']:.2f}, "
+                      f"stubbed-sandbox gym {m['stub']:.2f}; an episode's creation and deletion, untimed (its process forked, bound, closed): {m['lifecycle']:.2f} ms")  # fmt: skip
             if not args.big:
                 return print_rows_only(rows)
             urls = await gym_urls(args.big)
@@ -203,6 +290,8 @@ async def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(10)
+        for meter in meters.values():
+            meter.remove()
     if args.write:
         lines = [
             "## Gym throughput (bench/gym_throughput.py)", "",
@@ -211,11 +300,15 @@ async def main() -> None:
             "Bare and gym alternate in rounds; b/a is the median of the per-round ratios.", "",
             "The last ratio serves the same gym with its sandbox stubbed out in-process (bench/_stub_sandbox_gym.py):",
             "it shows what the gym costs without the sandbox hop.", "",
-            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | stubbed-sandbox gym / a | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "Server CPU per call is each server's whole process tree (the gym's with its sandbox), from a cgroup per",
+            "server. Each round creates its episodes, times their calls, then deletes them, as a client does; the CPU",
+            "an episode's creation and deletion cost (its process forked and bound, then closed) is untimed, shown on",
+            "its own.", "",
+            "| episodes | bare calls/s | bare p50 / p99 ms | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | stubbed-sandbox gym / a | server CPU ms/call bare / gym / stub | CPU ms per episode created and deleted | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]  # fmt: skip
-        for c, a, b, e, ratio, ratios, stub_ratio in rows:
-            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {ratio:.2f} | {' '.join(f'{r:.2f}' for r in ratios)} | {stub_ratio:.2f} | {e} |")
+        for c, a, b, e, ratio, ratios, stub_ratio, m in rows:
+            lines.append(f"| {c} | {a['calls_s']:.0f} | {a['p50_ms']:.1f} / {a['p99_ms']:.1f} | {b['calls_s']:.0f} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {ratio:.2f} | {' '.join(f'{r:.2f}' for r in ratios)} | {stub_ratio:.2f} | {m['bare']:.2f} / {m['gym']:.2f} / {m['stub']:.2f} | {m['lifecycle']:.2f} | {e} |")
         lines += ["", f"{args.big} concurrent gym episodes, 3 calls each, driven by {args.soak_procs} client processes: {len(big_lat)} calls, {big['calls_s']:.0f} calls/s, p99 {big['p99_ms']:.0f} ms, errors: {big_err}.", ""]
         update_section(args.write, "## Gym throughput", "\n".join(lines))
 

@@ -122,6 +122,9 @@ class UpstreamBackend:
         except ValueError:
             return ToolAnswer.ok(answer.text)
 
+    def begin(self, episode: Any) -> None:
+        """The upstream session opens on the first call: an episode that never calls the server costs it nothing."""
+
     def end(self, episode_id: str) -> None:
         for session in self._sessions.pop(episode_id, {}).values():
             task = asyncio.get_running_loop().create_task(session.close())

@@ -85,6 +85,9 @@ class LLMEmulatorBackend:
         history.append({"tool": tool.name, "arguments": arguments, "ok": ok, "answer": value})
         return ToolAnswer.ok(value) if ok else ToolAnswer(CallStatus.tool_error, error=value)
 
+    def begin(self, episode: Episode) -> None:
+        """The model answers from the episode's history; there is nothing to prepare before it has one."""
+
     def end(self, episode_id: str) -> None:
         self._history.pop(episode_id, None)
 

@@ -43,6 +43,11 @@ class ToolBackend(Protocol):
 
     async def call(self, episode: Episode, arena: Arena, tool: ToolSpec, arguments: dict[str, Any]) -> ToolAnswer: ...
 
+    def begin(self, episode: Episode) -> None:
+        """The episode, whose own arena is of a kind this backend answers for, was created: get ready for its first call, off that call's path (must not block, must not
+        fail; what is not ready in time is done on the first call as usual)."""
+        ...
+
     def end(self, episode_id: str) -> None:
         """The episode is gone: drop what the backend keeps for it (must not block; close in the background)."""
         ...
@@ -68,6 +73,13 @@ class SandboxBackend:
         if outcome.state is not None:
             episode.states[arena.id] = outcome.state
         return ToolAnswer.ok(outcome.result)
+
+    def begin(self, episode: Episode) -> None:
+        """Fork and bind the process for the episode's own arena now, so its first call finds the arena code
+        compiled and the initial state loaded (distractor arenas, seldom called, get theirs on first use)."""
+        arena = episode.arena
+        if arena.kind in self.kinds:
+            self.pool.open(arena.implementation, episode.states[arena.id], owner=f"{episode.id}/{arena.id}")
 
     def end(self, episode_id: str) -> None:
         self.pool.release(episode_id)

@@ -210,6 +210,9 @@ class EpisodeManager:
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
         episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states)
         self._episodes[episode.id] = episode
+        backend = self.backends.get(runtime.arena.kind)
+        if backend is not None:
+            backend.begin(episode)
         return episode
 
     def get(self, episode_id: str, touch: bool = True) -> Episode:

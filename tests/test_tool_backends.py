@@ -27,6 +27,7 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.started = self.closed = False
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.begun: list[str] = []
         self.ended: list[str] = []
 
     async def start(self) -> list[Arena]:
@@ -38,6 +39,9 @@ class RecordingBackend:
         if arguments["text"] == "fail":
             return ToolAnswer(CallStatus.tool_error, error="the server said no")
         return ToolAnswer.ok({"echo": arguments["text"]})
+
+    def begin(self, episode: Any) -> None:
+        self.begun.append(episode.id)
 
     def end(self, episode_id: str) -> None:
         self.ended.append(episode_id)
@@ -66,6 +70,7 @@ async def test_a_passed_backend_serves_its_kind_inside_the_gyms_rules(http):
         log = (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).json()
         assert [c["status"] for c in log["calls"]] == ["ok", "tool_error", "invalid_arguments"]
         assert (await http.delete(f"{gym.url}/api/episodes/{episode['episode_id']}")).status_code == 204
+        assert backend.begun == [episode["episode_id"], failing["episode_id"]]  # told of each episode it serves
         assert backend.ended == [episode["episode_id"]]
     assert backend.closed
 

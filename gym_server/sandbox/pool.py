@@ -68,6 +68,11 @@ class SandboxPool:
         self._spares: deque[SandboxProcess] = deque()
         self._owned: OrderedDict[str, SandboxProcess] = OrderedDict()
         """Idle processes bound to an episode's arena (`owner`), least recently used first."""
+        self._opening: dict[str, asyncio.Task[None]] = {}
+        """Owners whose process is to be forked and bound ahead of their first call (`open`)..."""
+        self._binding: set[str] = set()
+        """... and those of them whose binding has begun."""
+        self._bind_slots: asyncio.Semaphore | None = None
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
         self._closed = False
@@ -80,6 +85,7 @@ class SandboxPool:
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.config.max_active)
+        self._bind_slots = asyncio.Semaphore(max(2, self.config.workers))
         self._restart_lock = asyncio.Lock()
         self._template = await self._start_template()
         self._refill()
@@ -87,6 +93,8 @@ class SandboxPool:
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._opening.values()):
+            task.cancel()
         while self._spares:
             self._spares.popleft().close()
         while self._owned:
@@ -282,6 +290,12 @@ class SandboxPool:
         reply, its blob and, when the call changed the state, the new image (split off the blob)."""
         if self._closed or self._slots is None:
             raise SandboxUnavailable("the sandbox is closed")
+        opening = self._opening.get(owner) if owner is not None else None
+        if opening is not None:
+            if owner in self._binding:
+                await asyncio.wait([opening])  # its process, once bound, is the owner's (a cancelled call leaves it be)
+            else:
+                self._opening.pop(owner).cancel()  # still queued: the call takes a process as usual, sooner
         try:
             async with asyncio.timeout(self.config.queue_timeout_s):
                 await self._slots.acquire()
@@ -329,10 +343,53 @@ class SandboxPool:
             self._slots.release()
 
     def release(self, episode_id: str) -> None:
-        """The episode ended: close the processes that served its arenas."""
+        """The episode ended: close the processes that served its arenas (or were being bound for them)."""
         prefix = f"{episode_id}/"
+        for owner in [o for o in self._opening if o.startswith(prefix)]:
+            self._opening.pop(owner).cancel()  # its exchange kills the process
         for owner in [o for o in self._owned if o.startswith(prefix)]:
             self._owned.pop(owner).close()
+
+    def open(self, source: str, state: bytes, owner: str) -> None:
+        """Fork and bind `owner`'s process before its first call: the call then finds the code compiled and
+        `state` loaded, and neither the fork nor the bind is on its path. Best effort and never in a call's way:
+        binds queue for slots of their own (`workers` of them, at least 2), not for the calls' slots; a call whose
+        owner's bind has not begun cancels it; nothing is bound past `max_idle_processes`; a failure only means
+        the first call forks as it would have."""
+        if self._closed or self._bind_slots is None or owner in self._opening or owner in self._owned:
+            return
+        if len(self._owned) + len(self._opening) >= self.config.max_idle_processes:
+            return
+        task = asyncio.get_running_loop().create_task(self._open(source, state, owner))
+        self._opening[owner] = task
+        task.add_done_callback(lambda t: self._opening.pop(owner, None) if self._opening.get(owner) is t else None)
+
+    async def _open(self, source: str, state: bytes, owner: str) -> None:
+        assert self._bind_slots is not None
+        await self._bind_slots.acquire()
+        self._binding.add(owner)
+        try:
+            code_id = _code_id(source)
+            process = await self._checkout()
+            encoded = source.encode()
+            header = {"op": "bind", "code_id": code_id}
+            try:
+                send = not process.has_code(code_id)
+                reply, _ = await self._exchange(process, {**header, "source_bytes": len(encoded) if send else 0}, (encoded if send else b"") + state)
+                if reply.get("kind") == "need_source":
+                    reply, _ = await self._exchange(process, {**header, "source_bytes": len(encoded)}, encoded + state)
+            except (asyncio.TimeoutError, EOFError, ConnectionError, FrameError):
+                return  # killed and closed by the exchange; the first call takes a spare as usual
+            if reply.get("ok") is True and reply.get("retire") is False and not self._closed and owner not in self._owned:
+                process.code_id, process.held = code_id, state
+                self._owned[owner] = process
+            else:
+                process.close()  # code that does not compile: the first call reports it as it always has
+        except SandboxUnavailable:
+            return
+        finally:
+            self._binding.discard(owner)
+            self._bind_slots.release()
 
     # -- work ---------------------------------------------------------------------------------------------------
     async def call(self, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None) -> SandboxOutcome:
