@@ -1,9 +1,8 @@
 """GRPO provably learns through the real gym, and its control unlearns: a tiny model SFT'd (through `run_sft`)
 on trajectories that call the right and the wrong tool equally often sits near 50% held-out success; GRPO
 through `run_grpo` (a real gym on loopback, the MCP rollout, TRL's trainer) must lift it to >= 90% on 100
-held-out arenas, and the same run with the reward negated must push it below 10%. A wrong advantage sign, an
-env_mask that hides the model's tokens, or logprobs of the wrong tokens fail one or the other
-(`bench/learning_breaks.py` shows the first two)."""
+held-out arenas, and the same run with the reward negated must push it below 10%. A flipped advantage sign or
+an inverted env_mask fails it (`bench/learning_breaks.py` patches each in and shows the numbers)."""
 
 from __future__ import annotations
 
