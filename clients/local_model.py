@@ -7,18 +7,20 @@ in between, masked): one loop for evaluation and training, token-level sampling 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from clients.agent import AgentResult, ModelEndpointError, run_agent
-from clients.policies import EpisodeContext
+from clients.batching import BatchedSampler
+from clients.policies import ChatPolicy, EpisodeContext
 from clients.records import TokenTape
 from clients.tool_calls import parse_tool_calls
 
 Sampler = Callable[[list[int], int], tuple[list[int], list[float]]]
 """(context token ids, token budget) -> (new token ids, their log-probabilities under the sampling
-distribution); stops at EOS or the budget. Blocking: the model runs it in a worker thread."""
+distribution); stops at EOS or the budget. Blocking: the model runs it in a worker thread, except a
+`BatchedSampler`, which it awaits (its turns join the other live episodes' batches)."""
 
 
 class TokenChatModel:
@@ -36,6 +38,12 @@ class TokenChatModel:
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], generation: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=generation)
 
+    @contextmanager
+    def episode(self) -> Iterator[None]:
+        """Wrap one episode's play: a batching sampler waits for the turns of every episode inside one."""
+        with self.sample.episode() if isinstance(self.sample, BatchedSampler) else nullcontext():
+            yield
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -45,7 +53,10 @@ class TokenChatModel:
 
     async def sample_turn(self, messages: list[dict[str, Any]], context: list[int], max_tokens: int) -> tuple[dict[str, Any], list[int], list[float]]:
         """(OpenAI-format response, sampled ids, their log-probabilities) for one turn after `context`."""
-        new, logprobs = await asyncio.to_thread(self.sample, context, max_tokens)
+        if isinstance(self.sample, BatchedSampler):
+            new, logprobs = await self.sample.asample(context, max_tokens)
+        else:
+            new, logprobs = await asyncio.to_thread(self.sample, context, max_tokens)
         eos = self.tokenizer.eos_token_id
         finished = bool(new) and new[-1] == eos
         text = self.tokenizer.decode(new, skip_special_tokens=False).replace(self.tokenizer.eos_token, "")
@@ -110,7 +121,8 @@ class RecordingChatModel:
 
 
 class RecordingPolicy:
-    """A `TokenChatModel` in the agent loop, recording each episode's token tape into its result."""
+    """A `TokenChatModel` in the agent loop, recording each episode's token tape into its result. Its caller
+    (the rollout) counts each episode as live from before the episode is created, with `chat_model.episode()`."""
 
     def __init__(self, model: TokenChatModel, max_turns: int, max_tokens: int, name: str = "grpo") -> None:
         self.name = name
@@ -127,28 +139,26 @@ class RecordingPolicy:
         return result
 
 
-def hf_sampler(model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True) -> Sampler:
-    """Sampling with transformers (greedy at temperature 0), one generation at a time per model. The
-    log-probabilities are those of the sampling distribution (the processed scores generation drew from);
+class LocalChatPolicy(ChatPolicy):
+    """A `TokenChatModel` in the agent loop (evaluation): its episodes share the sampler's batches."""
+
+    def __init__(self, model: TokenChatModel, max_turns: int = 16, max_tokens: int = 1024, name: str = "local") -> None:
+        super().__init__(model, max_turns, max_tokens, name=name)
+        self.chat_model = model
+
+    async def play(self, ctx: EpisodeContext) -> AgentResult:
+        with self.chat_model.episode():
+            return await super().play(ctx)
+
+
+def hf_sampler(model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True, window_s: float = 0.05,
+               max_batch: int = 64) -> BatchedSampler:  # fmt: skip
+    """Sampling with transformers (greedy at temperature 0), the concurrent episodes' turns batched into one
+    `generate` (`clients.hf_generation`). The log-probabilities are those of the sampling distribution;
     without `with_logprobs` none are computed (evaluation does not need them), and the list is empty."""
-    import torch
+    from clients.hf_generation import hf_batch_generate
 
-    lock = threading.Lock()
-
-    def sample(ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
-        with lock, torch.no_grad():
-            inputs = torch.tensor([ids], device=model.device)
-            out = model.generate(
-                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens, do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None, top_k=0 if temperature > 0 else None,
-                top_p=1.0 if temperature > 0 else None, output_scores=with_logprobs, return_dict_in_generate=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            new = out.sequences[0, len(ids) :].tolist()
-            logprobs = [float(torch.log_softmax(s[0].float(), -1)[t]) for s, t in zip(out.scores, new)] if with_logprobs else []
-        return new, logprobs
-
-    return sample
+    return BatchedSampler(hf_batch_generate(model, tokenizer, temperature, with_logprobs=with_logprobs), window_s=window_s, max_batch=max_batch)
 
 
 def load_pretrained(name_or_path: str) -> tuple[Any, Any]:

@@ -187,9 +187,11 @@ class ChatPolicy:
         )  # fmt: skip
 
 
-def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_tokens: int = 1024) -> ChatPolicy:
-    """A transformers model sampled in this process (greedy), through the same loop as a served model."""
-    from clients.local_model import TokenChatModel, hf_sampler
+def local_policy(model: object, tokenizer: object, max_turns: int = 16, max_tokens: int = 1024, temperature: float = 0.0) -> ChatPolicy:
+    """A transformers model sampled in this process (greedy by default; at a training run's temperature to
+    measure the policy GRPO trains), through the same loop as a served model; the turns of concurrent
+    episodes are generated in batches."""
+    from clients.local_model import LocalChatPolicy, TokenChatModel, hf_sampler
 
-    sampler = hf_sampler(model, tokenizer, with_logprobs=False)
-    return ChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens, name="local")
+    sampler = hf_sampler(model, tokenizer, temperature, with_logprobs=False)
+    return LocalChatPolicy(TokenChatModel(tokenizer, sampler, "local"), max_turns, max_tokens)

@@ -47,12 +47,13 @@ def test_train_sft_then_grpo(tmp_path):
     assert [c.name for c in checkpoints(tmp_path / "grpo")] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
 
 
-def test_grpo_with_a_vllm_server_but_no_vllm_stops_before_training(tmp_path):
+@pytest.mark.parametrize("flag", [["--vllm-server", "http://127.0.0.1:9"], ["--vllm-colocate"]], ids=["server", "colocate"])
+def test_grpo_with_vllm_generation_but_no_vllm_stops_before_training(tmp_path, flag):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
-    done = subprocess.run([*CLI, "train", "grpo", "--model", "tiny", "--vllm-server", "http://127.0.0.1:9", "--out", str(tmp_path / "g")],
+    done = subprocess.run([*CLI, "train", "grpo", "--model", "tiny", *flag, "--out", str(tmp_path / "g")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 1
     assert "needs vllm installed" in done.stderr and "astra-gym[vllm]" in done.stderr  # brackets survive the console

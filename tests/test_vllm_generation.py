@@ -95,3 +95,68 @@ def test_grpo_arguments_turn_vllm_on_only_with_a_server_and_vllm_installed(tmp_p
     monkeypatch.setattr(import_utils, "is_vllm_available", lambda: True)
     served = grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path, vllm_server="http://10.0.0.5:8000"))
     assert served["use_vllm"] and served["vllm_mode"] == "server" and served["vllm_server_base_url"] == "http://10.0.0.5:8000"
+
+
+def test_colocate_mode_maps_to_trls_engine_and_is_refused_without_vllm(tmp_path, monkeypatch):
+    import importlib
+
+    import_utils = importlib.import_module("trl.import_utils")
+    monkeypatch.setattr(import_utils, "is_vllm_available", lambda: False)
+    with pytest.raises(ValueError, match="--vllm-colocate needs vllm"):
+        grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path, vllm_colocate=True))
+    monkeypatch.setattr(import_utils, "is_vllm_available", lambda: True)
+    colocated = grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path, vllm_colocate=True))
+    assert colocated["use_vllm"] and colocated["vllm_mode"] == "colocate" and "vllm_server_base_url" not in colocated
+    with pytest.raises(ValueError, match="one of"):
+        grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path, vllm_colocate=True, vllm_server="http://10.0.0.5:8000"))
+
+
+class FakeLLM:
+    """`vllm.LLM.generate`'s shape: one output per prompt, each with the sampled ids and, per position, a dict of
+    token -> Logprob holding the sampled token."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, sampling_params, use_tqdm):
+        self.calls.append((prompts, sampling_params))
+        outputs = []
+        for prompt, params in zip(prompts, sampling_params):
+            ids = [prompt["prompt_token_ids"][-1] + k for k in range(params["max_tokens"])]
+            logprobs = [{t: SimpleNamespace(logprob=-0.1 * (k + 1)), 999: SimpleNamespace(logprob=-9.0)} for k, t in enumerate(ids)]
+            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=logprobs)]))
+        return outputs
+
+
+def test_the_colocated_engine_samples_a_batch_of_turns_with_their_own_budgets_and_sampled_logprobs():
+    from trainer.vllm_colocate import vllm_llm_batch_generate
+
+    llm = FakeLLM()
+    generate = vllm_llm_batch_generate(llm, 0.7, sampling_params=lambda **kw: kw)
+    turns = generate([[1, 2], [5]], [2, 3])
+    [(prompts, params)] = llm.calls
+    assert prompts == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [5]}]
+    assert [p["max_tokens"] for p in params] == [2, 3] and all(p["temperature"] == 0.7 and p["logprobs"] == 0 for p in params)
+    assert all(p["top_k"] == 0 and p["top_p"] == 1.0 and p["min_p"] == 0.0 for p in params)  # the whole distribution
+    assert turns == [([2, 3], [-0.1, -0.2]), ([5, 6, 7], [-0.1, -0.2, -0.30000000000000004])]
+    missing = SimpleNamespace(generate=lambda prompts, sampling_params, use_tqdm: [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[4], logprobs=None)])])
+    from clients.agent import ModelEndpointError
+
+    with pytest.raises(ModelEndpointError, match="0 logprobs for 1 tokens"):
+        vllm_llm_batch_generate(missing, 1.0, sampling_params=lambda **kw: kw)([[1]], [1])
+
+
+def test_the_rollout_takes_its_sampler_from_the_trainer_on_the_first_call(gym, tiny):
+    from clients.batching import BatchedSampler
+    from trainer.vllm_colocate import vllm_llm_batch_generate
+
+    model, tokenizer = tiny
+    llm = FakeLLM()
+    trainer = SimpleNamespace(vllm_generation=SimpleNamespace(llm=llm))
+    with GymSession(gym.url) as session:
+        rollout = MCPRollout(session, tokenizer, model=model, max_turns=1, max_new_tokens=3, failure_rate=0.0,
+                             sampler_from_trainer=lambda t: BatchedSampler(vllm_llm_batch_generate(t.vllm_generation.llm, 1.0, sampling_params=lambda **kw: kw)))  # fmt: skip
+        batch = rollout([PROMPT, PROMPT], trainer)
+    assert len(llm.calls) == 1 and len(llm.calls[0][0]) == 2  # both episodes' turns in one engine call
+    assert all(len(c) == 3 and lp[0] == -0.1 for c, lp in zip(batch["completion_ids"], batch["logprobs"]))
+    assert rollout.sampler_from_trainer is None  # built once, kept for the run

@@ -48,11 +48,13 @@ class MCPRollout:
         max_turns: int = 4, max_new_tokens: int = 96, temperature: float = 1.0, failure_rate: float | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, seed: int = 0,
         distractors: Callable[[str], list[DistractorRef]] | None = None, abf: ABFSettings | None = None,
-        records: Path | None = None,
+        records: Path | None = None, sampler_from_trainer: Callable[[Any], Sampler] | None = None,
     ) -> None:  # fmt: skip
         """`sampler` samples the turns (a vLLM server's, a scripted one); without it, `model` does with
-        transformers. `distractors` picks each episode's distractor tools; `records` is a JSONL file every
-        played episode is appended to (the trajectory record eval writes, without the tokens)."""
+        transformers. `sampler_from_trainer` replaces it on the first call with one built from the trainer
+        (TRL's colocated vLLM engine exists only once the trainer does). `distractors` picks each episode's
+        distractor tools; `records` is a JSONL file every played episode is appended to (the trajectory record
+        eval writes, without the tokens)."""
         if sampler is None:
             if model is None:
                 raise ValueError("the rollout needs a model or a sampler")
@@ -67,6 +69,7 @@ class MCPRollout:
         self.records = records
         self.attempts: Counter[str] = Counter()
         """Episodes played per arena: the next one's seed is `episode_seed(seed, arena, attempts[arena])`."""
+        self.sampler_from_trainer = sampler_from_trainer
         self.filler = None if abf is None else AdaptiveBatchFiller(self.play, abf.extra_prompts, abf.group_size, abf.max_extra_rounds, seed)
 
     @property
@@ -74,6 +77,9 @@ class MCPRollout:
         return sum(self.attempts.values())
 
     def __call__(self, prompts: list[Any], trainer: Any = None) -> dict[str, list[Any]]:
+        if self.sampler_from_trainer is not None and trainer is not None:
+            self.policy.chat_model.sample = self.sampler_from_trainer(trainer)
+            self.sampler_from_trainer = None
         was_training = self.model.training if self.model is not None else False
         if self.model is not None:
             self.model.eval()
@@ -108,12 +114,14 @@ class MCPRollout:
         return records
 
     async def _play(self, arena_ids: list[str], seeds: list[int]) -> list[TrajectoryRecord]:
-        gym = self.session.gym
-        return list(await asyncio.gather(*(
-            run_episode(gym, self.policy, arena_id, seed=seed, failure_rate=self.failure_rate, system_prompt=self.system_prompt,
-                        distractors=self.distractors(arena_id) if self.distractors is not None else ())
-            for arena_id, seed in zip(arena_ids, seeds)
-        )))  # fmt: skip
+        return list(await asyncio.gather(*(self._play_one(arena_id, seed) for arena_id, seed in zip(arena_ids, seeds))))
+
+    async def _play_one(self, arena_id: str, seed: int) -> TrajectoryRecord:
+        # live from the start: a batching sampler waits for this episode's first turn while the gym creates it
+        with self.policy.chat_model.episode():
+            return await run_episode(self.session.gym, self.policy, arena_id, seed=seed, failure_rate=self.failure_rate,
+                                     system_prompt=self.system_prompt,
+                                     distractors=self.distractors(arena_id) if self.distractors is not None else ())  # fmt: skip
 
     @staticmethod
     def as_batch(episodes: list[EpisodeTokens]) -> dict[str, list[Any]]:

@@ -68,12 +68,15 @@ def default_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024) -> Any:
+def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024, *, across_words: bool = False) -> Any:
+    """A byte-level BPE tokenizer learned from `corpus`. `across_words` lets merges span spaces and punctuation,
+    so text the corpus repeats verbatim (a tool call's fixed JSON, an item id with its quotes) becomes a few
+    tokens: what lets a model this small write a well-formed call."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not across_words)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()

@@ -9,6 +9,7 @@ spec with the operator's token), so an in-process gym and `--gym URL` behave the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class GRPORunConfig(BaseModel):
     )
     embedding_model: str | None = Field(default=None, description="sentence-transformers model that embeds tools for the distractor bands (default: TF-IDF, no download).")
     vllm_server: str | None = Field(default=None, description="URL of a `trl vllm-serve` server that samples the turns.")
+    vllm_colocate: bool = Field(default=False, description="Sample the turns with TRL's vLLM engine in this process, on the training GPUs.")
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward: less memory, ~30% more compute.")
     save_steps: int = Field(default=50, ge=1, description="Steps between checkpoints.")
     keep_resume_state: int = Field(default=2, ge=0, description="Newest checkpoints that keep optimizer/scheduler state.")
@@ -141,19 +143,40 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
         mask_truncated_completions=True,  # a turn cut off by the token budget teaches nothing: no loss on it
         **_checkpointing(GRPOConfig, config.gradient_checkpointing),
     )  # fmt: skip
-    if config.vllm_server:
+    if config.vllm_server and config.vllm_colocate:
+        raise ValueError("choose one of --vllm-server and --vllm-colocate")
+    if config.vllm_server or config.vllm_colocate:
         from trl.import_utils import is_vllm_available
 
         if not is_vllm_available():
             raise ValueError(
                 "--vllm-server needs vllm installed where training runs: TRL sends the new weights to the server "
                 "after every step (pip install 'astra-gym[vllm]'). Without it, generation uses transformers."
-            )
+                if config.vllm_server else
+                "--vllm-colocate needs vllm installed (pip install 'astra-gym[vllm]'). Without it, generation uses transformers."
+            )  # fmt: skip
+    if config.vllm_server:
         arguments.update(use_vllm=True, vllm_mode="server", vllm_server_base_url=config.vllm_server)
+    if config.vllm_colocate:  # TRL builds the engine; the rollout samples every turn with it (`colocated_sampler`)
+        arguments.update(use_vllm=True, vllm_mode="colocate")
     return arguments
 
 
-def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
+def colocated_sampler(temperature: float) -> Callable[[Any], Any]:
+    """Builds the rollout's sampler from TRL's colocated engine, once the trainer has started it."""
+
+    def build(trainer: Any) -> Any:
+        from clients.batching import BatchedSampler
+        from trainer.vllm_colocate import vllm_llm_batch_generate
+
+        return BatchedSampler(vllm_llm_batch_generate(trainer.vllm_generation.llm, temperature))
+
+    return build
+
+
+def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None) -> dict[str, Any]:
+    """`reward` is the reward function GRPO sees (`trainer.rollout.gym_reward`, the gym's F1, unless given:
+    a shaped reward, or the negated one of the learning test's control); it gets the rollout's fields."""
     arguments = grpo_arguments(config)
     from gym_server.config import ServeConfig
     from gym_server.serve import GymThread
@@ -163,13 +186,14 @@ def run_grpo(config: GRPORunConfig) -> dict[str, Any]:
         url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
         with GymSession(url, token) as session:  # type: ignore[arg-type]
             arenas = session.run(training_arenas(session.gym, config.arena_filter))  # a dead gym or wrong token fails here
-            return _train_grpo(config, arguments, session, arenas)
+            return _train_grpo(config, arguments, session, arenas, reward)
     finally:
         if gym_thread is not None:
             gym_thread.stop()
 
 
-def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena]) -> dict[str, Any]:
+def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena],
+                reward: Callable[..., list[float]] | None) -> dict[str, Any]:  # fmt: skip
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -192,9 +216,9 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
         session, tokenizer, model=model, sampler=sampler, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, failure_rate=config.failure_rate, system_prompt=config.system_prompt, seed=config.seed,
         distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
-        records=config.out / "trajectories.jsonl",
+        records=config.out / "trajectories.jsonl", sampler_from_trainer=colocated_sampler(config.temperature) if config.vllm_colocate else None,
     )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
     result = trainer.train(resume_from_checkpoint=config.resume or None)

@@ -1,0 +1,82 @@
+"""The transformers backend of `BatchedSampler`: one left-padded `generate` over a batch of turns, each row
+stopping at its own EOS or token budget, with the log-probability of every sampled token under the
+distribution it was drawn from.
+
+That distribution is the model's logits after generation's processors and the temperature (top-k and top-p
+are off, as GRPO's loss assumes); greedy decoding (temperature 0) reports the plain log-softmax. The
+log-probabilities are read by a logits processor that runs after the temperature, one step behind the
+sampling (a step's scores are kept until the next step shows which token was drawn), so memory stays at one
+batch-by-vocabulary tensor instead of the whole generation's scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clients.batching import BatchGenerate, Turn
+
+
+def hf_batch_generate(model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True) -> BatchGenerate:
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+    class SampledLogprobs(LogitsProcessor):
+        """Log-softmax of each step's final scores, gathered at the token drawn from them."""
+
+        def __init__(self) -> None:
+            self.previous: Any = None
+            self.steps: list[Any] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if self.previous is not None:
+                self.steps.append(self.previous.gather(-1, input_ids[:, -1:])[:, 0])
+            self.previous = torch.log_softmax(scores.float(), -1)
+            return scores
+
+        def finish(self, sequences: Any, new: int) -> Any:
+            """(batch, new) log-probabilities; the last step's token is only known once generation ended."""
+            if len(self.steps) < new:
+                self.steps.append(self.previous.gather(-1, sequences[:, -1:])[:, 0])
+            return torch.stack(self.steps[:new], dim=1)
+
+    class Budgets(StoppingCriteria):
+        """Row i is done after budgets[i] new tokens (EOS ends rows on generation's own criterion)."""
+
+        def __init__(self, budgets: list[int], width: int) -> None:
+            self.budgets = torch.tensor(budgets, device=model.device)
+            self.width = width
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return (input_ids.shape[1] - self.width) >= self.budgets
+
+    def generate(contexts: list[list[int]], budgets: list[int]) -> list[Turn]:
+        width = max(len(c) for c in contexts)
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=model.device)
+        sampling = temperature > 0
+        processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if sampling and temperature != 1.0 else [])
+        recorder = SampledLogprobs()
+        if with_logprobs:
+            processors.append(recorder)
+        with torch.no_grad():
+            sequences = model.generate(
+                ids, attention_mask=mask, max_new_tokens=max(budgets), do_sample=sampling,
+                # generation adds no warper after ours: the recorded scores are the ones sampled from
+                temperature=1.0 if sampling else None, top_k=0 if sampling else None, top_p=1.0 if sampling else None,
+                min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, renormalize_logits=False,
+                logits_processor=processors, stopping_criteria=StoppingCriteriaList([Budgets(budgets, width)]),
+                pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=False,
+            )  # fmt: skip
+            new = sequences.shape[1] - width
+            logprobs = recorder.finish(sequences, new).tolist() if with_logprobs and new else None
+        turns: list[Turn] = []
+        for row, budget in enumerate(budgets):
+            tokens = sequences[row, width : width + budget].tolist()
+            end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+            turns.append((tokens[:end], logprobs[row][:end] if logprobs is not None else []))
+        return turns
+
+    return generate

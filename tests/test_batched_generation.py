@@ -1,0 +1,148 @@
+"""Batched generation across a step's episodes: one left-padded `generate` gives each turn what it would get
+alone (greedy tokens, sampling log-probabilities), rows stop at their own EOS and budget, and the batcher
+gathers the turns of concurrent episodes into shared batches through the real gym."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from clients.batching import BatchedSampler
+from clients.gym_session import GymSession
+from trainer.rollout import MCPRollout
+
+torch = pytest.importorskip("torch")
+
+TEXTS = ["How many seats are still free?", "What is the status of order O-1002?", "hi", "Which drug is prescription RX12 for? Tell me"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from trainer.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("tiny")
+    return model.eval(), tokenizer
+
+
+def contexts(tokenizer):
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+
+
+def test_a_padded_batch_gives_each_row_what_it_gets_alone(tiny):
+    from clients.hf_generation import hf_batch_generate
+
+    model, tokenizer = tiny
+    generate = hf_batch_generate(model, tokenizer, 0.0)
+    budgets = [5, 9, 3, 7]
+    alone = [generate([c], [b])[0] for c, b in zip(contexts(tokenizer), budgets)]
+    together = generate(contexts(tokenizer), budgets)
+    assert [len(t) for t, _ in together] == budgets  # each row its own budget, not the longest one's
+    for (ids_a, lp_a), (ids_b, lp_b) in zip(alone, together):
+        assert ids_a == ids_b
+        assert torch.allclose(torch.tensor(lp_a), torch.tensor(lp_b), atol=1e-5)
+
+
+def test_sampled_logprobs_are_the_temperature_scaled_distribution_of_every_row(tiny):
+    from clients.hf_generation import hf_batch_generate
+
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    turns = hf_batch_generate(model, tokenizer, 0.7)(contexts(tokenizer), [6, 6, 2, 6])
+    for context, (new, logprobs) in zip(contexts(tokenizer), turns):
+        assert 0 < len(new) == len(logprobs)
+        with torch.no_grad():
+            logits = model(torch.tensor([context + new])).logits[0, len(context) - 1 : -1].float() / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(new)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(logprobs), expected, atol=1e-4)
+
+
+def test_a_row_stops_at_its_own_eos_while_the_others_go_on(tiny):
+    from clients.hf_generation import hf_batch_generate
+
+    model, tokenizer = tiny
+    torch.manual_seed(1)  # sampled: an untrained model's greedy rows repeat one token
+    plain = hf_batch_generate(model, tokenizer, 1.0)(contexts(tokenizer), [8, 8, 8, 8])
+    # a token some row draws first after a few others becomes the end of turn
+    row, at = next((r, k) for r, (ids, _) in enumerate(plain) for k in range(1, 8) if ids[k] not in ids[:k])
+    stop = plain[row][0][at]
+    ending = SimpleNamespace(eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(1)  # the same draws: finished rows still take part in every step's sampling
+    turns = hf_batch_generate(model, ending, 1.0)(contexts(tokenizer), [8, 8, 8, 8])
+    assert turns[row][0] == plain[row][0][: at + 1] and len(turns[row][1]) == at + 1
+    assert any(len(ids) == 8 for ids, _ in turns)  # another row went on to its budget
+    for (ids, _), (full, _) in zip(turns, plain):
+        assert ids == (full[: full.index(stop) + 1] if stop in full else full)
+
+
+def test_the_batcher_waits_for_every_live_episode_then_runs_one_batch():
+    calls: list[list[list[int]]] = []
+
+    def generate(ctxs, budgets):
+        calls.append(ctxs)
+        return [([c[0], b], [-0.5, -0.25]) for c, b in zip(ctxs, budgets)]
+
+    sampler = BatchedSampler(generate, window_s=5.0)
+    results: dict[int, tuple] = {}
+    all_live = threading.Barrier(4)
+
+    def episode(i: int) -> None:
+        with sampler.episode():
+            all_live.wait()
+            time.sleep(0.02 * (3 - i))  # arrivals spread over 60 ms: far inside the window
+            results[i] = sampler([10 + i], 3)
+
+    threads = [threading.Thread(target=episode, args=(i,)) for i in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started < 2.0  # the last arrival started the batch, not the 5 s window
+    assert calls == [[[10], [11], [12], [13]]]  # one batch, ordered by token ids whatever the arrival order
+    assert results == {i: ([10 + i, 3], [-0.5, -0.25]) for i in range(4)}
+    assert sampler.stats.batches == 1 and sampler.stats.largest == 4
+
+
+def test_the_window_bounds_the_wait_for_an_episode_that_is_busy_elsewhere():
+    sampler = BatchedSampler(lambda ctxs, budgets: [([1], [0.0]) for _ in ctxs], window_s=0.1)
+    with sampler.episode(), sampler.episode():  # two live episodes, only one ever asks
+        started = time.monotonic()
+        assert sampler([5], 1) == ([1], [0.0])
+        waited = time.monotonic() - started
+    assert 0.09 <= waited < 1.5
+
+
+def test_a_failing_backend_fails_every_turn_of_its_batch_and_the_sampler_keeps_serving():
+    fail = [True]
+
+    def generate(ctxs, budgets):
+        if fail.pop(0) if fail else False:
+            raise RuntimeError("device lost")
+        return [([7], [-1.0]) for _ in ctxs]
+
+    sampler = BatchedSampler(generate, window_s=0.0)
+    with pytest.raises(RuntimeError, match="device lost"):
+        sampler([1], 2)
+    assert sampler([1], 2) == ([7], [-1.0])
+    with pytest.raises(ValueError, match="budget"):
+        sampler([1], 0)
+    wrong = BatchedSampler(lambda ctxs, budgets: [], window_s=0.0)
+    with pytest.raises(RuntimeError, match="0 turns for 1 contexts"):
+        asyncio.run(wrong.asample([1], 2))
+
+
+def test_a_steps_episodes_share_batches_through_the_real_gym(gym, tiny):
+    model, tokenizer = tiny
+    prompts = [[{"role": "user", "content": "q", "arena_id": a}] for a in ["airline-seats-aa100", "clinic-refills-rx12", "retail-status-o1002"] * 2]
+    with GymSession(gym.url) as session:
+        rollout = MCPRollout(session, tokenizer, model=model, max_turns=2, max_new_tokens=6, failure_rate=0.0)
+        episodes = rollout.play(prompts)
+    stats = rollout.policy.chat_model.sample.stats
+    assert len(episodes) == 6 and all(len(e.completion_ids) == len(e.env_mask) == len(e.logprobs) for e in episodes)
+    turns = sum(e.turns for e in episodes)
+    assert stats.turns == turns and stats.largest == 6  # the first turns of all six episodes in one generate
+    assert stats.batches < turns
