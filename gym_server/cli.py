@@ -67,6 +67,7 @@ def serve(
     failure_rate: Annotated[Optional[float], typer.Option(help="Default injected failure rate.")] = None,
     failure_kinds: Annotated[Optional[list[FailureKind]], typer.Option(help="Injected failure kinds (repeatable).")] = None,
     episode_ttl_s: Annotated[Optional[float], typer.Option(help="Idle episode lifetime.")] = None,
+    processes: Annotated[Optional[int], typer.Option(help="Gym processes on this machine (default: one per core); process i serves MCP on port+1+i.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Sandbox worker processes.")] = None,
     sandbox_backend: Annotated[Optional[str], typer.Option(help="auto | process | docker")] = None,
     call_timeout_s: Annotated[Optional[float], typer.Option(help="Wall-clock limit of one tool call.")] = None,
@@ -83,6 +84,7 @@ def serve(
             config, host=host, port=port, arenas=arenas, token=token, agent_tokens=agent_token, agent_arenas=agent_arena,
             public_url=public_url, failure_rate=failure_rate, allowed_hosts=allowed_host, allowed_origins=allowed_origin,
             failure_kinds=failure_kinds, episode_ttl_s=episode_ttl_s, sandbox=sandbox or None, otel_spans=otel_spans,
+            processes=processes,
         )  # fmt: skip
         if upstream:
             from gym_server.config import UpstreamConfig
@@ -93,16 +95,17 @@ def serve(
     auth = " (bearer token required)" if cfg.token else ""
 
     def ready(url: str, gym_app: object) -> None:
-        n = len(gym_app.state.store)  # type: ignore[attr-defined]
-        console.print(f"[bold green]astra-gym[/] serving {n} arenas at [bold]{url}[/]{auth}")
+        state = gym_app.state  # type: ignore[attr-defined]
+        what = f"{len(state.store)} arenas" if hasattr(state, "store") else f"{state.processes.n} gym processes"
+        console.print(f"[bold green]astra-gym[/] serving {what} at [bold]{url}[/]{auth}")
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
     try:
-        run(cfg, on_ready=ready, backends=serve_backends(cfg))
+        run(cfg, on_ready=ready, backends=serve_backends)
     except OSError as exc:
         _fail(f"cannot serve on {cfg.host}:{cfg.port}: {exc}")
-    except ValueError as exc:  # a store that cannot be read, a bad sandbox backend
+    except (ValueError, RuntimeError) as exc:  # a store that cannot be read, a bad sandbox backend, a process that failed
         _fail(str(exc))
 
 

@@ -91,6 +91,11 @@ class ServeConfig(BaseModel):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Real MCP servers to front, one session per episode.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
+    processes: int | None = Field(
+        default=None, ge=1, le=256,
+        description="Gym processes on this machine (`serve` only; default: one per core). With more than one, the REST API stays on "
+        "`port` and process i serves its episodes' MCP on port+1+i (any free port when port is 0).",
+    )  # fmt: skip
     log_level: str = "info"
 
     @model_validator(mode="after")
