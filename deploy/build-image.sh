@@ -21,7 +21,11 @@ from gym_server.sandbox.image import shared_libraries
 ctx = sys.argv[1]
 bwrap = shutil.which("bwrap")
 binaries = glob.glob(f"{ctx}/site-packages/**/*.so*", recursive=True) + [bwrap]
-for path in sorted(shared_libraries(binaries) | {bwrap}):
+# pyseccomp finds libseccomp through `ldconfig -p` (ctypes.util.find_library): the static ldconfig and the
+# loader cache come along, with the library itself
+seccomp = "/usr/lib/x86_64-linux-gnu/libseccomp.so.2"
+extra = {bwrap, "/sbin/ldconfig", "/etc/ld.so.cache", *([seccomp] if os.path.exists(seccomp) else [])}
+for path in sorted(shared_libraries(binaries) | extra):
     if path.startswith(ctx):
         continue
     dest = f"{ctx}/root{path}"

@@ -30,7 +30,7 @@ PORTS = (8100, 8200, 8300)
 def start(engine: str, token: str, port: int, name: str) -> None:
     subprocess.run([
         engine, "run", "-d", "--rm", "--name", name, "--runtime", "runc", "--network", "host",
-        "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096", "--security-opt", "seccomp=unconfined",
+        "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096", "--security-opt", "seccomp=unconfined", "--security-opt", "systempaths=unconfined",
         "-e", f"ASTRA_GYM_TOKEN={token}", "-e", f"ASTRA_GYM_HEALTH_URL=http://127.0.0.1:{port}/healthz",
         "localhost/astra-gym:latest", "serve", "--host=127.0.0.1", f"--port={port}", "--processes=2",
         f"--public-url=http://127.0.0.1:{port}", "--arenas=builtin",
