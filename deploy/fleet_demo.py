@@ -84,7 +84,8 @@ def main() -> None:
             (args.out / "trajectories.jsonl").unlink()
         report = asyncio.run(run_eval(config, progress=False, policy=KillsOneGym(args.engine, names[1], urls[1])))
     finally:
-        subprocess.run([args.engine, "rm", "-f", *names], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name in names:  # one at a time: the killed one is gone already, and that must not spare the others
+            subprocess.run([args.engine, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = load_records(args.out / "trajectories.jsonl")
     scored = Counter(r.key for r in records if r.reward is not None)
     lost = [r for r in records if r.replica_lost]
