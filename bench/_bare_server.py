@@ -1,5 +1,7 @@
-"""Baseline for bench/gym_throughput.py: a bare mcp low-level server with one trivial tool, served with the
-same transport settings and uvicorn configuration as the gym (stateless, JSON responses)."""
+"""Baselines for bench/gym_throughput.py: a bare mcp low-level server with one trivial tool, served with the
+same uvicorn configuration as the gym. By default with the gym's transport settings (stateless, JSON
+responses); with `--stateful`, in the SDK's default mode (a session per client, SSE responses), as most MCP
+servers run today and as the legacy `ClientSession` + `initialize` clients expect."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ async def call_tool(ctx, params):
 
 
 server = Server("bare", on_list_tools=list_tools, on_call_tool=call_tool)
-sessions = StreamableHTTPSessionManager(app=server, json_response=True, stateless=True)
+STATEFUL = "--stateful" in sys.argv[2:]
+sessions = StreamableHTTPSessionManager(app=server) if STATEFUL else StreamableHTTPSessionManager(app=server, json_response=True, stateless=True)
 
 
 class Endpoint:

@@ -31,6 +31,9 @@ TRAJECTORIES = "trajectories.jsonl"
 BFCL_STEP_LIMIT = 20
 """BFCL's MAXIMUM_STEP_LIMIT: a user turn whose 21st step still calls tools force-quits the entry."""
 
+MAX_REPLAYS = 3
+"""Times one episode is played again after being lost with its gym replica (each replay on a live gym)."""
+
 
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,7 +45,7 @@ class EvalConfig(BaseModel):
     arenas: str = Field(default="*", description="Comma-separated glob patterns over arena ids.")
     concurrency: int = Field(default=8, ge=1, le=4096, description="Episodes in flight.")
     episodes_per_arena: int = Field(default=1, ge=1, description="K: attempts per arena (pass^k when K > 1).")
-    gym: str | None = Field(default=None, description="Gym URLs, comma-separated; none starts a built-in gym in-process.")
+    gym: str | None = Field(default=None, description="Gym URLs, comma-separated (dns+http://NAME:PORT: every address of NAME); none starts a built-in gym in-process.")
     token: str | None = Field(default=None, description="The --gym's operator bearer token.")
     failure_rate: float | None = Field(default=None, ge=0, le=1, description="Injected failure rate per episode (default: the arena's).")
     max_turns: int = Field(default=16, ge=1, description="Assistant turns per episode; the last turn's calls still run.")
@@ -151,16 +154,19 @@ async def _play_all(config: EvalConfig, gym: GymClient, policy: Policy, todo: li
             async with semaphore:
                 if fatal:
                     return
-                try:
-                    record = await run_episode(
-                        gym, policy, summary.id, repeat=k, seed=episode_seed(config.seed, summary.id, k), failure_rate=config.failure_rate,
-                        domain=summary.domain, scenario_type=summary.scenario_type, system_prompt=config.system_prompt,
-                    )  # fmt: skip
-                except (GymError, ModelEndpointError) as exc:
-                    fatal.append(exc)
-                    return
-                out.write(record.model_dump_json() + "\n")
-                out.flush()
+                for _ in range(MAX_REPLAYS + 1):  # an episode lost with its gym is played again on a live one
+                    try:
+                        record = await run_episode(
+                            gym, policy, summary.id, repeat=k, seed=episode_seed(config.seed, summary.id, k), failure_rate=config.failure_rate,
+                            domain=summary.domain, scenario_type=summary.scenario_type, system_prompt=config.system_prompt,
+                        )  # fmt: skip
+                    except (GymError, ModelEndpointError) as exc:
+                        fatal.append(exc)
+                        return
+                    out.write(record.model_dump_json() + "\n")
+                    out.flush()
+                    if not record.replica_lost or fatal:
+                        break
                 if record.reward is not None:
                     rewards.append(record.reward.reward)
                 mean = sum(rewards) / len(rewards) if rewards else 0.0
@@ -207,10 +213,13 @@ def build_report(records: list[TrajectoryRecord], config: EvalConfig) -> dict[st
         by["scenario_type"][r.scenario_type or "?"].append(r)
         by["domain"][r.domain or "?"].append(r)
     failed = [r for r in final if r.error]
+    lost = {r.key for r in records if r.replica_lost}
     report: dict[str, Any] = {
         "policy": config.policy, "model": config.model, "overall": _aggregate(final),
         "infrastructure_errors": {
             "episodes": len(failed), "causes": dict(Counter(error_cause(r.error or "") for r in failed).most_common(5)),
+            "lost_with_their_gym": sum(r.replica_lost for r in records),
+            "replayed": sum(1 for r in final if r.reward is not None and r.key in lost),
         },
         "by_scenario_type": {k: _aggregate(v) for k, v in sorted(by["scenario_type"].items())},
         "by_domain": {k: _aggregate(v) for k, v in sorted(by["domain"].items())},
@@ -273,6 +282,9 @@ def write_report(report: dict[str, Any], records: list[TrajectoryRecord], out: P
         md += ["## Infrastructure errors", "", f"{infra['episodes']} episodes could not be played; they are counted in `errors`, "
                "not scored, and left out of every reward above. Most common causes:", ""]  # fmt: skip
         md += [f"- {n} x {cause}" for cause, n in infra["causes"].items()] + [""]
+    if infra.get("lost_with_their_gym"):
+        md += [f"{infra['lost_with_their_gym']} episode plays were lost with their gym (a replica or process died) and played again "
+               f"on a live one; {infra['replayed']} of those episodes are scored above, once each.", ""]  # fmt: skip
     if "pass_hat_k" in report:
         md += ["## pass^k", "", "| k | pass^k |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in report["pass_hat_k"].items()] + [""]
     charts = ["reward.png", "calls_tokens.png", *(["pass_hat_k.png"] if "pass_hat_k" in report else []), *(["suite.png"] if "suite" in report else [])]

@@ -53,6 +53,9 @@ class TrajectoryRecord(BaseModel):
     policy: str
     model: str | None = None
     gym_url: str | None = None
+    replica_lost: bool = False
+    """The episode was lost with the gym (replica or process) that held it: an infrastructure error, replayed
+    elsewhere by `eval` and re-rolled by GRPO, never scored."""
     system_prompt: str | None = None
     """The system prompt the policy was given (also the first message): SFT, GRPO and eval share it."""
     messages: list[dict[str, Any]] = Field(default_factory=list)

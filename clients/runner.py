@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Sequence
 
 from clients.agent import DEFAULT_SYSTEM_PROMPT, AgentResult, ModelEndpointError
-from clients.gym_client import GymClient, GymError
+from clients.gym_client import EpisodeLost, GymClient, GymError
 from clients.policies import EpisodeContext, Policy
 from clients.records import TrajectoryRecord
 from clients.toolbox import MCPToolbox
@@ -42,6 +42,7 @@ async def run_episode(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
 ) -> TrajectoryRecord:
     """Raises `GymError` / `ModelEndpointError` when the gym or the model is unusable (the run should stop).
+    An episode lost with its gym replica or process comes back with `record.replica_lost` (callers replay it).
     An episode that could not be played (its MCP URL refused, a tool call without an answer) is an
     infrastructure error in `record.error`, never a score: it is not scored at all. The toolbox shares the
     gym client's HTTP pool."""
@@ -68,6 +69,8 @@ async def run_episode(
             raise EpisodeNotPlayed(f"{len(toolbox.transport_errors)} tool call(s) got no answer from the gym; first: {toolbox.transport_errors[0]}")
         record.reward = await gym.score(created.episode_id, result.final_answer)
         record.call_log = (await gym.log(created.episode_id)).calls
+    except EpisodeLost as exc:  # its gym died under it: replayable, and never a score
+        record.error, record.replica_lost, record.reward = f"EpisodeLost: {exc}", True, None
     except (GymError, ModelEndpointError):
         raise
     except Exception as exc:  # the episode could not be played; the record says why, and it scores nothing
@@ -75,6 +78,8 @@ async def run_episode(
     finally:
         try:
             await gym.delete(created.episode_id)
+        except EpisodeLost:  # an episode that failed because its gym is gone is lost, not merely failed
+            record.replica_lost = record.error is not None
         except GymError:
             pass
     record.timings.total_s = time.perf_counter() - started

@@ -34,6 +34,7 @@ from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
 from gym_server.suites import load_suite, sandbox_packages
+from gym_server.workers import ProcessRole
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +52,27 @@ def ok(model: BaseModel | list[Any] | dict[str, Any], status: int = 200, headers
     return JSONResponse(model, status, headers)
 
 
-async def _json_body(request: Request, limit: int) -> Any:
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 past `limit` bytes (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise _HTTPError(413, f"request body is {declared} bytes; the limit is {limit}")
+        raise HTTPError(413, f"request body is {declared} bytes; the limit is {limit}")
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+    return body
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    body = await read_limited(request, limit)
     if not body.strip():
         return {}
     try:
         return parse_json(body)
     except JSONLimitError as exc:
-        raise _HTTPError(400, str(exc)) from None
+        raise HTTPError(400, str(exc)) from None
 
 
 MAX_OFFSET = 2**53
@@ -79,22 +86,22 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
         return default
     text = raw.strip()
     if not (text.lstrip("+-").isascii() and text.lstrip("+-").isdigit()):
-        raise _HTTPError(400, f"bad query: {name} must be an integer")
+        raise HTTPError(400, f"bad query: {name} must be an integer")
     digits = text.lstrip("+-").lstrip("0")
     if len(digits) > 18:  # clamped without converting: int() refuses literals past 4,300 digits
         return high if not text.startswith("-") else low
     return min(high, max(low, int(text)))
 
 
-def _path_id(request: Request, name: str) -> str:
+def path_id(request: Request, name: str) -> str:
     """An id taken from the URL path, refused unless it is short, valid Unicode text."""
     value = str(request.path_params[name])
     if len(value) > 256 or not value.isprintable():
-        raise _HTTPError(400, f"{name} must be printable text of at most 256 characters")
+        raise HTTPError(400, f"{name} must be printable text of at most 256 characters")
     return value
 
 
-class _HTTPError(Exception):
+class HTTPError(Exception):
     def __init__(self, status: int, message: str, detail: Any = None) -> None:
         super().__init__(message)
         self.status, self.message, self.detail = status, message, detail
@@ -105,12 +112,13 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         detail = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        raise _HTTPError(422, f"invalid {model.__name__} body", detail) from None
+        raise HTTPError(422, f"invalid {model.__name__} body", detail) from None
 
 
-def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> Starlette:
+def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend] = (), process: ProcessRole | None = None) -> Starlette:
     """`backends` serve the arena kinds the sandbox does not (fronted MCP servers, LLM emulators); each one's
-    `start` may add arenas to the store. Upstreams in the config with no backend for them are refused."""
+    `start` may add arenas to the store. Upstreams in the config with no backend for them are refused.
+    `process` makes this app one gym process of `serve --processes N` (see gym_server.workers)."""
     config = config or ServeConfig()
     if config.upstreams and not any("upstream" in b.kinds for b in backends):
         raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
@@ -121,7 +129,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
     pool = SandboxPool(config.sandbox)
     suite_options = {"categories": tuple(config.suite_categories)} if config.suite_categories else {}
     backends = [*backends, *(load_suite(name, pool, **suite_options) for name in config.suites)]
-    manager = EpisodeManager(store, pool, config, backends)  # the config is the episodes' limits
+    manager = EpisodeManager(store, pool, config, backends, id_prefix=process.id_prefix if process else "")  # the config is the episodes' limits
     authenticator = Authenticator(config.token, config.agent_tokens)
     quotas = Quotas(lambda p: config.operator_limits if p.role is Role.operator else config.agent_limits, manager.__contains__)
     sessions = StreamableHTTPSessionManager(
@@ -141,7 +149,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         try:
             items, total = store.summaries(offset, limit, q.get("domain"), q.get("scenario_type"), q.get("prefix"))
         except ValueError as exc:
-            raise _HTTPError(400, f"bad query: {exc}") from None
+            raise HTTPError(400, f"bad query: {exc}") from None
         headers = {"X-Total-Count": str(total)}
         if offset + len(items) < total:
             headers["Link"] = f'<{request.url.include_query_params(offset=offset + limit, limit=limit)}>; rel="next"'
@@ -149,13 +157,13 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
 
     async def show_arena(request: Request) -> Response:
         require_operator(request, "the arena spec (it holds the gold calls and answers)")
-        return ok(store.get(_path_id(request, "arena_id")))
+        return ok(store.get(path_id(request, "arena_id")))
 
     def own_episode(request: Request, action: str) -> Any:
         """The episode in the path, if the principal may act on it: the operator on any, an agent on its own
         (another's is 404, as if it did not exist)."""
         principal: Principal = principal_of(request)  # type: ignore[assignment]
-        episode_id = _path_id(request, "episode_id")
+        episode_id = path_id(request, "episode_id")
         if principal.role is not Role.operator and not quotas.owns(principal, episode_id):
             raise EpisodeNotFound(episode_id)
         if action == "log" and principal.role is not Role.operator:
@@ -164,6 +172,8 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
 
     async def create_episode(request: Request) -> Response:
         principal: Principal = principal_of(request)  # type: ignore[assignment]
+        if process is not None:
+            process.check_front(request.headers)
         body = _parse(EpisodeCreate, await _json_body(request, config.max_request_bytes))
         if principal.role is Role.agent:
             _agent_may_create(body, config.agent_arenas)
@@ -197,7 +207,7 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
                 if isinstance(backend, SuiteBackend):
                     episode.scored = await backend.score(episode)
                 elif episode.arena.kind == "suite":
-                    raise _HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
+                    raise HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
                 else:
                     episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
         return ok(episode.scored)
@@ -270,7 +280,7 @@ def _answer(status: int, message: Any = str) -> Any:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _HTTPError)
+    assert isinstance(exc, HTTPError)
     return error(exc.status, exc.message, exc.detail)
 
 
@@ -285,7 +295,7 @@ async def _over_quota(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS = {
-    _HTTPError: _http_error,
+    HTTPError: _http_error,
     EpisodeNotFound: _answer(404, lambda exc: f"episode {exc.args[0]!r} does not exist (ended or expired)"),
     ArenaNotFound: _answer(404, lambda exc: f"arena {exc.args[0]!r} is not in this gym's store"),
     InvalidArena: _answer(422),

@@ -106,6 +106,11 @@ class ServeConfig(EpisodeLimits):
     suites: list[Literal["bfcl-mt"]] = Field(default_factory=list, description="External benchmark suites to serve (their entries become arenas).")
     suite_categories: list[str] = Field(default_factory=list, description="A suite's categories to load (bfcl-mt: base, miss_func, miss_param, long_context); none: all.")
     otel_spans: bool = Field(default=False, description="Emit the MCP SDK's OpenTelemetry span per message (needs an OTel SDK to go anywhere).")
+    processes: int | None = Field(
+        default=None, ge=1, le=256,
+        description="Gym processes on this machine (`serve` only; default: one per core). With more than one, the REST API stays on "
+        "`port` and process i serves its episodes' MCP on port+1+i (any free port when port is 0).",
+    )  # fmt: skip
     log_level: str = Field(default="info", description="uvicorn's log level.")
 
     @model_validator(mode="after")

@@ -144,9 +144,13 @@ class Episode:
 
 class EpisodeManager:
     def __init__(
-        self, store: ArenaStore, pool: SandboxPool, limits: EpisodeLimits | None = None, backends: Sequence[ToolBackend] = ()
+        self, store: ArenaStore, pool: SandboxPool, limits: EpisodeLimits | None = None, backends: Sequence[ToolBackend] = (),
+        id_prefix: str = "",
     ) -> None:  # fmt: skip
+        """`id_prefix` starts every episode id: a gym process of `serve --processes N` names itself there, so its
+        front routes an episode's REST calls by the id alone."""
         self.store = store
+        self.id_prefix = id_prefix
         self.pool = pool
         self.limits = limits or EpisodeLimits()
         self._episodes: dict[str, Episode] = {}
@@ -224,7 +228,7 @@ class EpisodeManager:
             timeout_delay_s=default.timeout_delay_s,
         )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        episode = Episode(secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states, hidden=hidden)
+        episode = Episode(self.id_prefix + secrets.token_urlsafe(18), runtime.arena, seed, failure, tools, states, hidden=hidden)
         self._episodes[episode.id] = episode
         backend = self.backend_for(runtime.arena)
         if backend is not None:

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from gym_server.app import create_app
 from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
+from gym_server.front import create_front
+from gym_server.workers import BackendsFactory, ProcessRole, default_processes
 
 
 KEEP_ALIVE_S = 30
@@ -37,24 +40,41 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn(config: ServeConfig, backends: Sequence[ToolBackend], **extra: Any) -> uvicorn.Server:
-    app = create_app(config, backends)
+def _server(app: Any, config: ServeConfig) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
             app, log_level=config.log_level if config.log_level != "info" else "warning", access_log=False,
-            timeout_keep_alive=KEEP_ALIVE_S, backlog=2048, **extra,
+            timeout_keep_alive=KEEP_ALIVE_S, backlog=2048,
         )  # fmt: skip
     )
 
 
-def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBackend] = ()) -> None:
-    """Serve in the foreground; `on_ready(url, app)` runs once the socket is bound and the store loaded."""
+def uvicorn_server(config: ServeConfig, backends: Sequence[ToolBackend], process: ProcessRole | None = None) -> uvicorn.Server:
+    return _server(create_app(config, backends, process), config)
+
+
+def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBackend] | BackendsFactory = ()) -> None:
+    """Serve in the foreground; `on_ready(url, app)` runs once the socket is bound and the store loaded.
+
+    With `config.processes` above 1 (by default, one per core) this process is the front of that many gym
+    processes (gym_server.front); `backends` must then be a factory, since each process builds its own."""
+    processes = config.processes or default_processes()
+    if processes > 1 and not callable(backends) and backends:
+        raise ValueError("serving several gym processes needs a backends factory (each process builds its own backends)")
     sock = bind(config.host, config.port)
-    server = _uvicorn(config, backends)
+    if processes > 1:
+        server = _server(create_front(config, processes, backends if callable(backends) else None), config)
+    else:
+        server = uvicorn_server(config, backends(config) if callable(backends) else backends)
     if on_ready is not None:
         host, port = sock.getsockname()[:2]
         on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", server.config.app)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:  # uvicorn's way to say the lifespan failed (a gym process did not start)
+        if exc.code != STARTUP_FAILURE:
+            raise
+        raise RuntimeError(getattr(server.config.app.state, "startup_error", "the gym did not start (see the log above)")) from None
 
 
 class AppThread:

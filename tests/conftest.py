@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,6 +75,17 @@ async def new_episode(http: httpx2.AsyncClient, gym: GymThread, arena_id: str, *
 async def mcp_session(http: httpx2.AsyncClient, url: str, mode: str = "auto") -> AsyncIterator[Client]:
     async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:  # type: ignore[arg-type]
         yield client
+
+
+def wait_serving(url: str, timeout_s: float = 60.0) -> httpx2.Response:
+    """The first answer of `url`/healthz from a gym started in another process, once it serves."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return httpx2.get(f"{url}/healthz", timeout=5)
+        except httpx2.HTTPError:
+            assert time.time() < deadline, f"{url} did not serve within {timeout_s:.0f} s"
+            time.sleep(0.1)
 
 
 def result_text(result: Any) -> str:

@@ -20,7 +20,7 @@ from gym_server.models import Arena
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import GymThread
 from gym_server.store import INDEX_NAME, ArenaStore, InvalidArena, StoreError, write_bundle
-from tests.conftest import mcp_session
+from tests.conftest import mcp_session, wait_serving
 
 CLI = [sys.executable, "-m", "gym_server.cli"]
 
@@ -149,20 +149,13 @@ def test_serve_config_from_yaml(tmp_path: Path):
 
 
 def test_cli_serve_prints_its_url_and_serves(tmp_path: Path):
-    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--agent-token", "ag3nt", "--agent-arena", "clinic-*", "--workers", "1"],
+    proc = subprocess.Popen([*CLI, "serve", "--port", "0", "--token", "t0k", "--agent-token", "ag3nt", "--agent-arena", "clinic-*", "--workers", "1", "--processes", "1"],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         url = line.split(" at ")[1].split()[0]
         assert "serving 13 arenas" in line and url.startswith("http://127.0.0.1:")
-        deadline = time.time() + 30
-        while True:
-            try:
-                health = httpx2.get(f"{url}/healthz", timeout=2)
-                break
-            except httpx2.HTTPError:
-                assert time.time() < deadline
-                time.sleep(0.1)
+        health = wait_serving(url)
         assert health.json() == {"status": "ok"}  # without the token: only that it serves
         assert httpx2.get(f"{url}/healthz", headers={"Authorization": "Bearer t0k"}).json()["arenas"] == 13
         assert httpx2.get(f"{url}/api/arenas").status_code == 401

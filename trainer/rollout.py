@@ -7,14 +7,15 @@ gym's reward breakdown (`gym_reward`, `recall`, `precision`, `solved`, `tool_cal
 A prompt names its arena in its user message (`{"role": "user", "content": ..., "arena_id": ...}`); what the
 policy is asked is the gym's own prompt for that arena, with the run's system prompt, exactly as in
 `astra-gym eval`. Episodes run on a `GymSession` (one event loop, one HTTP pool for the whole run). An
-episode the gym could not serve stops training (`EpisodeNotPlayed`): it never becomes a reward.
+episode the gym could not serve stops training (`EpisodeNotPlayed`): it never becomes a reward. One lost with
+its gym replica or process (`record.replica_lost`) is re-rolled, same arena and seed, on a live gym.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from trainer.abf import AdaptiveBatchFiller
 from trainer.episodes import EpisodeTokens
 
 REWARD_FIELDS = ("recall", "precision", "solved", "tool_calls")
+MAX_REROLLS = 3
+"""Times a step plays again the episodes lost with their gym replica before it gives up."""
 
 
 @dataclass
@@ -105,13 +108,23 @@ class MCPRollout:
             seeds.append(episode_seed(self.seed, arena_id, self.attempts[arena_id]))
             self.attempts[arena_id] += 1
         records = self.session.run(self._play(arena_ids, seeds))
-        if self.records is not None:
-            with self.records.open("a", encoding="utf-8") as out:
-                out.writelines(r.model_dump_json() + "\n" for r in records)
+        for _ in range(MAX_REROLLS):  # an episode lost with its gym is played again (same arena and seed) on a live one
+            lost = [i for i, r in enumerate(records) if r.replica_lost]
+            if not lost:
+                break
+            self._keep(records[i] for i in lost)
+            for i, record in zip(lost, self.session.run(self._play([arena_ids[i] for i in lost], [seeds[i] for i in lost]))):
+                records[i] = record
+        self._keep(records)
         failed = next((r for r in records if r.error), None)
         if failed is not None:  # a reward for an episode the gym did not serve would train on noise
             raise EpisodeNotPlayed(f"episode {failed.episode_id} on {failed.arena_id}: {failed.error}")
         return records
+
+    def _keep(self, records: Iterable[TrajectoryRecord]) -> None:
+        if self.records is not None:
+            with self.records.open("a", encoding="utf-8") as out:
+                out.writelines(r.model_dump_json() + "\n" for r in records)
 
     async def _play(self, arena_ids: list[str], seeds: list[int]) -> list[TrajectoryRecord]:
         return list(await asyncio.gather(*(self._play_one(arena_id, seed) for arena_id, seed in zip(arena_ids, seeds))))

@@ -57,7 +57,9 @@ def serve(config: ServeCommandConfig) -> None:
     auth = " (bearer token required)" if config.token else ""
 
     def ready(url: str, gym_app: Any) -> None:
-        console.print(f"[bold green]astra-gym[/] serving {len(gym_app.state.store)} arenas at [bold]{url}[/]{auth}")
+        state = gym_app.state
+        what = f"{len(state.store)} arenas" if hasattr(state, "store") else f"{state.processes.n} gym processes"
+        console.print(f"[bold green]astra-gym[/] serving {what} at [bold]{url}[/]{auth}")
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
 
@@ -69,10 +71,10 @@ def serve(config: ServeCommandConfig) -> None:
         except BfclMissing as exc:
             fail(str(exc))
     try:
-        run(config, on_ready=ready, backends=serve_backends(config))
+        run(config, on_ready=ready, backends=serve_backends)
     except OSError as exc:
         fail(f"cannot serve on {config.host}:{config.port}: {exc}")
-    except ValueError as exc:  # a store that cannot be read, a bad sandbox backend
+    except (ValueError, RuntimeError) as exc:  # a store that cannot be read, a bad sandbox backend, a process that failed
         fail(str(exc))
 
 

@@ -1,0 +1,187 @@
+"""The front of `astra-gym serve --processes N`: the gym's one REST address over N gym processes.
+
+It owns no episode. A creation goes to one process (round robin; an agent token's always to the same one, so
+that process's quota is the token's whole quota), and the response's `mcp_url` names that process's own port:
+MCP traffic never passes through here. An episode's other REST calls reach its owner by the id's prefix
+(gym_server.workers). Arena listings go to any process. The front authenticates like a gym (bearer token,
+Host/Origin guard) and forwards the caller's token, so every process authorizes each request itself too.
+
+An episode whose process died is answered with 410 Gone and says so: the client reports it as an
+infrastructure error (and may replay it), never as a score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from gym_server.app import EXCEPTION_HANDLERS, HTTPError, path_id, read_limited
+from gym_server.auth import Authenticator, BearerAuth, Principal, Role, principal_of
+from gym_server.config import ServeConfig
+from gym_server.origin_guard import HostOriginGuard
+from gym_server.workers import FRONT_HEADER, BackendsFactory, GymProcess, GymProcesses
+
+FORWARDED_REQUEST_HEADERS = ("authorization", "content-type", "accept")
+FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "www-authenticate", "x-total-count", "allow")
+
+
+def _with_port(base: str, port: int) -> str:
+    """`base` (scheme://host[:port][/path]) on another port."""
+    parts = urlsplit(base)
+    host = parts.hostname or "127.0.0.1"
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}{parts.path.rstrip('/')}"
+
+
+def _sticky_slot(principal: Principal, n: int) -> int:
+    return int.from_bytes(hashlib.sha256(principal.name.encode()).digest()[:8], "big") % n
+
+
+def create_front(config: ServeConfig, processes: int, backends: BackendsFactory | None = None) -> Starlette:
+    """The front app; its lifespan starts the `processes` gym processes and stops them."""
+    limits = httpx2.Limits(max_connections=4096, max_keepalive_connections=1024)
+    http = httpx2.AsyncClient(timeout=httpx2.Timeout(600.0, connect=10.0), limits=limits)
+    gyms = GymProcesses(config, processes, backends, http)
+    turn = itertools.count()
+
+    def public_base(request: Request, gym: GymProcess) -> str:
+        return _with_port(config.public_url or str(request.base_url), gym.port)
+
+    def pick(principal: Principal) -> GymProcess:
+        live = gyms.live()
+        if not live:
+            raise HTTPError(503, "no gym process is serving right now (see /healthz)")
+        if principal.role is Role.agent:  # one process holds all of this token's episodes and its whole quota
+            start = _sticky_slot(principal, gyms.n)
+            return min(live, key=lambda g: (g.slot - start) % gyms.n)
+        return live[next(turn) % len(live)]
+
+    def owner(request: Request) -> GymProcess:
+        episode_id = path_id(request, "episode_id")
+        gym = gyms.owner(episode_id)
+        if gym is None:
+            raise HTTPError(404, f"episode {episode_id[:64]!r} does not exist (ended or expired)")
+        if not gym.alive:
+            raise HTTPError(410, f"episode {episode_id[:64]!r} was lost: the gym process that served it ({gym.name}) exited ({gym.ended})")
+        return gym
+
+    async def forward(request: Request, gym: GymProcess, body: bytes | None = None) -> httpx2.Response:
+        headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
+        headers[FRONT_HEADER] = gyms.secret
+        if body is None and request.method in ("POST", "PUT", "PATCH"):
+            body = await read_limited(request, config.max_request_bytes)
+        url = f"{gym.url}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            return await http.request(request.method, url, headers=headers, content=body)
+        except httpx2.HTTPError as exc:
+            await asyncio.sleep(0.05)  # a process that just died: its sentinel fires within a moment
+            if not gym.alive:
+                raise HTTPError(410 if "/api/episodes/" in url else 503, f"the gym process {gym.name} exited ({gym.ended}) while serving this request") from None
+            raise HTTPError(502, f"the gym process {gym.name} did not answer: {type(exc).__name__}") from None
+
+    def relay(response: httpx2.Response, content: bytes | None = None, extra: dict[str, str] | None = None) -> Response:
+        headers = {k: v for k in FORWARDED_RESPONSE_HEADERS if (v := response.headers.get(k)) is not None}
+        return Response(response.content if content is None else content, response.status_code, {**headers, **(extra or {})})
+
+    async def healthz(request: Request) -> Response:
+        principal = principal_of(request)
+        operator = principal is not None and principal.role is Role.operator
+        auth = {"authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
+
+        async def one(slot: int) -> dict[str, Any]:
+            gym = gyms.slots[slot]
+            if gym is None or not gym.alive:
+                return {"slot": slot, "name": gym.name if gym else None, "status": "restarting" if gym else "starting"}
+            entry: dict[str, Any] = {"slot": slot, "name": gym.name}
+            try:
+                answer = await http.get(f"{gym.url}/healthz", headers=auth, timeout=5)
+                report = answer.json() if answer.status_code == 200 else {"status": f"http {answer.status_code}"}
+            except (httpx2.HTTPError, ValueError) as exc:
+                report = {"status": f"unresponsive ({type(exc).__name__})"}
+            entry["status"] = report.pop("status", "?")
+            if operator:
+                entry.update(mcp_base=public_base(request, gym), **report)
+            return entry
+
+        reports = await asyncio.gather(*(one(slot) for slot in range(gyms.n)))
+        serving = sum(r["status"] == "ok" for r in reports)
+        body: dict[str, Any] = {"status": "ok" if serving == gyms.n else "degraded" if serving else "unavailable", "processes": reports}
+        if operator:
+            body["episodes"] = sum(r.get("episodes", 0) for r in reports)
+        return JSONResponse(body, 200 if serving else 503)
+
+    async def arenas(request: Request) -> Response:
+        live = gyms.live()
+        if not live:
+            raise HTTPError(503, "no gym process is serving right now (see /healthz)")
+        gym = live[next(turn) % len(live)]
+        response = await forward(request, gym)
+        extra = {}
+        if link := response.headers.get("link"):  # the next page's URL names the process: name the front instead
+            extra["link"] = link.replace(gym.url, str(request.base_url).rstrip("/"), 1)
+        return relay(response, extra=extra)
+
+    async def create_episode(request: Request) -> Response:
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
+        body = await read_limited(request, config.max_request_bytes)
+        gym = pick(principal)
+        try:
+            response = await forward(request, gym, body)
+        except HTTPError as exc:
+            if gym.alive or exc.status not in (410, 503):
+                raise
+            response = await forward(request, (gym := pick(principal)), body)  # it died first: nothing was created there
+        if response.status_code != 201:
+            return relay(response)
+        created = response.json()
+        mcp_url = str(created.get("mcp_url", ""))
+        created["mcp_url"] = public_base(request, gym) + mcp_url[mcp_url.find("/episodes/"):]
+        return JSONResponse(created, 201)
+
+    async def episode_route(request: Request) -> Response:
+        return relay(await forward(request, owner(request)))
+
+    async def mcp_elsewhere(request: Request) -> Response:
+        """MCP is served by the episode's own process: point there rather than carry the traffic."""
+        gym = owner(request)
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"{public_base(request, gym)}{request.url.path}{query}", status_code=307)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        try:
+            try:
+                await gyms.start()
+            except Exception as exc:
+                app.state.startup_error = str(exc)
+                raise
+            yield {"processes": gyms}
+        finally:
+            await gyms.close()
+            await http.aclose()
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/arenas", arenas, methods=["GET"]),
+        Route("/api/arenas/{arena_id:path}", arenas, methods=["GET"]),
+        Route("/api/episodes", create_episode, methods=["POST"]),
+        Route("/api/episodes/{episode_id}", episode_route, methods=["GET", "DELETE"]),
+        Route("/api/episodes/{episode_id}/score", episode_route, methods=["POST"]),
+        Route("/episodes/{episode_id}/mcp", mcp_elsewhere, methods=["GET", "POST", "DELETE"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.config = config
+    app.state.processes = gyms
+    app.add_middleware(BearerAuth, authenticator=Authenticator(config.token, config.agent_tokens))
+    app.add_middleware(HostOriginGuard, allowed_hosts=[*config.allowed_hosts, config.host], allowed_origins=config.allowed_origins, public_url=config.public_url)
+    return app

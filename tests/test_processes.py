@@ -1,0 +1,160 @@
+"""`serve --processes N`: one REST front over N gym processes, each serving its own episodes' MCP directly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+
+from gym_server.config import ServeConfig
+from gym_server.front import create_front
+from gym_server.quotas import TokenLimits
+from gym_server.sandbox.pool import SandboxConfig
+from gym_server.serve import AppThread
+from tests.conftest import mcp_session, result_json, wait_serving
+
+OP = {"Authorization": "Bearer op-t0ken"}
+AGENT = {"Authorization": "Bearer agent-t0ken"}
+ARENA = "retail-return-headphones"
+
+
+def front(**overrides: object) -> AppThread:
+    config = ServeConfig(
+        port=0, token="op-t0ken", agent_tokens=["agent-t0ken"], sandbox=SandboxConfig(workers=1),
+        agent_limits=TokenLimits(live_episodes=3, creations_per_minute=600, burst=20), **overrides,
+    )  # fmt: skip
+    return AppThread(create_front(config, 2))
+
+
+@pytest.fixture(scope="module")
+def gyms() -> Iterator[AppThread]:
+    with front() as running:
+        yield running
+
+
+def port_of(url: str) -> int:
+    return urlsplit(url).port  # type: ignore[return-value]
+
+
+async def create(http: httpx2.AsyncClient, base: str, headers: dict[str, str] = OP) -> dict:
+    response = await http.post(f"{base}/api/episodes", json={"arena_id": ARENA}, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_episodes_spread_over_processes_and_mcp_goes_to_the_owner(gyms: AppThread, http: httpx2.AsyncClient):
+    made = [await create(http, gyms.url) for _ in range(4)]
+    owners = {e["episode_id"].split(".")[0] for e in made}
+    ports = {port_of(e["mcp_url"]) for e in made}
+    assert owners == {"p0", "p1"} and len(ports) == 2 and port_of(gyms.url) not in ports
+    episode = made[0]
+    async with mcp_session(http, episode["mcp_url"]) as client:
+        result = await client.call_tool("get_order", {"order_id": "O-1001"})
+    assert result_json(result)["customer_id"] == "C1"
+    log = await http.get(f"{gyms.url}/api/episodes/{episode['episode_id']}", headers=OP)
+    assert [c["tool"] for c in log.json()["calls"]] == ["get_order"]  # the front reached the owner's call log
+    score = await http.post(f"{gyms.url}/api/episodes/{episode['episode_id']}/score", json={"final_answer": None}, headers=OP)
+    assert score.status_code == 200 and score.json()["tool_calls"] == 1
+    for e in made:
+        assert (await http.delete(f"{gyms.url}/api/episodes/{e['episode_id']}", headers=OP)).status_code == 204
+    assert (await http.get(f"{gyms.url}/api/episodes/{episode['episode_id']}", headers=OP)).status_code == 404
+
+
+async def test_healthz_reports_every_process(gyms: AppThread, http: httpx2.AsyncClient):
+    public = (await http.get(f"{gyms.url}/healthz")).json()
+    assert public["status"] == "ok" and [p["status"] for p in public["processes"]] == ["ok", "ok"]
+    assert "episodes" not in public and "sandbox" not in public["processes"][0]  # counts are the operator's
+    operator = (await http.get(f"{gyms.url}/healthz", headers=OP)).json()
+    assert {p["name"] for p in operator["processes"]} == {"p0", "p1"}
+    assert all(p["arenas"] == 13 and p["sandbox"]["alive"] for p in operator["processes"])
+
+
+async def test_auth_holds_on_the_front_and_on_every_process(gyms: AppThread, http: httpx2.AsyncClient):
+    assert (await http.post(f"{gyms.url}/api/episodes", json={"arena_id": ARENA})).status_code == 401
+    assert (await http.get(f"{gyms.url}/api/arenas", headers={"Authorization": "Bearer wrong"})).status_code == 401
+    episode = await create(http, gyms.url)
+    process = episode["mcp_url"].split("/episodes/")[0]
+    # a process's own port: creating there would dodge the front's quotas, even with the operator's token
+    direct = await http.post(f"{process}/api/episodes", json={"arena_id": ARENA}, headers={**OP, "x-astra-front": "guess"})
+    assert direct.status_code == 403 and "front" in direct.json()["error"]
+    assert (await http.get(f"{process}/api/episodes/{episode['episode_id']}")).status_code == 401
+    keyless = episode["mcp_url"].split("?")[0]
+    refused = await http.post(keyless, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=OP)
+    assert refused.status_code == 403  # the episode key, not a bearer token, opens its tools
+    # the front does not carry MCP: it points at the owner, key and all
+    moved = await http.post(f"{gyms.url}/episodes/{episode['episode_id']}/mcp?key=k", json={})
+    assert moved.status_code == 307 and moved.headers["location"].startswith(process)
+    assert (await http.get(f"{gyms.url}/api/episodes/nosuch.x", headers=OP)).status_code == 404
+    assert (await http.get(f"{gyms.url}/api/episodes/{'p0.' + 'x' * 300}", headers=OP)).status_code == 400
+
+
+async def test_an_agent_tokens_quota_is_whole_across_processes(gyms: AppThread, http: httpx2.AsyncClient):
+    """An agent token's episodes all live on one process, so N processes do not give it N quotas."""
+    made = [await create(http, gyms.url, AGENT) for _ in range(3)]
+    assert len({e["episode_id"].split(".")[0] for e in made}) == 1
+    over = await http.post(f"{gyms.url}/api/episodes", json={"arena_id": ARENA}, headers=AGENT)
+    assert over.status_code == 429 and over.headers["retry-after"]
+    other = await create(http, gyms.url)
+    assert (await http.get(f"{gyms.url}/api/episodes/{other['episode_id']}", headers=AGENT)).status_code == 404  # not its own
+    for e in made:
+        assert (await http.delete(f"{gyms.url}/api/episodes/{e['episode_id']}", headers=AGENT)).status_code == 204
+    await create(http, gyms.url, AGENT)
+
+
+async def test_a_dead_process_loses_only_its_episodes_and_is_replaced(http: httpx2.AsyncClient):
+    with front() as gyms:
+        made = [await create(http, gyms.url) for _ in range(4)]
+        doomed = gyms.app.state.processes.slots[1]
+        lost = [e for e in made if e["episode_id"].startswith("p1.")]
+        kept = [e for e in made if e["episode_id"].startswith("p0.")]
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while doomed.alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for e in lost:  # a clear infrastructure error, never a score
+            gone = await http.post(f"{gyms.url}/api/episodes/{e['episode_id']}/score", json={}, headers=OP)
+            assert gone.status_code == 410 and "p1" in gone.json()["error"] and "exited" in gone.json()["error"]
+        with pytest.raises(httpx2.ConnectError):
+            await http.post(lost[0]["mcp_url"], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        async with mcp_session(http, kept[0]["mcp_url"]) as client:  # the other process serves on
+            assert result_json(await client.call_tool("get_order", {"order_id": "O-1001"}))["customer_id"] == "C1"
+        health = (await http.get(f"{gyms.url}/healthz")).json()
+        assert health["status"] in ("degraded", "ok")
+        assert (await create(http, gyms.url))["episode_id"].split(".")[0] in ("p0", "p1r1")
+        while (await http.get(f"{gyms.url}/healthz")).json()["status"] != "ok":  # the slot gets a new process
+            assert time.monotonic() < deadline + 60
+            await asyncio.sleep(0.2)
+        names = {p["name"] for p in (await http.get(f"{gyms.url}/healthz")).json()["processes"]}
+        assert names == {"p0", "p1r1"}
+        fresh = [await create(http, gyms.url) for _ in range(2)]
+        assert {e["episode_id"].split(".")[0] for e in fresh} == {"p0", "p1r1"}
+        assert (await http.get(f"{gyms.url}/api/episodes/{lost[0]['episode_id']}", headers=OP)).status_code == 410
+        pids = [g.process.pid for g in gyms.app.state.processes.by_name.values()]
+    for pid in pids:  # stopping the front stops every process it started
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_cli_serve_processes(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", "0", "--processes", "2", "--workers", "1"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "serving 2 gym processes" in line
+        url = line.split(" at ")[1].split()[0]
+        health = wait_serving(url)
+        assert [p["status"] for p in health.json()["processes"]] == ["ok", "ok"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    bad = subprocess.run([sys.executable, "-m", "gym_server.cli", "serve", "--port", "0", "--processes", "2", "--arenas", str(tmp_path / "missing")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "no such file or directory" in bad.stderr
