@@ -50,6 +50,8 @@ class TrajectoryRecord(BaseModel):
     scenario_type: str | None = None
     repeat: int = 0
     """Which of the K attempts at this arena (for pass^k)."""
+    seed: int | None = None
+    """The episode's seed (failure injection follows it): the same arena and seed replay the same episode."""
     policy: str
     model: str | None = None
     gym_url: str | None = None

@@ -47,7 +47,7 @@ async def run_episode(
     infrastructure error in `record.error`, never a score: it is not scored at all. The toolbox shares the
     gym client's HTTP pool."""
     started = time.perf_counter()
-    record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, policy=policy.name, model=policy.model,
+    record = TrajectoryRecord(arena_id=arena_id, repeat=repeat, seed=seed, policy=policy.name, model=policy.model,
                               domain=domain, scenario_type=scenario_type, system_prompt=system_prompt)  # fmt: skip
     request = EpisodeCreate(arena_id=arena_id, seed=seed, failure_rate=failure_rate, distractors=list(distractors))
     created = await gym.create_episode(request)

@@ -26,6 +26,8 @@ class KeepResumeStateForNewest(TrainerCallback):
         self.keep = keep
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not args.should_save:  # under several processes, the one that wrote the checkpoint prunes it
+            return
         for old in checkpoints(args.output_dir)[: -self.keep] if self.keep > 0 else checkpoints(args.output_dir):
             for name in RESUME_FILES:
                 (old / name).unlink(missing_ok=True)
@@ -42,7 +44,7 @@ class MetricsWriter(TrainerCallback):
         self.rows: list[dict[str, Any]] = []
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not logs:
+        if not logs or not state.is_world_process_zero:  # every rank logs the same gathered metrics: write them once
             return
         row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
         self.rows.append(row)
@@ -53,7 +55,8 @@ class MetricsWriter(TrainerCallback):
             self.plot()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.plot()
+        if state.is_world_process_zero:
+            self.plot()
 
     def plot(self) -> Path | None:
         keys = [k for k in PLOTTED if any(k in r for r in self.rows)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from clients.records import TrajectoryRecord
 from clients.runner import EpisodeNotPlayed, episode_seed, run_episode
 from gym_server.models import DistractorRef
 from trainer.abf import AdaptiveBatchFiller
+from trainer.distributed import rank_attempt
 from trainer.episodes import EpisodeTokens
 
 REWARD_FIELDS = ("recall", "precision", "solved", "tool_calls")
@@ -51,13 +53,14 @@ class MCPRollout:
         max_turns: int = 4, max_new_tokens: int = 96, temperature: float = 1.0, failure_rate: float | None = None,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, seed: int = 0,
         distractors: Callable[[str], list[DistractorRef]] | None = None, abf: ABFSettings | None = None,
-        records: Path | None = None, sampler_from_trainer: Callable[[Any], Sampler] | None = None,
+        records: Path | None = None, sampler_from_trainer: Callable[[Any], Sampler] | None = None, rank: int = 0, world: int = 1,
     ) -> None:  # fmt: skip
         """`sampler` samples the turns (a vLLM server's, a scripted one); without it, `model` does with
         transformers. `sampler_from_trainer` replaces it on the first call with one built from the trainer
         (TRL's colocated vLLM engine exists only once the trainer does). `distractors` picks each episode's
         distractor tools; `records` is a JSONL file every played episode is appended to (the trajectory record
-        eval writes, without the tokens)."""
+        eval writes, without the tokens). `rank` of `world` training processes: each rank plays its own slice
+        of a step's prompts, with seeds no other rank plays (`trainer.distributed.rank_attempt`)."""
         if sampler is None:
             if model is None:
                 raise ValueError("the rollout needs a model or a sampler")
@@ -70,10 +73,14 @@ class MCPRollout:
         self.seed = seed
         self.distractors = distractors
         self.records = records
+        self.rank, self.world = rank, world
         self.attempts: Counter[str] = Counter()
-        """Episodes played per arena: the next one's seed is `episode_seed(seed, arena, attempts[arena])`."""
+        """Episodes this rank played per arena: the next one's seed is `episode_seed(seed, arena, rank_attempt(...))`."""
         self.sampler_from_trainer = sampler_from_trainer
-        self.filler = None if abf is None else AdaptiveBatchFiller(self.play, abf.extra_prompts, abf.group_size, abf.max_extra_rounds, seed)
+        self.generates_locally = sampler is None
+        """The policy samples with transformers here: under DeepSpeed ZeRO-3 its weights are gathered for a rollout."""
+        # each rank draws its own extra prompts (with one seed, every rank would refill with the same arenas)
+        self.filler = None if abf is None else AdaptiveBatchFiller(self.play, abf.extra_prompts, abf.group_size, abf.max_extra_rounds, seed * world + rank)
 
     @property
     def episodes_played(self) -> int:
@@ -83,11 +90,13 @@ class MCPRollout:
         if self.sampler_from_trainer is not None and trainer is not None:
             self.policy.chat_model.sample = self.sampler_from_trainer(trainer)
             self.sampler_from_trainer = None
+            self.generates_locally = False
         was_training = self.model.training if self.model is not None else False
         if self.model is not None:
             self.model.eval()
         try:
-            episodes = self.filler.fill(prompts) if self.filler is not None else self.play(prompts)
+            with self._weights_for_generation(trainer):
+                episodes = self.filler.fill(prompts) if self.filler is not None else self.play(prompts)
         finally:
             if self.model is not None:
                 self.model.train(was_training)
@@ -95,6 +104,16 @@ class MCPRollout:
         if self.filler is not None:
             batch["abf"] = self.filler.log()  # not a list: TRL gives every sample this value; gym_reward logs it
         return batch
+
+    def _weights_for_generation(self, trainer: Any) -> AbstractContextManager[Any]:
+        """TRL's own context for generating with a trained model: it gathers ZeRO-3's partitioned weights (every
+        rank enters it at once: every rank rolls out every step) and pauses gradient checkpointing."""
+        if trainer is None or not self.generates_locally:
+            return nullcontext()
+        from trl.models import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator, gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                           gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)  # fmt: skip
 
     def play(self, prompts: list[Any]) -> list[EpisodeTokens]:
         """Play the prompts concurrently on the session's loop; one `EpisodeTokens` each, in order."""
@@ -105,7 +124,7 @@ class MCPRollout:
         arena_ids = [next(m for m in p if m["role"] == "user")["arena_id"] for p in prompts]
         seeds = []
         for arena_id in arena_ids:  # seeds are fixed in prompt order before anything runs concurrently
-            seeds.append(episode_seed(self.seed, arena_id, self.attempts[arena_id]))
+            seeds.append(episode_seed(self.seed, arena_id, rank_attempt(self.attempts[arena_id], self.rank, self.world)))
             self.attempts[arena_id] += 1
         records = self.session.run(self._play(arena_ids, seeds))
         for _ in range(MAX_REROLLS):  # an episode lost with its gym is played again (same arena and seed) on a live one

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clients.agent import DEFAULT_SYSTEM_PROMPT
 from clients.gym_client import GymClient
 from clients.gym_session import GymSession
+from trainer.distributed import records_path, world_size
 from gym_server.jsonl import read_rows
 from gym_server.models import Arena
 
@@ -126,7 +127,8 @@ def run_sft(config: SFTRunConfig) -> dict[str, Any]:
                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
     result = trainer.train(resume_from_checkpoint=config.resume or None)
     trainer.save_model(str(config.out / "final"))
-    tokenizer.save_pretrained(str(config.out / "final"))
+    if args.should_save:
+        tokenizer.save_pretrained(str(config.out / "final"))
     return {"steps": result.global_step, "loss": result.training_loss, "model": str(config.out / "final")}
 
 
@@ -145,6 +147,10 @@ def grpo_arguments(config: GRPORunConfig) -> dict[str, Any]:
     )  # fmt: skip
     if config.vllm_server and config.vllm_colocate:
         raise ValueError("choose one of --vllm-server and --vllm-colocate")
+    if world_size() > 1 and not config.gym:
+        raise ValueError(f"{world_size()} training processes share one gym: start it (astra-gym serve) and pass --gym URL")
+    if config.abf and config.batch_size % config.num_generations:
+        raise ValueError("Adaptive Batch Filling refills whole groups on each process: --batch-size must be a multiple of --num-generations")
     if config.vllm_server or config.vllm_colocate:
         from trl.import_utils import is_vllm_available
 
@@ -174,9 +180,11 @@ def colocated_sampler(temperature: float) -> Callable[[Any], Any]:
     return build
 
 
-def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None) -> dict[str, Any]:
+def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """`reward` is the reward function GRPO sees (`trainer.rollout.gym_reward`, the gym's F1, unless given:
-    a shaped reward, or the negated one of the learning test's control); it gets the rollout's fields."""
+    a shaped reward, or the negated one of the learning test's control); it gets the rollout's fields.
+    `callbacks` are more `TrainerCallback`s. Under `accelerate launch` every process runs this; `episodes`
+    counts every rank's."""
     arguments = grpo_arguments(config)
     from gym_server.config import ServeConfig
     from gym_server.serve import GymThread
@@ -186,14 +194,15 @@ def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = 
         url, token = (config.gym, config.token) if gym_thread is None else (gym_thread.url, gym_thread.config.token)
         with GymSession(url, token) as session:  # type: ignore[arg-type]
             arenas = session.run(training_arenas(session.gym, config.arena_filter))  # a dead gym or wrong token fails here
-            return _train_grpo(config, arguments, session, arenas, reward)
+            return _train_grpo(config, arguments, session, arenas, reward, callbacks or [])
     finally:
         if gym_thread is not None:
             gym_thread.stop()
 
 
 def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSession, arenas: list[Arena],
-                reward: Callable[..., list[float]] | None) -> dict[str, Any]:  # fmt: skip
+                reward: Callable[..., list[float]] | None, callbacks: list[Any]) -> dict[str, Any]:  # fmt: skip
+    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -212,19 +221,23 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
         sampler = vllm_server_generate_fn(config.vllm_server, config.max_new_tokens, config.temperature)
     distractors = DistractorSampler(arenas, config.distractors, config.embedding_model, config.seed).sample if any(config.distractors.values()) else None
     config.out.mkdir(parents=True, exist_ok=True)
+    args = GRPOConfig(**arguments)  # joins the other processes, if any: each rank plays its slice of every step
     rollout = MCPRollout(
         session, tokenizer, model=model, sampler=sampler, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, failure_rate=config.failure_rate, system_prompt=config.system_prompt, seed=config.seed,
         distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
-        records=config.out / "trajectories.jsonl", sampler_from_trainer=colocated_sampler(config.temperature) if config.vllm_colocate else None,
+        records=records_path(config.out, args.process_index, args.world_size), rank=args.process_index, world=args.world_size,
+        sampler_from_trainer=colocated_sampler(config.temperature) if config.vllm_colocate else None,
     )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=GRPOConfig(**arguments), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, rollout_func=rollout,
-                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out)])  # fmt: skip
+                          callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out), *callbacks])  # fmt: skip
     result = trainer.train(resume_from_checkpoint=config.resume or None)
     trainer.save_model(str(config.out / "final"))
-    tokenizer.save_pretrained(str(config.out / "final"))
-    return {"steps": result.global_step, "episodes": rollout.episodes_played, "model": str(config.out / "final")}
+    if args.should_save:
+        tokenizer.save_pretrained(str(config.out / "final"))
+    episodes = trainer.accelerator.reduce(torch.tensor([rollout.episodes_played], device=trainer.accelerator.device), "sum")
+    return {"steps": result.global_step, "episodes": int(episodes.item()), "processes": args.world_size, "model": str(config.out / "final")}
 
 
 async def training_arenas(gym: GymClient, pattern: str) -> list[Arena]:

@@ -6,6 +6,7 @@ import json
 
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import console, fail, train_app
+from trainer.distributed import is_main_process
 from trainer.train import GRPORunConfig, SFTRunConfig
 
 BANDS = ("high", "medium", "low")
@@ -20,7 +21,8 @@ def train_sft(config: SFTRunConfig) -> None:
         result = run_sft(config)
     except (ValueError, OSError) as exc:
         fail(str(exc), code=1)
-    console.print_json(json.dumps(result))
+    if is_main_process():
+        console.print_json(json.dumps(result))
 
 
 def distractor_counts(text: str) -> dict[str, int]:
@@ -46,4 +48,5 @@ def train_grpo(config: GRPORunConfig) -> None:
         result = run_grpo(config)
     except (ValueError, OSError, GymError, EpisodeNotPlayed, ModelEndpointError) as exc:
         fail(str(exc), code=1)
-    console.print_json(json.dumps(result))
+    if is_main_process():  # under `accelerate launch`, one summary for all ranks
+        console.print_json(json.dumps(result))
