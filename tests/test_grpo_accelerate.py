@@ -95,3 +95,20 @@ def test_metrics_are_written_once_for_all_ranks(run):
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))
     assert all("gym/recall" in r and "abf/groups_played" in r for r in logged)
     assert (run.out / "final" / "config.json").exists() and (run.out / "final" / "tokenizer.json").exists()
+
+
+def test_several_processes_without_a_shared_gym_stop_before_training(monkeypatch):
+    from trainer.train import GRPORunConfig, grpo_arguments
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch / torchrun set in every rank
+    with pytest.raises(ValueError, match="share one gym.*--gym URL"):
+        grpo_arguments(GRPORunConfig(model="tiny"))
+    assert grpo_arguments(GRPORunConfig(model="tiny", gym="http://127.0.0.1:9"))["num_generations"] == 4
+
+
+def test_batch_filling_needs_whole_groups_on_every_process():
+    from trainer.train import GRPORunConfig, grpo_arguments
+
+    with pytest.raises(ValueError, match="multiple of --num-generations"):
+        grpo_arguments(GRPORunConfig(model="tiny", batch_size=6, num_generations=4))
+    assert grpo_arguments(GRPORunConfig(model="tiny", batch_size=6, num_generations=4, abf=False))["per_device_train_batch_size"] == 6
