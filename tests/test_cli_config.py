@@ -254,3 +254,15 @@ def test_a_command_cannot_be_registered_with_a_flag_that_would_lie():
     with pytest.raises(TypeError, match="Documented has no field 'k'"):
         command(group, "x", Documented, {"k": Flag("--k")})(print)
     assert "x" not in COMMANDS
+
+
+def test_the_command_line_starts_without_the_mcp_client_torch_or_trl():
+    """Every command's flags come from its config model: those live in light modules, so `astra-gym --help` (and
+    every command's start) does not pay for importing the MCP client, torch or TRL."""
+    import subprocess
+    import sys
+
+    heavy = ("mcp", "torch", "trl", "transformers")
+    code = f"import sys, gym_server.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.markup import escape
 from rich.table import Table
 
-from clients.evaluation import EvalConfig
+from clients.eval_config import EvalConfig
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import app, console, err, fail
 

@@ -6,7 +6,7 @@ import json
 
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import console, fail, train_app
-from trainer.train import GRPORunConfig, SFTRunConfig
+from trainer.configs import GRPORunConfig, SFTRunConfig
 
 BANDS = ("high", "medium", "low")
 
