@@ -1,10 +1,11 @@
 """The state diff of one writing call, computed in the sandbox process that ran it.
 
 Only this process may open the episode's images with SQLite (they are untrusted bytes to the gym), and it holds
-both: the image the call started from and the one it left. Each is loaded into a fresh handle that arena code
+both: the image the call started from and the one it left. Both are loaded into a fresh handle that arena code
 never saw (so nothing it registered on its own handle, a row factory, a function, a TEMP table, runs or
-shadows a table here), rows are compared by primary key (rowid when a table declares none), at most
-`max_rows_scanned` rows per table are read, and the answer is bounded in rows shown, value length and encoded
+shadows a table here); SQLite finds the rows that differ (EXCEPT, both ways), which are then matched by
+primary key (rowid when a table declares none) into added, changed and removed; at most `max_rows_scanned`
+differing rows per table and side are read, and the answer is bounded in rows shown, value length and encoded
 bytes, with `truncated` set wherever something was left out. The gym checks the answer again
 (`gym_server.statediff`) as the untrusted JSON it is.
 
@@ -40,48 +41,57 @@ class StateDiffer:
     def diff(self, before: bytes, after: bytes, set_deadline: Callable[[float], None]) -> dict[str, Any]:
         """`{"tables": {name: {"added", "changed", "removed", "n_added", "n_changed", "n_removed", "truncated"}},
         "truncated": bool}`; tables with no difference are left out. `set_deadline` arms the SQL progress
-        handler of the handles this opens with this diff's own CPU budget."""
+        handler of the handle this opens with this diff's own CPU budget."""
         set_deadline(self._process_time() + DIFF_CPU_S)
-        old, new = self._open(before), self._open(after)
+        conn = self._open(before, after)
         try:
-            old_tables, new_tables = self._tables(old), self._tables(new)
+            old_tables, new_tables = self._tables(conn, "old"), self._tables(conn, "main")
             tables: dict[str, Any] = {}
             for name in self._sorted({**old_tables, **new_tables}):
-                table = self._table(name, old if name in old_tables else None, new if name in new_tables else None,
-                                    new_tables.get(name) or old_tables[name])  # fmt: skip
+                table = self._table(conn, name, old_tables.get(name), new_tables.get(name))
                 if table["n_added"] or table["n_changed"] or table["n_removed"] or table["truncated"]:
                     tables[name] = table
             return self._bounded({"tables": tables, "truncated": self._any(t["truncated"] for t in tables.values())})
         except self._error as exc:
             return {"tables": {}, "truncated": True, "error": f"the diff could not be computed: {self._str(exc)[:200]}"}
         finally:
-            old.close()
-            new.close()
+            conn.close()
 
-    def _open(self, image: bytes) -> sqlite3.Connection:
+    def _open(self, before: bytes, after: bytes) -> sqlite3.Connection:
+        """One fresh handle: the after image as `main`, the before image as `old`, so that SQLite itself finds
+        the rows that differ (EXCEPT) and unchanged rows never reach Python."""
         conn = self._connect()
         conn.row_factory = None
-        if image:
-            conn.set_authorizer(None)  # deserialize attaches internally
-            conn.deserialize(image)
+        conn.set_authorizer(None)  # our own handle: attach and deserialize (which attaches internally)
+        if after:
+            conn.deserialize(after)
+        conn.execute("ATTACH ':memory:' AS old")
+        if before:
+            conn.deserialize(before, name="old")
         return conn
 
-    def _tables(self, conn: sqlite3.Connection) -> dict[str, list[str]]:
-        """Table name -> its key columns (primary key, in key order), or [] for rowid."""
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-        )]  # fmt: skip
-        tables = {}
-        for name in names:
-            info = conn.execute("SELECT name, pk FROM pragma_table_info(?, 'main')", (name,)).fetchall()
-            tables[name] = [c for c, pk in self._sorted((r for r in info if r[1]), key=lambda r: r[1])]
+    def _tables(self, conn: sqlite3.Connection, schema: str) -> dict[str, tuple[list[str], list[str]]]:
+        """Table name -> (its columns, its key columns: the primary key in key order, or [] for rowid); one query."""
+        tables: dict[str, tuple[list[str], list[str]]] = {}
+        keys: dict[str, list[tuple[int, str]]] = {}
+        for table, column, pk in conn.execute(
+            f"SELECT m.name, p.name, p.pk FROM {schema}.sqlite_master AS m, pragma_table_info(m.name, '{schema}') AS p"
+            " WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY m.name, p.cid"
+        ):  # fmt: skip
+            tables.setdefault(table, ([], []))[0].append(column)
+            if pk:
+                keys.setdefault(table, []).append((pk, column))
+        for table, ranked in keys.items():
+            tables[table][1].extend(c for _, c in self._sorted(ranked))
         return tables
 
-    def _rows(self, conn: sqlite3.Connection | None, name: str, key: list[str]) -> tuple[list[str], dict[Any, tuple[Any, ...]], bool]:
-        if conn is None:
-            return [], {}, False
+    def _only_in(self, conn: sqlite3.Connection, name: str, schema: str, other: str | None, key: list[str]) -> tuple[list[str], dict[Any, tuple[Any, ...]], bool]:
+        """Rows of `schema`.`name` not in `other`.`name` (all its rows when `other` is None), keyed; at most
+        `max_rows_scanned`, and whether there were more."""
         quoted = '"' + name.replace('"', '""') + '"'
-        cursor = conn.execute(f"SELECT {'rowid, ' if not key else ''}* FROM main.{quoted} LIMIT ?", (self.max_rows_scanned + 1,))
+        select = f"SELECT {'rowid, ' if not key else ''}* FROM {{}}.{quoted}"
+        sql = select.format(schema) + (f" EXCEPT {select.format(other)}" if other else "") + " LIMIT ?"
+        cursor = conn.execute(sql, (self.max_rows_scanned + 1,))
         columns = [d[0] for d in cursor.description][0 if key else 1 :]
         where = [columns.index(k) for k in key]
         rows: dict[Any, tuple[Any, ...]] = {}
@@ -92,9 +102,12 @@ class StateDiffer:
             rows[self._tuple(row[i] for i in where) if key else raw[0]] = row
         return columns, rows, False
 
-    def _table(self, name: str, old: sqlite3.Connection | None, new: sqlite3.Connection | None, key: list[str]) -> dict[str, Any]:
-        old_cols, old_rows, old_cut = self._rows(old, name, key)
-        new_cols, new_rows, new_cut = self._rows(new, name, key)
+    def _table(self, conn: sqlite3.Connection, name: str, old: tuple[list[str], list[str]] | None, new: tuple[list[str], list[str]] | None) -> dict[str, Any]:
+        key = (new or old)[1]  # type: ignore[index]
+        same = old is not None and new is not None and old == new  # same columns: SQLite compares whole rows
+        none: tuple[list[str], dict[Any, tuple[Any, ...]], bool] = ([], {}, False)
+        new_cols, new_rows, new_cut = self._only_in(conn, name, "main", "old" if same else None, key) if new else none
+        old_cols, old_rows, old_cut = self._only_in(conn, name, "old", "main" if same else None, key) if old else none
         shown, value = self.max_rows_shown, self._value
         added, removed, changed = [], [], []
         n_added = n_removed = n_changed = 0
