@@ -399,6 +399,9 @@ class RewardBreakdown(BaseModel):
     tool_calls: int
     """Every call the agent made, injected failures included (c)."""
     solved_subtasks: list[str] = Field(default_factory=list)
+    solved_by: dict[str, int] = Field(default_factory=dict)
+    """Sub-task id -> the index of the call that solved it (scoring's matching, for viewers)."""
+    unsolved_subtasks: list[str] = Field(default_factory=list)
     final_answer_correct: bool | None = None
     """Whether the submitted final answer matches the arena's, under the same normalization; None if none
     was submitted. Reported, not part of the reward."""
