@@ -63,7 +63,7 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
     async def run_page(request: Request) -> Response:
         i, run = run_of(request)
         try:
-            query = TableQuery.model_validate(dict(request.query_params))
+            query = TableQuery.model_validate({k: v for k, v in request.query_params.items() if v != ""})  # a form's empty field: not set
         except ValidationError as exc:
             raise HTTPException(400, "bad table query: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
         rows = run.rows
