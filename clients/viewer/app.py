@@ -8,6 +8,7 @@ results and arena text); the pages carry no script and a Content-Security-Policy
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
     """`runs`: the run folders, shown in this order and named in URLs by their position. `prefix`: where the
     app is mounted (links are built under it)."""
     folders = [Run(Path(p)) for p in runs]
+    # index the runs now, off the request path (a page that comes first waits for its run's index, not longer)
+    threading.Thread(target=lambda: [run.rows for run in folders], name="viewer-index", daemon=True).start()
     env = _environment()
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
