@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gym_server.models import StateDiff
+
 IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
 """Names handed to a container engine's command line: never one it could read as a flag."""
 
@@ -66,3 +68,5 @@ class SandboxOutcome:
     error: str | None = None
     state: bytes | None = None
     """The new SQLite image when the call changed the state, else None."""
+    diff: StateDiff | None = None
+    """What the call changed in the state, when it changed it (checked as untrusted, see `SandboxPool._outcome`)."""
