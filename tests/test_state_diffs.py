@@ -57,7 +57,7 @@ def bulk_arena() -> Arena:
 def diff_gym(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GymThread]:
     store = tmp_path_factory.mktemp("diffs") / "diffs.jsonl"
     store.write_text(bulk_arena().model_dump_json(by_alias=True) + "\n")
-    config = ServeConfig(port=0, arenas=["builtin", str(store)], sandbox=SandboxConfig(workers=1, max_state_bytes=64 * 1024 * 1024))
+    config = ServeConfig(port=0, arenas=["builtin", str(store)], sandbox=SandboxConfig(workers=1, max_state_bytes=64 * 1024 * 1024, state_diffs=True))
     with GymThread(config) as running:
         yield running
 

@@ -39,6 +39,12 @@ class SandboxConfig(BaseModel):
         default=128, ge=0, le=65536,
         description="Processes kept between an episode's calls (one per episode and arena); the least recently used close first.",
     )
+    state_diffs: bool = Field(
+        default=False,
+        description="Record in the call log what each writing call changed in the state (rows added, changed, removed; "
+        "for `astra-gym view`). Costs about 0.5 ms of sandbox CPU per writing call on the call's path: on for "
+        "evaluation, off by default for training gyms.",
+    )
     audit_hook: bool = Field(
         default=True,
         description="The second layer (audit hook) inside each call's process. Off only in tests that show the kernel boundary holds alone.",

@@ -89,7 +89,7 @@ class Executor:
     """The references one request needs after arena code has run, captured before it runs."""
 
     def __init__(self, guard: Guard, builtins_: dict[str, Any], code_cache: dict[str, Any], *, cpu_s: float,
-                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int) -> None:  # fmt: skip
+                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int, state_diffs: bool = False) -> None:  # fmt: skip
         self.guard, self.builtins, self.code_cache = guard, builtins_, code_cache
         self.cpu_s, self.memory_mb = cpu_s, memory_mb
         self.max_result_bytes, self.max_result_depth, self.max_state_bytes = max_result_bytes, max_result_depth, max_state_bytes
@@ -116,6 +116,7 @@ class Executor:
         """The state image this process's episode holds after its last call."""
         self.prepared = False
         self.differ = StateDiffer(self._new_connection, self.encode_json)
+        self.state_diffs = state_diffs
 
     # -- framing (the layout of `frames`, on captured callables) ------------------------------------------------
     def read_exact(self, fd: int, n: int) -> bytes:
@@ -297,7 +298,7 @@ class Executor:
             if self._len(image) > self.max_state_bytes:
                 return {"ok": False, "kind": "tool_error", "error": f"the call grew the state to {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
-            if changed:
+            if changed and self.state_diffs:
                 header["diff"] = self.state_diff(before, image)
             return header, text + image
         except self._rejected as exc:
