@@ -141,3 +141,10 @@ def test_the_gym_accepts_a_diff_of_the_sandboxs_shape():
                                           "removed": [], "n_added": 1, "n_changed": 1, "n_removed": 0, "truncated": False}},
                          "truncated": False})  # fmt: skip
     assert diff is not None and diff.tables["t"].changed[0].columns == {"c": (1, 2)}
+
+
+async def test_a_gym_not_asked_for_diffs_records_none(http):
+    """`serve` leaves diffs off by default (they cost the call's path); the booking still books."""
+    with GymThread(ServeConfig(port=0, arenas=["builtin"], sandbox=SandboxConfig(workers=1))) as plain:
+        calls = await calls_of(http, plain, BOOKING_ARENA, [("book_flight", {"flight_id": "B6400", "passenger_id": "P001"})])
+    assert calls[0]["status"] == "ok" and calls[0]["diff"] is None

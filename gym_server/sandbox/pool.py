@@ -345,7 +345,7 @@ class SandboxPool:
         if state is not None and len(state) > self.config.max_state_bytes:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
         diff = None
-        if state is not None:
+        if state is not None and self.config.state_diffs:  # asked for: then a writing call must bring a sound one
             diff = checked_diff(reply.get("diff"))
             if diff is None:
                 return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed state diff")
