@@ -24,7 +24,7 @@ from gym_server.cli.options import COMMANDS
 VERBS = {
     "serve", "emulate", "episode", "eval", "demo", "arenas list", "arenas show", "arenas validate", "synth tools",
     "synth chains", "synth tasks", "synth trajectories", "synth sft", "synth arenas", "train sft", "train grpo",
-    "suites install",
+    "suites install", "view",
 }  # fmt: skip
 
 SFT_SYNTH = (
@@ -100,6 +100,7 @@ CASES: dict[str, tuple[list[str], dict[str, Any]]] = {
          "num_generations": 2, "distractors": {"high": 2, "medium": 0, "low": 1}, "abf": False, "system_prompt": "S",
          "failure_rate": 0.1, "vllm_server": "http://v:8000"},
     ),
+    "view": (["runs/a", "runs/b", "--host", "127.0.0.2", "--port", "8200"], {"runs": ["runs/a", "runs/b"], "host": "127.0.0.2", "port": 8200}),
 }  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from gym_server.sandbox import launch as launching
 from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
 from gym_server.sandbox.isolation import NAMESPACES, own_namespaces
+from gym_server.statediff import checked_diff
 from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
 from gym_server.sandbox.starting import start_template
 from gym_server.sandbox.protocol import (
@@ -343,7 +344,12 @@ class SandboxPool:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned a result nested deeper than {self.config.max_result_depth} levels")
         if state is not None and len(state) > self.config.max_state_bytes:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
-        return SandboxOutcome(ok=True, result=result, state=state)
+        diff = None
+        if state is not None and self.config.state_diffs:  # asked for: then a writing call must bring a sound one
+            diff = checked_diff(reply.get("diff"))
+            if diff is None:
+                return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed state diff")
+        return SandboxOutcome(ok=True, result=result, state=state, diff=diff)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""
