@@ -23,14 +23,11 @@ from typing import Any, Protocol
 import httpx2
 
 from clients.llm import ChatHTTPError, post_chat_completion
+from clients.prompts import (
+    DEFAULT_SYSTEM_PROMPT,  # noqa: F401  (its home is light: configs import it)
+)
 from clients.records import Timings, TokenTape, TokenUsage
 from clients.toolbox import MCPToolbox
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a capable assistant that solves the user's task by calling the provided tools. Call tools "
-    "whenever they help, several at once when they are independent. When you have the answer, reply with it "
-    "directly and briefly, without calling a tool."
-)
 
 
 class ModelEndpointError(RuntimeError):

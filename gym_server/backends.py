@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from gym_server.models import Arena, ArenaKind, CallStatus, RewardBreakdown, ToolSpec
+from gym_server.models import Arena, ArenaKind, CallStatus, RewardBreakdown, StateDiff, ToolSpec
 from gym_server.sandbox.pool import SandboxPool
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ class ToolAnswer:
     error: str | None = None
     rendered: str | None = None
     """The call as the backend's own harness writes it (BFCL: its call string), for the call log."""
+    diff: StateDiff | None = None
+    """What the call changed in the episode's state (the sandbox backend, for a writing call)."""
 
     @classmethod
     def ok(cls, result: Any) -> ToolAnswer:
@@ -87,7 +89,7 @@ class SandboxBackend:
             return ToolAnswer(CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error, error=outcome.error)
         if outcome.state is not None:
             episode.states[arena.id] = outcome.state
-        return ToolAnswer.ok(outcome.result)
+        return ToolAnswer(CallStatus.ok, outcome.result, diff=outcome.diff)
 
     def begin(self, episode: Episode) -> None:
         """Fork and bind the process for the episode's own arena now, so its first call finds the arena code

@@ -33,6 +33,7 @@ from gym_server.models import (
     FailureKind,
     FailurePolicy,
     RewardBreakdown,
+    StateDiff,
     ToolSpec,
     TurnAdvanced,
 )
@@ -316,8 +317,9 @@ class EpisodeManager:
             if served is None and episode.arena.hidden_tools_callable:
                 served = episode.hidden.get(name)
             rendered: str | None = None
+            diff: StateDiff | None = None
             try:
-                status, result, error, injected, rendered = await self._execute(episode, served, name, arguments, index)
+                status, result, error, injected, rendered, diff = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
                 status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
             if status is CallStatus.ok and len(_measure_arguments(result)) > self.pool.config.max_result_bytes:
@@ -327,7 +329,7 @@ class EpisodeManager:
                 error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
                 source_arena=served.runtime.arena.id if served and served.distractor else None,
                 started_at=started, latency_ms=(time.perf_counter() - t0) * 1000, unsafe_sandbox=self.pool.unsafe or None,
-                turn=episode.turn, rendered=rendered,
+                turn=episode.turn, rendered=rendered, diff=diff if status is CallStatus.ok else None,
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
@@ -337,30 +339,30 @@ class EpisodeManager:
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
-    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None]:
+    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None, StateDiff | None]:
         if served is None:
             available = ", ".join(sorted(episode.tools))
-            return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None, None
+            return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None, None, None
         if not isinstance(arguments, dict):
-            return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None, None
+            return CallStatus.invalid_arguments, None, "arguments must be a JSON object", None, None, None
         size = len(_measure_arguments(arguments))
         if size > self.limits.max_argument_bytes:
             return (
                 CallStatus.invalid_arguments, None,
-                f"arguments are {size} bytes; the limit is {self.limits.max_argument_bytes}", None, None,
+                f"arguments are {size} bytes; the limit is {self.limits.max_argument_bytes}", None, None, None,
             )  # fmt: skip
         arena = served.runtime.arena
         problem = served.runtime.validators[served.spec.name].first_error(arguments) if arena.validate_arguments else None
         if problem:
             schema = json.dumps(served.spec.input_schema, separators=(",", ":"))
-            return CallStatus.invalid_arguments, None, f"invalid arguments for {name}: {problem}. Expected: {schema}", None, None
+            return CallStatus.invalid_arguments, None, f"invalid arguments for {name}: {problem}. Expected: {schema}", None, None, None
         kind = injected_failure(episode.failure, episode.seed, index)
         if kind is not None:
             if kind is FailureKind.timeout and episode.failure.timeout_delay_s:
                 await asyncio.sleep(episode.failure.timeout_delay_s)
-            return CallStatus.injected_failure, None, MESSAGES[kind], kind, None
+            return CallStatus.injected_failure, None, MESSAGES[kind], kind, None, None
         backend = self.backends.get(backend_key(arena))
         if backend is None:
-            return CallStatus.upstream_error, None, f"this gym has no backend for {backend_key(arena)} arenas such as {arena.id!r}", None, None
+            return CallStatus.upstream_error, None, f"this gym has no backend for {backend_key(arena)} arenas such as {arena.id!r}", None, None, None
         answer = await backend.call(episode, arena, served.spec, arguments)
-        return answer.status, answer.result, answer.error, None, answer.rendered
+        return answer.status, answer.result, answer.error, None, answer.rendered, answer.diff

@@ -309,6 +309,45 @@ class CallStatus(str, Enum):
     """The client cancelled the call (or its connection dropped) while it ran: stopped, its effects discarded."""
 
 
+MAX_DIFF_BYTES = 16 * 1024
+"""The largest state diff (encoded JSON) a call log entry keeps; the sandbox bounds it, the gym checks again."""
+
+
+class TableDiff(BaseModel):
+    """One table's difference: the first rows added, changed (key and the changed cells, `[before, after]`) and
+    removed, and how many of each there were in all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    added: list[dict[str, JSONValue]] = Field(default_factory=list)
+    changed: list[ChangedRow] = Field(default_factory=list)
+    removed: list[dict[str, JSONValue]] = Field(default_factory=list)
+    n_added: int = Field(default=0, ge=0)
+    n_changed: int = Field(default=0, ge=0)
+    n_removed: int = Field(default=0, ge=0)
+    truncated: bool = False
+    """Rows were left out (more than the sandbox shows or scans, or the diff's byte bound)."""
+
+
+class ChangedRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: dict[str, JSONValue]
+    columns: dict[str, tuple[JSONValue, JSONValue]]
+
+
+class StateDiff(BaseModel):
+    """What one successful writing call changed in the episode's SQLite state, per table (unchanged tables left
+    out). Computed in the sandbox process that ran the call (`gym_server/sandbox/inside/statediff.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tables: dict[str, TableDiff] = Field(default_factory=dict)
+    truncated: bool = False
+    error: str | None = Field(default=None, max_length=400)
+    """Why no diff could be computed (the state change itself stands)."""
+
+
 class CallLogEntry(BaseModel):
     index: int
     tool: str
@@ -327,6 +366,8 @@ class CallLogEntry(BaseModel):
     """The user turn the call was made in."""
     rendered: str | None = None
     """A suite's rendering of the call (BFCL: the call string its checker executes)."""
+    diff: StateDiff | None = None
+    """For a successful call that wrote to the episode's state: what it changed (None for every other call)."""
 
 
 class EpisodeLog(BaseModel):
@@ -358,6 +399,9 @@ class RewardBreakdown(BaseModel):
     tool_calls: int
     """Every call the agent made, injected failures included (c)."""
     solved_subtasks: list[str] = Field(default_factory=list)
+    solved_by: dict[str, int] = Field(default_factory=dict)
+    """Sub-task id -> the index of the call that solved it (scoring's matching, for viewers)."""
+    unsolved_subtasks: list[str] = Field(default_factory=list)
     final_answer_correct: bool | None = None
     """Whether the submitted final answer matches the arena's, under the same normalization; None if none
     was submitted. Reported, not part of the reward."""

@@ -19,6 +19,7 @@ def score_episode(arena: Arena, calls: Sequence[CallLogEntry], final_answer: JSO
     plan = arena.gold_plan()
     used: set[int] = set()
     solved: list[str] = []
+    solved_by: dict[str, int] = {}
     for sub in plan:
         assert sub.gold_call is not None
         for call in calls:
@@ -27,6 +28,7 @@ def score_episode(arena: Arena, calls: Sequence[CallLogEntry], final_answer: JSO
             if call.tool == sub.gold_call.tool and result_contains_answer(sub.answer, call.result):
                 used.add(call.index)
                 solved.append(sub.id)
+                solved_by[sub.id] = call.index
                 break
     n, n_hat, c = len(plan), len(solved), len(calls)
     recall = n_hat / n if n else 0.0
@@ -40,5 +42,7 @@ def score_episode(arena: Arena, calls: Sequence[CallLogEntry], final_answer: JSO
         n_subtasks=n,
         tool_calls=c,
         solved_subtasks=solved,
+        solved_by=solved_by,
+        unsolved_subtasks=[sub.id for sub in plan if sub.id not in solved_by],
         final_answer_correct=None if final_answer is None else answers_equal(arena.final_answer, final_answer),
     )

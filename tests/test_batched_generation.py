@@ -13,6 +13,7 @@ import pytest
 
 from clients.batching import BatchedSampler
 from clients.gym_session import GymSession
+from clients.local_model import hf_sampler
 from trainer.rollout import MCPRollout
 
 torch = pytest.importorskip("torch")
@@ -139,7 +140,10 @@ def test_a_steps_episodes_share_batches_through_the_real_gym(gym, tiny):
     model, tokenizer = tiny
     prompts = [[{"role": "user", "content": "q", "arena_id": a}] for a in ["airline-seats-aa100", "clinic-refills-rx12", "retail-status-o1002"] * 2]
     with GymSession(gym.url) as session:
-        rollout = MCPRollout(session, tokenizer, model=model, max_turns=2, max_new_tokens=6, failure_rate=0.0)
+        # a long window: on a loaded machine creating six episodes can outlast the default 50 ms, and this test is
+        # about batching across episodes, not about the window (tested above)
+        sampler = hf_sampler(model, tokenizer, 1.0, window_s=30.0)
+        rollout = MCPRollout(session, tokenizer, sampler=sampler, max_turns=2, max_new_tokens=6, failure_rate=0.0)
         episodes = rollout.play(prompts)
     stats = rollout.policy.chat_model.sample.stats
     assert len(episodes) == 6 and all(len(e.completion_ids) == len(e.env_mask) == len(e.logprobs) for e in episodes)

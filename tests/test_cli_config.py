@@ -24,7 +24,7 @@ from gym_server.cli.options import COMMANDS
 VERBS = {
     "serve", "emulate", "episode", "eval", "demo", "arenas list", "arenas show", "arenas validate", "synth tools",
     "synth chains", "synth tasks", "synth trajectories", "synth sft", "synth arenas", "train sft", "train grpo",
-    "suites install",
+    "suites install", "view",
 }  # fmt: skip
 
 SFT_SYNTH = (
@@ -100,6 +100,7 @@ CASES: dict[str, tuple[list[str], dict[str, Any]]] = {
          "num_generations": 2, "distractors": {"high": 2, "medium": 0, "low": 1}, "abf": False, "system_prompt": "S",
          "failure_rate": 0.1, "vllm_server": "http://v:8000"},
     ),
+    "view": (["runs/a", "runs/b", "--host", "127.0.0.2", "--port", "8200"], {"runs": ["runs/a", "runs/b"], "host": "127.0.0.2", "port": 8200}),
 }  # fmt: skip
 
 
@@ -254,3 +255,15 @@ def test_a_command_cannot_be_registered_with_a_flag_that_would_lie():
     with pytest.raises(TypeError, match="Documented has no field 'k'"):
         command(group, "x", Documented, {"k": Flag("--k")})(print)
     assert "x" not in COMMANDS
+
+
+def test_the_command_line_starts_without_the_mcp_client_torch_or_trl():
+    """Every command's flags come from its config model: those live in light modules, so `astra-gym --help` (and
+    every command's start) does not pay for importing the MCP client, torch or TRL."""
+    import subprocess
+    import sys
+
+    heavy = ("mcp", "torch", "trl", "transformers")
+    code = f"import sys, gym_server.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -120,7 +120,7 @@ def test_report_counts_infrastructure_errors_apart_from_rewards(tmp_path):
     failed = [TrajectoryRecord(arena_id=f"b{i}", policy="p", error=f"HTTPStatusError: 403 for url 'http://h/episodes/e{i}/mcp?key=K{i}'") for i in range(2)]
     report = build_report([scored, *failed], EvalConfig(out=tmp_path))
     assert report["overall"]["reward"] == 1.0 and report["overall"]["scored"] == 1 and report["overall"]["errors"] == 2
-    assert report["infrastructure_errors"] == {"episodes": 2, "causes": {"HTTPStatusError: 403 for url '<url>": 2}}
+    assert report["infrastructure_errors"] == {"episodes": 2, "causes": {"HTTPStatusError: 403 for url '<url>": 2}, "lost_with_their_gym": 0, "replayed": 0}
 
 
 async def test_toolbox_tells_a_refused_call_from_a_call_without_an_answer():

@@ -98,7 +98,8 @@ def test_metrics_are_written_once_for_all_ranks(run):
 
 
 def test_several_processes_without_a_shared_gym_stop_before_training(monkeypatch):
-    from trainer.train import GRPORunConfig, grpo_arguments
+    from trainer.configs import GRPORunConfig
+    from trainer.train import grpo_arguments
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch / torchrun set in every rank
     with pytest.raises(ValueError, match="share one gym.*--gym URL"):
@@ -107,7 +108,8 @@ def test_several_processes_without_a_shared_gym_stop_before_training(monkeypatch
 
 
 def test_batch_filling_needs_whole_groups_on_every_process():
-    from trainer.train import GRPORunConfig, grpo_arguments
+    from trainer.configs import GRPORunConfig
+    from trainer.train import grpo_arguments
 
     with pytest.raises(ValueError, match="multiple of --num-generations"):
         grpo_arguments(GRPORunConfig(model="tiny", batch_size=6, num_generations=4))

@@ -5,7 +5,7 @@ the model's fields (a field's description is its help) and loads `--config FILE.
 flags given override the file, the file overrides defaults, and a wrong key or type exits 2 naming it.
 Modules by command group: `serve` (serve, emulate, episode), `arenas` (arenas list|show|validate), `synth`
 (synth tools|chains|tasks|trajectories|sft|arenas), `evaluate` (eval, demo), `train` (train sft|grpo),
-`suites` (suites install).
+`suites` (suites install), `view` (view).
 
 To add an option, add a described field to the command's model; its flag `--field-name` follows, and the
 YAML key is the field's name. To add a command, in the module of its group:
@@ -26,7 +26,7 @@ tests/test_cli_config.py then asks the new command for its `--config` and YAML/f
 
 from __future__ import annotations
 
-from gym_server.cli import arenas, evaluate, serve, suites, synth, train  # noqa: F401  (each registers its commands)
+from gym_server.cli import arenas, evaluate, serve, suites, synth, train, view  # noqa: F401  (each registers its commands)
 from gym_server.cli.root import app
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.markup import escape
 from rich.table import Table
 
-from clients.evaluation import EvalConfig
+from clients.eval_config import EvalConfig
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import app, console, err, fail
 
@@ -54,6 +54,7 @@ def demo(config: DemoConfig) -> None:
     """The first run: offline arenas, a gym serving them, oracle and random agents over MCP, reports. No model, no network."""
     from clients.evaluation import run_eval
     from gym_server.config import ServeConfig
+    from gym_server.sandbox.config import SandboxConfig
     from gym_server.serve import GymThread
     from gym_server.store import write_bundle
     from synth.arenas.offline import generate, mix_report
@@ -65,7 +66,7 @@ def demo(config: DemoConfig) -> None:
     write_bundle(arenas, store)
     (out / "arenas.mix.json").write_text(json.dumps(mix_report(arenas), indent=2))
     console.print(f"[bold]1/3[/] generated {len(arenas)} offline arenas -> {store}")
-    with GymThread.private(ServeConfig(port=0, arenas=[str(store)])) as gym:
+    with GymThread.private(ServeConfig(port=0, arenas=[str(store)], sandbox=SandboxConfig(state_diffs=True))) as gym:
         console.print(f"[bold]2/3[/] serving them at {gym.url} (MCP per episode at /episodes/ID/mcp?key=KEY)")
         results = {}
         for policy in ("oracle", "random"):

@@ -16,7 +16,7 @@ from clients.llm import LLMConfig
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import console, fail, synth_app
 from synth.arenas.llm_pipeline import LLMArenaConfig
-from synth.pipeline import SFTSynthConfig, Stage
+from synth.configs import SFTSynthConfig, Stage
 from synth.tooldocs import QualityRules
 
 

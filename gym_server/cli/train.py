@@ -6,8 +6,8 @@ import json
 
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import console, fail, train_app
+from trainer.configs import GRPORunConfig, SFTRunConfig
 from trainer.distributed import is_main_process
-from trainer.train import GRPORunConfig, SFTRunConfig
 
 BANDS = ("high", "medium", "low")
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from .frames import MAX_BLOB_BYTES, MAX_HEADER_BYTES, PREFIX
 from .guard import CPULimitExceeded, Guard, SandboxViolation
+from .statediff import StateDiffer
 
 # SQLite authorizer action codes as literals, so the authorizer reads no module attribute arena code could rebind
 _SQLITE_ATTACH, _SQLITE_DETACH, _SQLITE_DENY, _SQLITE_OK = 24, 25, 1, 0
@@ -88,7 +89,7 @@ class Executor:
     """The references one request needs after arena code has run, captured before it runs."""
 
     def __init__(self, guard: Guard, builtins_: dict[str, Any], code_cache: dict[str, Any], *, cpu_s: float,
-                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int) -> None:  # fmt: skip
+                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int, state_diffs: bool = False) -> None:  # fmt: skip
         self.guard, self.builtins, self.code_cache = guard, builtins_, code_cache
         self.cpu_s, self.memory_mb = cpu_s, memory_mb
         self.max_result_bytes, self.max_result_depth, self.max_state_bytes = max_result_bytes, max_result_depth, max_state_bytes
@@ -114,6 +115,8 @@ class Executor:
         self.held = b""
         """The state image this process's episode holds after its last call."""
         self.prepared = False
+        self.differ = StateDiffer(self._new_connection, self.encode_json)
+        self.state_diffs = state_diffs
 
     # -- framing (the layout of `frames`, on captured callables) ------------------------------------------------
     def read_exact(self, fd: int, n: int) -> bytes:
@@ -204,7 +207,8 @@ class Executor:
             value = namespace["touch"](scratch, "k", 1.5)
             self.check_result(value)
             self._scan(self.encode_json({"ok": True, "arguments": {"k": [1, "v"]}, "seq": 1}).decode(), 0)
-            scratch.serialize()
+            self.state_diff(b"", scratch.serialize())
+            self.cpu_deadline = 0.0
         finally:
             scratch.close()
 
@@ -261,9 +265,20 @@ class Executor:
         finally:
             self._sys.stdout = stdout
 
+    def state_diff(self, before: bytes, after: bytes) -> dict[str, Any]:
+        """What a writing call changed, for the call log (see `statediff`); never fails the call it describes."""
+        try:
+            return self.differ.diff(before, after, self._set_deadline)
+        except (MemoryError, RecursionError, self._violation, self._cpu_limit):
+            return {"tables": {}, "truncated": True, "error": "the diff could not be computed within the sandbox's limits"}
+
+    def _set_deadline(self, deadline: float) -> None:
+        self.cpu_deadline = deadline
+
     def call(self, req: dict[str, Any], code: Any, image: bytes) -> tuple[dict[str, Any], bytes]:
-        """Runs with the guard armed (the caller arms it after `load`)."""
-        conn, guard, run = self.conn, self.guard, self._exec
+        """Runs with the guard armed (the caller arms it after `load`). `image` is the state the call starts
+        from; a call that changed it answers with the new image and the diff between the two."""
+        conn, guard, run, before = self.conn, self.guard, self._exec, image
         namespace: dict[str, Any] = {"__builtins__": self._dict(self.builtins), "__name__": "arena"}
         name, arguments = req["function"], req["arguments"]
 
@@ -283,6 +298,8 @@ class Executor:
             if self._len(image) > self.max_state_bytes:
                 return {"ok": False, "kind": "tool_error", "error": f"the call grew the state to {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
+            if changed and self.state_diffs:
+                header["diff"] = self.state_diff(before, image)
             return header, text + image
         except self._rejected as exc:
             return {"ok": False, "kind": "tool_error", "error": f"tool returned a value the gym does not pass on: {exc}"}, b""

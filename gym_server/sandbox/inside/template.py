@@ -146,7 +146,7 @@ class Template:
         self.executor = Executor(
             self.guard, self.builtins, self.code_cache, cpu_s=float(s["cpu_s"]), memory_mb=int(s["memory_mb"]),
             max_result_bytes=int(s["max_result_bytes"]), max_result_depth=int(s["max_result_depth"]),
-            max_state_bytes=int(s["max_state_bytes"]),
+            max_state_bytes=int(s["max_state_bytes"]), state_diffs=bool(s.get("state_diffs", False)),
         )  # fmt: skip
         self.executor.warm_up()
         gc.collect()

@@ -1,0 +1,125 @@
+"""The viewer's pages in a real headless browser (Debian's chromium driven by selenium through its
+chromedriver; nothing is downloaded): open a run made by a real eval over the airline world, sort and filter
+the table, open an episode and see a booking's state diff and the sub-tasks its calls solved, compare two runs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.viewer.app import create_viewer
+from gym_server.serve import AppThread
+from tests.viewer_fixtures import eval_runs
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)), reason="chromium and chromium-driver are not installed (scripts/system-deps.sh)")
+
+
+def chrome() -> object:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return eval_runs(tmp_path_factory.mktemp("viewer-runs"))
+
+
+@pytest.fixture(scope="module")
+def site(runs) -> Iterator[str]:
+    with AppThread(create_viewer(list(runs))) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    driver = chrome()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def cells(browser, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_open_a_run_sort_and_filter_the_table(site, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(site + "/")
+    browser.find_element(By.LINK_TEXT, "random").click()
+    assert browser.find_element(By.ID, "summary").is_displayed()
+    n = len(cells(browser, "tr.episode"))
+    assert n == 5  # the airline world's five arenas
+    browser.find_element(By.ID, "sort-reward").click()
+    browser.find_element(By.ID, "sort-reward").click()  # second click: descending
+    rewards = [float(r) for r in cells(browser, "td.reward") if r != "–"]
+    assert rewards == sorted(rewards, reverse=True) and "▼" in browser.find_element(By.ID, "sort-reward").text
+    Select(browser.find_element(By.NAME, "scenario_type")).select_by_visible_text("parallel_multi_hop")
+    browser.find_element(By.ID, "apply").click()
+    assert cells(browser, "td.arena") == ["airline-rebook-p002"]
+    assert "1 of 5 episodes" in browser.find_element(By.ID, "count").text
+    browser.find_element(By.NAME, "q").send_keys("no such question text")
+    browser.find_element(By.ID, "apply").click()
+    assert cells(browser, "tr.episode") == [] and "0 of 5" in browser.find_element(By.ID, "count").text
+
+
+def test_open_an_episode_see_the_state_diff_and_solved_subtasks(site, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/runs/0?q=cheapest")
+    browser.find_element(By.CSS_SELECTOR, "tr.episode td a").click()
+    assert "airline-book-cheapest-sfo-jfk" in browser.find_element(By.TAG_NAME, "h1").text
+    solved = cells(browser, "#solved a.solved")
+    assert solved and all("call" in s for s in solved)
+    assert browser.find_element(By.ID, "unsolved").text == "unsolved: none"
+    booking = next(c for c in browser.find_elements(By.CSS_SELECTOR, "div.call") if "book_flight" in c.find_element(By.TAG_NAME, "h3").text)
+    tables = {t.get_attribute("data-table"): t.text for t in booking.find_elements(By.CSS_SELECTOR, ".table-diff")}
+    assert set(tables) == {"bookings", "flights"}
+    assert "+1" in tables["bookings"] and "confirmed" in tables["bookings"]
+    assert "seats_left 5 → 4" in tables["flights"]
+    assert "solved" in booking.find_element(By.TAG_NAME, "h3").text
+    assert cells(browser, ".turn.user .text")  # the conversation, turn by turn
+    assert cells(browser, ".turn.assistant .toolcall")
+
+
+def test_injected_failures_are_marked(site, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(site + "/runs/1")
+    Select(browser.find_element(By.NAME, "injected")).select_by_visible_text("yes")
+    browser.find_element(By.ID, "apply").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.episode td a")
+    if not rows:
+        pytest.fail("the random run (failure rate 0.3) has no episode with an injected failure")
+    rows[0].click()
+    marks = cells(browser, ".call.injected .injected-mark")
+    assert marks and all(m.startswith("injected ") for m in marks)
+
+
+def test_compare_two_runs(site, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/")
+    browser.find_element(By.ID, "compare").click()
+    assert "oracle → random" in browser.find_element(By.TAG_NAME, "h1").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tr")[1:]
+    assert len(rows) == 5
+    flipped = [r.find_element(By.CSS_SELECTOR, "td.arena").text for r in browser.find_elements(By.CSS_SELECTOR, "#compare-table tr.flipped")]
+    summary = browser.find_element(By.ID, "compare-summary").text
+    assert f"flipped to unsolved: {len(flipped)}" in summary and "flipped to solved: 0" in summary
+    assert flipped, "the random policy solved every arena the oracle solved"
