@@ -1,9 +1,9 @@
 """The viewer over real HTTP: untrusted text is escaped, requests cannot name files, bad queries are 400s, and a
-10,000-episode run's first page renders in under a second (the table is paginated on the server)."""
+10,000-episode run's table is paginated on the server (a page holds its 50 rows, never the run). How fast that
+first page is lives in bench/viewer_first_page.py, not in a timed test."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,16 +29,12 @@ def viewer(big_run: Path) -> Iterator[str]:
         yield running.url
 
 
-def test_a_10k_episode_runs_first_page_renders_in_under_a_second(viewer):
-    t0 = time.perf_counter()
-    response = httpx2.get(f"{viewer}/runs/0")  # the first request also indexes the run's 10,000 lines
-    elapsed = time.perf_counter() - t0
+def test_a_10k_episode_runs_table_is_paginated_on_the_server(viewer):
+    response = httpx2.get(f"{viewer}/runs/0")
     assert response.status_code == 200 and "of 10000 episodes" in response.text
-    assert response.text.count('class="episode"') == 50
-    assert elapsed < 1.0, f"first page took {elapsed:.2f} s"
-    t0 = time.perf_counter()
+    assert response.text.count('class="episode"') == 50 and len(response.content) < 200_000  # one page, not the run
     sorted_page = httpx2.get(f"{viewer}/runs/0", params={"sort": "reward", "order": "desc", "injected": "yes", "page": 3})
-    assert sorted_page.status_code == 200 and time.perf_counter() - t0 < 1.0
+    assert sorted_page.status_code == 200 and sorted_page.text.count('class="episode"') == 50
 
 
 def test_filters_and_sorting_select_the_right_rows(viewer):
