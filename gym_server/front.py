@@ -125,7 +125,14 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         if not live:
             raise HTTPError(503, "no gym process is serving right now (see /healthz)")
         gym = live[next(turn) % len(live)]
-        response = await forward(request, gym)
+        try:
+            response = await forward(request, gym)
+        except HTTPError as exc:  # a read every process answers alike: a process that died under it is no answer
+            others = [g for g in gyms.live() if g is not gym]
+            if gym.alive or exc.status != 503 or not others:
+                raise
+            gym = others[next(turn) % len(others)]
+            response = await forward(request, gym)
         extra = {}
         if link := response.headers.get("link"):  # the next page's URL names the process: name the front instead
             extra["link"] = link.replace(gym.url, str(request.base_url).rstrip("/"), 1)
