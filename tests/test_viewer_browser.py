@@ -49,6 +49,18 @@ def browser() -> Iterator[object]:
         driver.quit()
 
 
+def follow(browser, element) -> None:
+    """Click what leads to another page and wait until the old one is gone: reading before that could find the
+    old page's elements (stale a moment later) on a loaded machine."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+
+
 def cells(browser, css: str) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -60,20 +72,20 @@ def test_open_a_run_sort_and_filter_the_table(site, browser):
     from selenium.webdriver.support.ui import Select
 
     browser.get(site + "/")
-    browser.find_element(By.LINK_TEXT, "random").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "random"))
     assert browser.find_element(By.ID, "summary").is_displayed()
     n = len(cells(browser, "tr.episode"))
     assert n == 5  # the airline world's five arenas
-    browser.find_element(By.ID, "sort-reward").click()
-    browser.find_element(By.ID, "sort-reward").click()  # second click: descending
+    follow(browser, browser.find_element(By.ID, "sort-reward"))
+    follow(browser, browser.find_element(By.ID, "sort-reward"))  # second click: descending
     rewards = [float(r) for r in cells(browser, "td.reward") if r != "–"]
     assert rewards == sorted(rewards, reverse=True) and "▼" in browser.find_element(By.ID, "sort-reward").text
     Select(browser.find_element(By.NAME, "scenario_type")).select_by_visible_text("parallel_multi_hop")
-    browser.find_element(By.ID, "apply").click()
+    follow(browser, browser.find_element(By.ID, "apply"))
     assert cells(browser, "td.arena") == ["airline-rebook-p002"]
     assert "1 of 5 episodes" in browser.find_element(By.ID, "count").text
     browser.find_element(By.NAME, "q").send_keys("no such question text")
-    browser.find_element(By.ID, "apply").click()
+    follow(browser, browser.find_element(By.ID, "apply"))
     assert cells(browser, "tr.episode") == [] and "0 of 5" in browser.find_element(By.ID, "count").text
 
 
@@ -81,7 +93,7 @@ def test_open_an_episode_see_the_state_diff_and_solved_subtasks(site, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(site + "/runs/0?q=cheapest")
-    browser.find_element(By.CSS_SELECTOR, "tr.episode td a").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "tr.episode td a"))
     assert "airline-book-cheapest-sfo-jfk" in browser.find_element(By.TAG_NAME, "h1").text
     solved = cells(browser, "#solved a.solved")
     assert solved and all("call" in s for s in solved)
@@ -102,11 +114,11 @@ def test_injected_failures_are_marked(site, browser):
 
     browser.get(site + "/runs/1")
     Select(browser.find_element(By.NAME, "injected")).select_by_visible_text("yes")
-    browser.find_element(By.ID, "apply").click()
+    follow(browser, browser.find_element(By.ID, "apply"))
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.episode td a")
     if not rows:
         pytest.fail("the random run (failure rate 0.3) has no episode with an injected failure")
-    rows[0].click()
+    follow(browser, rows[0])
     marks = cells(browser, ".call.injected .injected-mark")
     assert marks and all(m.startswith("injected ") for m in marks)
 
@@ -115,7 +127,7 @@ def test_compare_two_runs(site, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(site + "/")
-    browser.find_element(By.ID, "compare").click()
+    follow(browser, browser.find_element(By.ID, "compare"))
     assert "oracle → random" in browser.find_element(By.TAG_NAME, "h1").text
     rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tr")[1:]
     assert len(rows) == 5
