@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clients.distractors import BandCounts
 from clients.prompts import DEFAULT_SYSTEM_PROMPT
 
 BFCL_STEP_LIMIT = 20
@@ -31,6 +32,10 @@ class EvalConfig(BaseModel):
     max_tokens: int = Field(default=1024, ge=1, description="Tokens per assistant turn.")
     system_prompt: str | None = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt of every episode (GRPO's default too).")
     seed: int = Field(default=0, description="Seeds each episode (with the arena id and attempt).")
+    distractors: BandCounts = Field(
+        default_factory=dict,
+        description="Irrelevant tools of other arenas served in each episode, per similarity band (HIGH,MEDIUM,LOW counts, e.g. 1,1,1); drawn once per arena from --seed, so runs compare on the same tools.",
+    )
     out: Path = Field(default=Path("runs/eval"), description="Output folder (re-run to resume).")
     suite: Literal["bfcl-mt"] | None = Field(default=None, description="Evaluate on an external benchmark suite instead of the gym's arenas.")
     category: str | None = Field(default=None, description="The suite's categories, comma-separated (bfcl-mt: base, miss_func, miss_param, long_context).")

@@ -19,6 +19,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from clients.agent import ChatEndpoint, ModelEndpointError
+from clients.distractors import DistractorSampler
 from clients.eval_config import EvalConfig
 from clients.gym_client import GymClient, GymError
 from clients.policies import ChatPolicy, OraclePolicy, Policy, RandomPolicy, local_policy
@@ -26,6 +27,7 @@ from clients.records import TrajectoryRecord
 from clients.runner import episode_seed, run_episode
 from clients.toolbox import shared_http_client
 from gym_server.jsonl import read_rows
+from gym_server.models import DistractorRef
 
 TRAJECTORIES = "trajectories.jsonl"
 MAX_REPLAYS = 3
@@ -89,7 +91,8 @@ async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | N
             if not arenas:
                 raise ValueError(f"no arena matches {config.arenas!r}")
             todo = [(a, k) for a in arenas for k in range(config.episodes_per_arena) if f"{a.id}#{k}" not in done]
-            await _play_all(config, gym, policy, todo, path, progress)
+            distractors = await distractor_draws(gym, arenas, config) if any(config.distractors.values()) else {}
+            await _play_all(config, gym, policy, todo, path, progress, distractors)
     finally:
         if gym_thread is not None:
             gym_thread.stop()
@@ -103,12 +106,21 @@ async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | N
     return report
 
 
+async def distractor_draws(gym: GymClient, arenas: list[Any], config: EvalConfig) -> dict[str, list[DistractorRef]]:
+    """Each arena's distractor tools, drawn once from the evaluated arenas' tools in id order with the run's
+    seed: every policy evaluated with one config meets the same irrelevant tools, and a resumed run too."""
+    specs = await gym.arena_specs(sorted(a.id for a in arenas))
+    sampler = DistractorSampler(specs, config.distractors, seed=config.seed)
+    return {spec.id: sampler.sample(spec.id) for spec in specs}
+
+
 def error_cause(error: str) -> str:
     """An error message with its URLs (episode ids, keys) taken out, so equal causes count together."""
     return re.sub(r"https?://\S+", "<url>", error)[:300]
 
 
-async def _play_all(config: EvalConfig, gym: GymClient, policy: Policy, todo: list, path: Path, show: bool) -> None:
+async def _play_all(config: EvalConfig, gym: GymClient, policy: Policy, todo: list, path: Path, show: bool,
+                    distractors: dict[str, list[DistractorRef]]) -> None:  # fmt: skip
     semaphore = asyncio.Semaphore(config.concurrency)
     fatal: list[BaseException] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -125,6 +137,7 @@ async def _play_all(config: EvalConfig, gym: GymClient, policy: Policy, todo: li
                         record = await run_episode(
                             gym, policy, summary.id, repeat=k, seed=episode_seed(config.seed, summary.id, k), failure_rate=config.failure_rate,
                             domain=summary.domain, scenario_type=summary.scenario_type, system_prompt=config.system_prompt,
+                            distractors=distractors.get(summary.id, ()),
                         )  # fmt: skip
                     except (GymError, ModelEndpointError) as exc:
                         fatal.append(exc)

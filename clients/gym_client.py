@@ -160,6 +160,16 @@ class GymClient:
     async def arena(self, arena_id: str) -> Arena:
         return Arena.model_validate((await self._request("GET", f"{self._first_live()}/api/arenas/{arena_id}")).json())
 
+    async def arena_specs(self, ids: list[str], concurrency: int = 16) -> list[Arena]:
+        """Whole specs (the operator's view: questions, gold, tools) of `ids`, in order, a few requests at a time."""
+        limit = asyncio.Semaphore(concurrency)
+
+        async def spec(arena_id: str) -> Arena:
+            async with limit:
+                return await self.arena(arena_id)
+
+        return list(await asyncio.gather(*(spec(i) for i in ids)))
+
     async def create_episode(self, request: EpisodeCreate) -> EpisodeCreated:
         """On the next live gym; a gym that cannot be reached is marked lost and the next one tried."""
         body = request.model_dump(exclude_none=True, mode="json")

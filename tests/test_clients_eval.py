@@ -165,3 +165,19 @@ async def test_toolbox_times_out_slow_calls_and_fails_clearly_on_dead_servers(gy
         async with MCPToolbox.http_endpoint(gone["mcp_url"], http, retries=0):
             pass
     assert gone["mcp_url"].split("key=")[1] not in str(raised.value)  # the key never reaches a record
+
+
+async def test_eval_serves_the_same_distractor_tools_to_every_run(gym, http, tmp_path):
+    """`--distractors`: each episode also holds tools of other arenas (real, callable, never scored), drawn once
+    per arena from the seed, so two policies evaluated with one config meet the same irrelevant tools."""
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config = EvalConfig(policy="oracle", arenas=BUILTIN, gym=gym.url, out=tmp_path / name, distractors={"low": 2}, seed=seed)
+        report = await run_eval(config, progress=False)
+        assert report["overall"]["reward"] == 1.0  # the oracle ignores them
+        records = map(json.loads, (tmp_path / name / "trajectories.jsonl").read_text().splitlines())
+        runs.append({r["arena_id"]: sorted(t["function"]["name"] for t in r["tools"]) for r in records})
+    specs = {a.id: a for a in await GymClient(gym.url, http).arena_specs(sorted(runs[0]))}
+    extras = {arena_id: set(tools) - {t.name for t in specs[arena_id].tools} for arena_id, tools in runs[0].items()}
+    assert all(len(extra) == 2 for extra in extras.values())  # two low-band tools (the three worlds are far apart)
+    assert runs[0] == runs[1] and runs[0] != runs[2]  # same seed, same tools; another seed draws others

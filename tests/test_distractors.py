@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gym_server.builtin import builtin_arenas
 from gym_server.models import Arena
-from trainer.distractors import BANDS, DistractorSampler, TfidfEmbedder, cosine, tool_text
+from clients.distractors import BANDS, DistractorSampler, TfidfEmbedder, cosine, tool_text
 from trainer.rollout import MCPRollout
 
 

@@ -65,3 +65,25 @@ def test_demo_runs_end_to_end(tmp_path):
     oracle = json.loads((tmp_path / "oracle" / "report.json").read_text())["overall"]
     random_ = json.loads((tmp_path / "random" / "report.json").read_text())["overall"]
     assert oracle["success_rate"] == 1.0 and random_["reward"] < 0.2
+
+
+def test_a_tokenizer_keeps_every_generated_id_whole():
+    """The staged training run's tokenizer: any id a question names (seen in training or not) is one token,
+    wherever it stands in a call's JSON, and text round-trips exactly."""
+    from synth.arenas.offline import entity_ids, generate
+    from trainer.tiny import train_tokenizer
+
+    train = list(generate(30, seed=1))
+    tokenizer = train_tokenizer([a.question for a in train], vocab_size=512, across_words=True, whole_words=entity_ids())
+    ids = set(entity_ids())
+    checked = 0
+    for arena in generate(200, seed=2):
+        for sub in arena.subtasks:
+            for value in sub.gold_call.arguments.values():
+                if isinstance(value, str) and value in ids:
+                    text = f'{{"id": "{value}"}} and {sub.question}'
+                    tokens = tokenizer(text)["input_ids"]
+                    assert tokenizer.convert_tokens_to_ids(value) in tokens and tokenizer.decode(tokens) == text
+                    checked += 1
+    assert checked > 200
+    assert "UA1000" not in tokenizer.get_vocab() and "UA999" in tokenizer.get_vocab()  # the id space, nothing beyond it

@@ -38,15 +38,16 @@ class AdaptiveBatchFiller:
     group_size: int
     max_extra_rounds: int = 4
     seed: int = 0
+    signal: str = "reward"
+    """The reward breakdown's field GRPO trains on (F1 by default): a group is valid when it varies."""
     buffer: deque[list[EpisodeTokens]] = field(default_factory=deque)
     stats: ABFStats = field(default_factory=ABFStats)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
-    @staticmethod
-    def has_signal(group: list[EpisodeTokens]) -> bool:
-        rewards = [float(e.reward.get("reward", 0.0)) for e in group]
+    def has_signal(self, group: list[EpisodeTokens]) -> bool:
+        rewards = [float(e.reward.get(self.signal, 0.0)) for e in group]
         return len(rewards) > 1 and statistics.pvariance(rewards) > 0.0
 
     def _play_groups(self, prompts: list[Any], flat: list[list[EpisodeTokens]]) -> None:

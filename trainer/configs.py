@@ -4,9 +4,11 @@ without importing TRL, torch or the MCP client."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clients.distractors import BandCounts
 from clients.prompts import DEFAULT_SYSTEM_PROMPT
 
 
@@ -53,8 +55,11 @@ class GRPORunConfig(Checkpointing):
     max_new_tokens: int = Field(default=256, ge=1, description="Tokens per assistant turn.")
     max_completion_length: int = Field(default=2048, ge=1, description="Tokens of a whole episode's completion.")
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature.")
+    reward: Literal["f1", "recall", "precision"] = Field(
+        default="f1", description="What GRPO maximizes: ASTRA's F1 of the gym's score, or (the paper's ablations) its recall or precision alone."
+    )
     abf: bool = Field(default=True, description="Adaptive Batch Filling: refill groups whose rewards are all equal.")
-    distractors: dict[str, int] = Field(
+    distractors: BandCounts = Field(
         default_factory=lambda: {"high": 1, "medium": 1, "low": 1},
         description="Distractor tools per similarity band; the flag takes HIGH,MEDIUM,LOW counts, e.g. 1,1,1.",
     )

@@ -43,6 +43,8 @@ class ABFSettings:
     extra_prompts: list[Any]
     group_size: int
     max_extra_rounds: int = 4
+    signal: str = "reward"
+    """The reward breakdown's field the reward function returns: the variance ABF looks for."""
 
 
 class MCPRollout:
@@ -80,7 +82,7 @@ class MCPRollout:
         self.generates_locally = sampler is None
         """The policy samples with transformers here: under DeepSpeed ZeRO-3 its weights are gathered for a rollout."""
         # each rank draws its own extra prompts (with one seed, every rank would refill with the same arenas)
-        self.filler = None if abf is None else AdaptiveBatchFiller(self.play, abf.extra_prompts, abf.group_size, abf.max_extra_rounds, seed * world + rank)
+        self.filler = None if abf is None else AdaptiveBatchFiller(self.play, abf.extra_prompts, abf.group_size, abf.max_extra_rounds, seed * world + rank, abf.signal)
 
     @property
     def episodes_played(self) -> int:
@@ -182,3 +184,24 @@ def gym_reward(prompts: list[Any], completions: list[Any], gym_reward: list[floa
         for key, value in ((abf or [None])[0] or {}).items():
             log_metric(key, float(value))
     return list(gym_reward)
+
+
+TRAINING_REWARDS = {"f1": "reward", "recall": "recall", "precision": "precision"}
+"""What `GRPORunConfig.reward` names -> the field of the gym's reward breakdown GRPO then maximizes."""
+
+
+def training_reward(kind: str) -> Callable[..., list[float]]:
+    """The reward function for `kind`: F1 (`gym_reward`), or recall or precision alone, the paper's ablations
+    (recall alone pays for every call that might solve a sub-task, so it invites tool overuse; precision alone
+    pays for calling little, so it invites underuse). Every kind logs the whole breakdown."""
+    if kind not in TRAINING_REWARDS:
+        raise ValueError(f"unknown reward {kind!r}; use one of {sorted(TRAINING_REWARDS)}")
+    if kind == "f1":
+        return gym_reward
+
+    def reward(prompts: list[Any], completions: list[Any], log_metric: Callable[[str, float], None] | None = None, **fields: Any) -> list[float]:
+        gym_reward(prompts, completions, log_metric=log_metric, **fields)
+        return [float(v) for v in fields[kind]]
+
+    reward.__name__ = f"gym_{kind}"  # TRL logs each reward function under its name
+    return reward

@@ -68,11 +68,14 @@ def default_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024, *, across_words: bool = False) -> Any:
+def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024, *, across_words: bool = False,
+                    whole_words: Iterable[str] = ()) -> Any:  # fmt: skip
     """A byte-level BPE tokenizer learned from `corpus`. `across_words` lets merges span spaces and punctuation,
     so text the corpus repeats verbatim (a tool call's fixed JSON, an item id with its quotes) becomes a few
-    tokens: what lets a model this small write a well-formed call."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokens: what lets a model this small write a well-formed call. `whole_words` (an id space, e.g.
+    `synth.arenas.offline.entity_ids()`) become one token each wherever they stand as a word, as a large
+    tokenizer keeps common words whole: copying an id is then copying one token, seen in training or not."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -81,11 +84,15 @@ def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 1024,
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
+    words = list(dict.fromkeys(whole_words))
+    if words:  # added before training, so no merge learns an id glued to its neighbours (" UA893" in one text, "UA893" in another)
+        tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
     tok.train_from_iterator(list(corpus if corpus is not None else default_corpus()), trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
         chat_template=CHAT_TEMPLATE, model_max_length=4096,
     )  # fmt: skip
+    return tokenizer
 
 
 def tiny_model(tokenizer: Any, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Any:

@@ -129,7 +129,7 @@ def colocated_sampler(temperature: float) -> Callable[[Any], Any]:
 
 
 def run_grpo(config: GRPORunConfig, reward: Callable[..., list[float]] | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
-    """`reward` is the reward function GRPO sees (`trainer.rollout.gym_reward`, the gym's F1, unless given:
+    """`reward` is the reward function GRPO sees (`config.reward`'s, the gym's F1 by default, unless given:
     a shaped reward, or the negated one of the learning test's control); it gets the rollout's fields.
     `callbacks` are more `TrainerCallback`s. Under `accelerate launch` every process runs this; `episodes`
     counts every rank's."""
@@ -155,8 +155,8 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
     from trl import GRPOConfig, GRPOTrainer
 
     from trainer.callbacks import KeepResumeStateForNewest, MetricsWriter
-    from trainer.distractors import DistractorSampler
-    from trainer.rollout import ABFSettings, MCPRollout, gym_reward
+    from clients.distractors import DistractorSampler
+    from trainer.rollout import TRAINING_REWARDS, ABFSettings, MCPRollout, training_reward
 
     prompts = [[{"role": "user", "content": a.question, "arena_id": a.id}] for a in arenas if a.kind == "arena"]
     if not prompts:
@@ -173,11 +173,11 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
     rollout = MCPRollout(
         session, tokenizer, model=model, sampler=sampler, max_turns=config.max_turns, max_new_tokens=config.max_new_tokens,
         temperature=config.temperature, failure_rate=config.failure_rate, system_prompt=config.system_prompt, seed=config.seed,
-        distractors=distractors, abf=ABFSettings(prompts, config.num_generations) if config.abf else None,
+        distractors=distractors, abf=ABFSettings(prompts, config.num_generations, signal=TRAINING_REWARDS[config.reward]) if config.abf else None,
         records=records_path(config.out, args.process_index, args.world_size), rank=args.process_index, world=args.world_size,
         sampler_from_trainer=colocated_sampler(config.temperature) if config.vllm_colocate else None,
     )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=reward or gym_reward, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward or training_reward(config.reward), args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[KeepResumeStateForNewest(config.keep_resume_state), MetricsWriter(config.out), *callbacks])  # fmt: skip
     result = trainer.train(resume_from_checkpoint=config.resume or None)
@@ -190,19 +190,12 @@ def _train_grpo(config: GRPORunConfig, arguments: dict[str, Any], session: GymSe
 
 async def training_arenas(gym: GymClient, pattern: str) -> list[Arena]:
     """The specs of the gym's arenas whose ids match `pattern` (the operator's view: questions, gold, tools)."""
-    import asyncio
     import fnmatch
 
     ids = [s.id for s in await gym.arenas() if fnmatch.fnmatchcase(s.id, pattern)]
     if not ids:
         raise ValueError(f"the gym serves no arena matching {pattern!r}")
-    limit = asyncio.Semaphore(16)
-
-    async def spec(arena_id: str) -> Arena:
-        async with limit:
-            return await gym.arena(arena_id)
-
-    return list(await asyncio.gather(*(spec(i) for i in ids)))
+    return await gym.arena_specs(ids)
 
 
 def _checkpointing(config_class: type, on: bool) -> dict[str, bool]:

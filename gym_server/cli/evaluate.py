@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.markup import escape
 from rich.table import Table
 
+from clients.distractors import parse_band_counts
 from clients.eval_config import EvalConfig
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import app, console, err, fail
 
 
-@command(app, "eval", EvalConfig, {"token": Flag(envvar="ASTRA_GYM_TOKEN")})
+@command(app, "eval", EvalConfig, {"token": Flag(envvar="ASTRA_GYM_TOKEN"), "distractors": Flag(parse=parse_band_counts)})
 def eval_(config: EvalConfig) -> None:
     """Benchmark a policy over the gym's arenas (or a suite's entries); writes trajectories.jsonl, report.json/.md and charts."""
     from clients.evaluation import EvalAborted, run_eval

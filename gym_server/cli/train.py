@@ -6,10 +6,9 @@ import json
 
 from gym_server.cli.options import Flag, command
 from gym_server.cli.root import console, fail, train_app
+from clients.distractors import parse_band_counts
 from trainer.configs import GRPORunConfig, SFTRunConfig
 from trainer.distributed import is_main_process
-
-BANDS = ("high", "medium", "low")
 
 
 @command(train_app, "train sft", SFTRunConfig)
@@ -25,15 +24,7 @@ def train_sft(config: SFTRunConfig) -> None:
         console.print_json(json.dumps(result))
 
 
-def distractor_counts(text: str) -> dict[str, int]:
-    """`--distractors HIGH,MEDIUM,LOW` -> {"high": .., "medium": .., "low": ..}."""
-    parts = text.split(",")
-    if len(parts) != len(BANDS) or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"{text!r}: expected three counts HIGH,MEDIUM,LOW, e.g. 1,1,1")
-    return dict(zip(BANDS, (int(p) for p in parts)))
-
-
-GRPO_FLAGS = {"arenas": Flag("--arenas", "-a"), "token": Flag(envvar="ASTRA_GYM_TOKEN"), "distractors": Flag(parse=distractor_counts)}
+GRPO_FLAGS = {"arenas": Flag("--arenas", "-a"), "token": Flag(envvar="ASTRA_GYM_TOKEN"), "distractors": Flag(parse=parse_band_counts)}
 
 
 @command(train_app, "train grpo", GRPORunConfig, GRPO_FLAGS)

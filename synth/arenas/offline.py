@@ -138,6 +138,21 @@ def airline_rebook(world: dict[str, Any], rng: random.Random) -> Draft:
     return draft
 
 
+def entity_ids() -> list[str]:
+    """Every id a generated world can hold that a question names and a call takes (flights, passengers, doctors,
+    slots, patients, prescriptions, products, customers, orders; booking ids, built from a flight's, are left
+    out): a tokenizer that keeps each whole sees the same id space whatever seed made the arenas."""
+    flights = [f"{code}{n}" for code, _ in AIRLINES for n in range(100, 1000)]
+    people = [f"P{i:03d}" for i in range(1, len(NAMES) + 1)] + [f"PT{i}" for i in range(1, len(NAMES) + 1)] + [f"C{i}" for i in range(1, len(NAMES) + 1)]
+    doctors = [f"D{i:02d}" for i in range(1, len(NAMES) + 1)]
+    slots = [f"SL{i}" for i in range(1, 8 * len(NAMES) + 1)]
+    prescriptions = [f"RX{i}" for i in range(10, 10 + 3 * len(NAMES))]
+    n_products = sum(len(names) for names in PRODUCTS.values())
+    skus = [f"SKU-{i * 7 + 101}" for i in range(n_products)]
+    orders = [f"O-{1001 + i}" for i in range(len(NAMES))]
+    return flights + people + doctors + slots + prescriptions + skus + orders
+
+
 # ----------------------------------------------------------------------------------------------- clinic
 SPECIALTIES = ["cardiology", "dermatology", "pediatrics", "neurology", "oncology", "orthopedics"]
 DRUGS = [("atorvastatin", 20), ("metformin", 500), ("cetirizine", 10), ("lisinopril", 10), ("amoxicillin", 250), ("ibuprofen", 400)]

@@ -14,12 +14,33 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from gym_server.models import Arena, DistractorRef
 
 BANDS = {"high": (0.85, 1.01), "medium": (0.4, 0.85), "low": (-1.0, 0.4)}
 _WORD = re.compile(r"[a-z0-9]+")
+
+
+def check_band_counts(counts: dict[str, int]) -> dict[str, int]:
+    unknown = set(counts) - set(BANDS)
+    if unknown or any(n < 0 for n in counts.values()):
+        raise ValueError(f"distractor counts take the bands {sorted(BANDS)} with counts >= 0, got {counts}")
+    return counts
+
+
+BandCounts = Annotated[dict[str, int], AfterValidator(check_band_counts)]
+"""Distractor tools per similarity band, as run configs (eval, GRPO) take them."""
+
+
+def parse_band_counts(text: str) -> dict[str, int]:
+    """`HIGH,MEDIUM,LOW` (a flag's text, e.g. `1,1,1`) -> distractor tools per band."""
+    parts = text.split(",")
+    if len(parts) != len(BANDS) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r}: expected three counts HIGH,MEDIUM,LOW, e.g. 1,1,1")
+    return dict(zip(BANDS, (int(p) for p in parts)))
 
 
 def tool_text(tool: Any) -> str:
