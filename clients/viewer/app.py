@@ -1,12 +1,15 @@
 """The viewer's Starlette app: server-rendered pages over run folders, nothing from the network.
 
-Pages: `/` (the runs), `/runs/{i}` (summary and the episode table), `/runs/{i}/episodes/{line}` (one episode),
-`/compare?a=i&b=j` (two runs side by side). Jinja2 autoescapes everything (the data are model output, tool
-results and arena text); the pages carry no script and a Content-Security-Policy that would refuse one.
+Pages: `/` (the runs), `/runs/{i}` (summary, a training run's metric curves, and the episode table),
+`/runs/{i}/episodes/{line}` (one episode), `/compare?a=i&b=j` (two runs side by side). Jinja2 autoescapes
+everything (the data are model output, tool results and arena text). Pages carry a Content-Security-Policy that
+refuses every script except, on the pages that draw charts, the package's own files (`script-src 'self'`: the
+vendored uPlot and its caller); the charts' data travel in a JSON block that is never executed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -22,22 +25,30 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clients.viewer.conversation import episode_view
-from clients.viewer.runs import CHARTS, Run, TableQuery, compare
+from clients.viewer.runs import CHARTS, Run
+from clients.viewer.table import SORT_KEYS, TableQuery, compare
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+SCRIPT_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": CSP + "; script-src 'self'"}
+"""A page that runs the package's own scripts (charts): those, and nothing inline or from elsewhere."""
 
 
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested summary (synthesis' summary.json) as (dotted key, leaf value) pairs."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _flat(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)]
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("clients.viewer", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["pretty"] = _pretty
+    env.filters["flat"] = _flat
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     return env
 
@@ -50,9 +61,9 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
     threading.Thread(target=lambda: [run.rows for run in folders], name="viewer-index", daemon=True).start()
     env = _environment()
 
-    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def render(name: str, status: int = 200, scripts: bool = False, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(prefix=prefix, runs=folders, **context)
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(html, status_code=status, headers=SCRIPT_HEADERS if scripts else SECURITY_HEADERS)
 
     def run_of(request: Request, key: str = "run") -> tuple[int, Run]:
         i = request.path_params[key]
@@ -61,7 +72,7 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
         return i, folders[i]
 
     async def index(request: Request) -> Response:
-        return render("index.html", reports=[r.report() for r in folders])
+        return render("index.html", overviews=await asyncio.to_thread(lambda: [r.overview() for r in folders]))
 
     async def run_page(request: Request) -> Response:
         i, run = run_of(request)
@@ -71,21 +82,27 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
             raise HTTPException(400, "bad table query: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
         rows = run.rows
         page, matched = query.apply(rows)
+        metrics = await asyncio.to_thread(run.metrics) if run.kind == "training" else None
+        sort_keys = [k for k in SORT_KEYS if k != "error" and (k != "judge" or run.kind == "synthesis")]
         return render(
-            "run.html", i=i, run=run, report=run.report(), charts=run.charts(), query=query, page=page, matched=matched,
-            total=len(rows), pages=max(1, -(-matched // query.per_page)), domains=sorted({r.domain for r in rows}),
-            scenario_types=sorted({r.scenario_type for r in rows}), sort_keys=("line", "reward", "arena_id", "domain", "scenario_type", "n_calls", "n_injected"),
+            "run.html", scripts=metrics is not None, i=i, run=run, report=run.report(), synthesis=run.synthesis_summary(),
+            metrics=metrics, charts=run.charts(), query=query, page=page, matched=matched, total=len(rows),
+            pages=max(1, -(-matched // query.per_page)), domains=sorted({r.domain for r in rows}),
+            scenario_types=sorted({r.scenario_type for r in rows}), sort_keys=sort_keys,
         )  # fmt: skip
 
     async def episode(request: Request) -> Response:
         i, run = run_of(request)
         try:
-            record = run.record(request.path_params["line"])
-        except (ValidationError, ValueError, OSError):
+            found = run.episode(request.path_params["line"])
+        except (ValidationError, ValueError, OSError, RecursionError):
             raise HTTPException(422, "this episode's line is not a trajectory record")
-        if record is None:
+        if found is None:
             raise HTTPException(404, "no such episode")
-        return render("episode.html", i=i, run=run, line=request.path_params["line"], record=record, view=episode_view(record))
+        return render(
+            "episode.html", i=i, run=run, line=request.path_params["line"], record=found.record, source=found.source,
+            judged=found.judged, view=episode_view(found.record),
+        )  # fmt: skip
 
     async def chart(request: Request) -> Response:
         _, run = run_of(request)
