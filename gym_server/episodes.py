@@ -136,10 +136,11 @@ class Episode:
     def __post_init__(self) -> None:
         self.listener = ListenHandler(self.events, max_subscriptions=MAX_LISTEN_STREAMS, max_buffered_events=64)
 
-    def log(self) -> EpisodeLog:
+    def log(self, since: int = 0) -> EpisodeLog:
+        """`since`: the calls from that index on (a reader that has the earlier ones)."""
         return EpisodeLog(
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
-            created_at=self.created_at, calls=list(self.calls), scored=self.scored,
+            created_at=self.created_at, calls=self.calls[since:], scored=self.scored,
         )  # fmt: skip
 
 
@@ -167,6 +168,9 @@ class EpisodeManager:
 
     def __contains__(self, episode_id: str) -> bool:
         return episode_id in self._episodes
+
+    def active(self) -> list[Episode]:
+        return list(self._episodes.values())
 
     # -- arenas ------------------------------------------------------------------------------
     async def runtime(self, arena_id: str) -> ArenaRuntime:

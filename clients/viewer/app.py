@@ -10,12 +10,10 @@ vendored uPlot and its caller); the charts' data travel in a JSON block that is 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,32 +23,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clients.viewer.conversation import episode_view
+from clients.viewer.render import SCRIPT_HEADERS, SECURITY_HEADERS, environment
 from clients.viewer.runs import CHARTS, Run
 from clients.viewer.table import SORT_KEYS, TableQuery, compare
-
-CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-SCRIPT_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": CSP + "; script-src 'self'"}
-"""A page that runs the package's own scripts (charts): those, and nothing inline or from elsewhere."""
-
-
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """A nested summary (synthesis' summary.json) as (dotted key, leaf value) pairs."""
-    if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in _flat(v, f"{prefix}{k}.")]
-    return [(prefix.rstrip("."), value)]
-
-
-def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("clients.viewer", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pretty"] = _pretty
-    env.filters["flat"] = _flat
-    env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
-    return env
 
 
 def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
@@ -59,7 +34,7 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
     folders = [Run(Path(p)) for p in runs]
     # index the runs now, off the request path (a page that comes first waits for its run's index, not longer)
     threading.Thread(target=lambda: [run.rows for run in folders], name="viewer-index", daemon=True).start()
-    env = _environment()
+    env = environment()
 
     def render(name: str, status: int = 200, scripts: bool = False, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(prefix=prefix, runs=folders, **context)
