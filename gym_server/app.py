@@ -200,7 +200,9 @@ def create_app(
         return ok(await manager.advance(episode))
 
     async def episode_log(request: Request) -> Response:
-        return ok(own_episode(request, "log").log(query_int(request, "since", 0, 0, MAX_OFFSET)))
+        episode = own_episode(request, "log")
+        await episode.settled()  # the log a trajectory record is made of carries every call's state diff
+        return ok(episode.log(query_int(request, "since", 0, 0, MAX_OFFSET)))
 
     live = ManagerLive(manager)
 

@@ -116,7 +116,9 @@ class ManagerLive:
         )  # fmt: skip
 
     async def log(self, episode_id: str, since: int) -> EpisodeLog:
-        return self.manager.get(episode_id, touch=False).log(since)  # looking keeps no episode alive
+        episode = self.manager.get(episode_id, touch=False)  # looking keeps no episode alive
+        await episode.settled()
+        return episode.log(since)
 
 
 class FrontLive:

@@ -41,6 +41,7 @@ SERVE_FLAGS = {
     "sandbox.backend": Flag("--sandbox-backend"),
     "sandbox.call_timeout_s": Flag("--call-timeout-s"),
     "sandbox.unsafe": Flag("--unsafe-sandbox"),
+    "sandbox.state_diffs": Flag(),
     "suites": Flag("--suite"),
     "suite_categories": Flag("--category"),
 }
