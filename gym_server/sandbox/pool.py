@@ -219,8 +219,12 @@ class SandboxPool:
         try:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
-            if process is not None and process.follows is not None:
-                await asyncio.wait([process.follows])  # its last call's diff first: it may break the process
+            if owner is not None and process is not None and process.follows is not None:
+                try:
+                    await asyncio.wait([process.follows])  # its last call's diff first: it may break the process
+                except asyncio.CancelledError:
+                    self._owned[owner] = process  # still the owner's: only the call that wanted it was cancelled
+                    raise
             if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
                 process.close()
                 process = None
