@@ -42,7 +42,8 @@ def trajectory_files(folder: Path) -> list[Path]:
 
 
 def is_run_folder(folder: Path) -> bool:
-    return folder.is_dir() and bool(trajectory_files(folder) or (folder / "report.json").is_file() or (folder / METRICS).is_file())
+    """Episodes, an eval's report, a training run's metrics or a synthesis run's summary: something to show."""
+    return folder.is_dir() and bool(trajectory_files(folder) or any((folder / f).is_file() for f in ("report.json", METRICS, "summary.json")))
 
 
 @dataclass(slots=True)

@@ -29,6 +29,6 @@ def view(config: ViewConfig) -> None:
 
     for run in config.runs:
         if not is_run_folder(run):
-            fail(f"{run} is not a run folder (no trajectories*.jsonl, report.json or metrics.jsonl)")
+            fail(f"{run} is not a run folder (no trajectories*.jsonl, report.json, metrics.jsonl or summary.json)")
     console.print(f"viewing {len(config.runs)} run(s) at http://{config.host}:{config.port}/")
     uvicorn.run(create_viewer(config.runs), host=config.host, port=config.port, log_level="warning")
