@@ -1,21 +1,32 @@
-"""CPU cost of one writing call's state diff (`gym_server/sandbox/inside/statediff.py`), per call, in process.
+"""What a writing call's state diff (`gym_server/sandbox/inside/statediff.py`) costs, and who pays for it.
 
-The diff runs in the sandbox process after every call that changed the state: two fresh handles load the before
-and after images, rows are compared by key. Measured here on the built-in airline world (a booking: one row
-added, one seat count changed) and on a table of N rows with one row changed (the scan is the cost).
-    python -m bench.state_diff_cost [--rows 1000 10000]
+1. CPU per diff, in process: two images loaded on one fresh handle, rows compared by key. Measured on the
+   built-in airline world (a booking: one row added, one seat count changed) and on a table of N rows with one
+   row changed (the scan is the cost).
+2. The call's path, through the real sandbox pool (what the gym awaits for every call): a call that changes one
+   row of an N-row table, with diffs off and on. The diff follows the reply (`gym_server/sandbox/diffs.py`), so
+   with diffs on the reply should come as fast as with them off, and before its diff: the bench counts the
+   replies whose diff was not yet in when they came. `--think-ms` is the pause between an episode's calls (an
+   agent's turn); with none, the next call on the same process waits for the last call's diff, and that wait
+   is shown too.
+    python -m bench.state_diff_cost [--rows 1000 10000] [--path-rows 10000] [--calls 30] [--think-ms 20]
 Figures: docs/benchmarks.md, "State diffs".
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 
+from gym_server.models import InitialState
+from gym_server.sandbox.config import SandboxConfig
 from gym_server.sandbox.inside.statediff import StateDiffer
+from gym_server.sandbox.pool import SandboxPool
 
 WORLD = Path(__file__).resolve().parent.parent / "gym_server" / "builtin" / "airline" / "world.json"
 
@@ -56,13 +67,58 @@ def per_call_ms(before: bytes, after: bytes, repeat: int = 200) -> float:
     return (time.process_time() - t0) / repeat * 1000
 
 
+BUMP = """
+def bump(db, id):
+    db.execute("UPDATE t SET qty = qty + 1 WHERE id = ?", (id,))
+    return {"id": id}
+"""
+
+
+async def call_path(rows: int, calls: int, think_s: float, diffs: bool) -> dict[str, float]:
+    """Median ms from asking the pool for the call to its answer (what the gym awaits; it includes waiting for the
+    last call's diff when that is still being computed), the median ms until the diff is in, and how many answers
+    came before their diff."""
+    initial = InitialState(ddl=["CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)"],
+                           rows={"t": [{"id": i, "name": f"item {i}", "qty": i % 7} for i in range(rows)]})  # fmt: skip
+    reply_ms: list[float] = []
+    diff_ms: list[float] = []
+    early, pending = 0, []
+    async with SandboxPool(SandboxConfig(workers=1, state_diffs=diffs, max_state_bytes=256 * 1024 * 1024)) as pool:
+        state = await pool.build_state(initial)
+        for i in range(calls + 3):
+            t0 = time.perf_counter()
+            outcome = await pool.call(BUMP, "bump", {"id": i % rows}, state, owner="bench/t")
+            t1 = time.perf_counter()
+            assert outcome.ok and outcome.state is not None, outcome.error
+            state = outcome.state
+            if i >= 3:  # the first calls fork and bind the process
+                reply_ms.append((t1 - t0) * 1000)
+                if outcome.diff is not None:
+                    early += not outcome.diff.done()
+                    outcome.diff.add_done_callback(lambda _, t0=t0: diff_ms.append((time.perf_counter() - t0) * 1000))
+                    pending.append(outcome.diff)
+            await asyncio.sleep(think_s)
+        for diff in await asyncio.gather(*pending):
+            assert diff.error is None and diff.tables["t"].n_changed == 1, diff
+    return {"reply": statistics.median(reply_ms), "diff": statistics.median(diff_ms) if diff_ms else 0.0, "early": early, "calls": calls}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--path-rows", type=int, default=10000, help="table size for the call-path measurement")
+    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--think-ms", type=float, nargs="+", default=[20.0, 0.0])
     args = ap.parse_args()
     print(f"airline booking: {per_call_ms(*_airline()):.3f} ms CPU per diff")
     for n in args.rows:
         print(f"{n} rows, one changed: {per_call_ms(*_table(n), repeat=20 if n > 5000 else 100):.3f} ms CPU per diff")
+    for think in args.think_ms:
+        off = asyncio.run(call_path(args.path_rows, args.calls, think / 1000, diffs=False))
+        on = asyncio.run(call_path(args.path_rows, args.calls, think / 1000, diffs=True))
+        print(f"call path, {args.path_rows}-row table, {think:g} ms between calls: reply {off['reply']:.2f} ms (diffs off) vs "
+              f"{on['reply']:.2f} ms (diffs on; its diff in after {on['diff']:.2f} ms); "
+              f"replies that came before their diff: {on['early']}/{on['calls']}")  # fmt: skip
 
 
 if __name__ == "__main__":

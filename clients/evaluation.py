@@ -71,12 +71,10 @@ async def run_eval(config: EvalConfig, progress: bool = True, policy: Policy | N
     gym_thread = None
     if not config.gym:
         from gym_server.config import ServeConfig
-        from gym_server.sandbox.config import SandboxConfig
         from gym_server.serve import GymThread
 
         suite = {"arenas": [], "suites": [config.suite], "suite_categories": config.categories} if config.suite else {}
-        # an evaluation's own gym records state diffs: its runs are for reading (`astra-gym view`)
-        gym_thread = GymThread.private(ServeConfig(port=0, sandbox=SandboxConfig(state_diffs=True), **suite)).start()
+        gym_thread = GymThread.private(ServeConfig(port=0, **suite)).start()  # it records state diffs, as every gym does by default
     try:
         async with shared_http_client(max_connections=max(64, config.concurrency * 4)) as http:
             if gym_thread is not None:

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from gym_server.auth import Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
+from gym_server.auth import VIEW_PATH, Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
 from gym_server.backends import SuiteBackend, ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.episodes import EpisodeManager, EpisodeNotFound, EpisodeRejected, EpisodeScored, NoMoreTurns
 from gym_server.json_limits import JSONLimitError, parse_json
+from gym_server.live import MAX_LISTED, ManagerLive, PagesFactory, ViewAccess
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
 from gym_server.models import EpisodeCreate, EpisodeCreated, ScoreRequest, TurnRequest
 from gym_server.origin_guard import HostOriginGuard
@@ -79,7 +80,7 @@ MAX_OFFSET = 2**53
 """Paging offsets are clamped here: SQLite takes at most a signed 64-bit OFFSET, and no store holds 2**53 arenas."""
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter clamped to [low, high]; only a value that is not an integer is refused."""
     raw = request.query_params.get(name)
     if raw is None:
@@ -115,10 +116,13 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
         raise HTTPError(422, f"invalid {model.__name__} body", detail) from None
 
 
-def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend] = (), process: ProcessRole | None = None) -> Starlette:
+def create_app(
+    config: ServeConfig | None = None, backends: Sequence[ToolBackend] = (), process: ProcessRole | None = None, pages: PagesFactory | None = None
+) -> Starlette:
     """`backends` serve the arena kinds the sandbox does not (fronted MCP servers, LLM emulators); each one's
     `start` may add arenas to the store. Upstreams in the config with no backend for them are refused.
-    `process` makes this app one gym process of `serve --processes N` (see gym_server.workers)."""
+    `process` makes this app one gym process of `serve --processes N` (see gym_server.workers). `pages` builds
+    the live pages mounted at /view (the composition root passes them; a gym process of several has none)."""
     config = config or ServeConfig()
     if config.upstreams and not any("upstream" in b.kinds for b in backends):
         raise ValueError("the config fronts MCP servers (upstreams) but no upstream backend was passed to create_app")
@@ -144,8 +148,8 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
 
     async def list_arenas(request: Request) -> Response:
         q = request.query_params
-        offset = _query_int(request, "offset", 0, 0, MAX_OFFSET)
-        limit = _query_int(request, "limit", 100, 1, 1000)
+        offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+        limit = query_int(request, "limit", 100, 1, 1000)
         try:
             items, total = store.summaries(offset, limit, q.get("domain"), q.get("scenario_type"), q.get("prefix"))
         except ValueError as exc:
@@ -196,7 +200,15 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         return ok(await manager.advance(episode))
 
     async def episode_log(request: Request) -> Response:
-        return ok(own_episode(request, "log").log())
+        episode = own_episode(request, "log")
+        await episode.settled()  # the log a trajectory record is made of carries every call's state diff
+        return ok(episode.log(query_int(request, "since", 0, 0, MAX_OFFSET)))
+
+    live = ManagerLive(manager)
+
+    async def live_episodes(request: Request) -> Response:
+        require_operator(request, "the list of live episodes")
+        return ok(await live.episodes(query_int(request, "limit", 200, 1, MAX_LISTED)))
 
     async def score(request: Request) -> Response:
         episode = own_episode(request, "score")
@@ -244,12 +256,15 @@ def create_app(config: ServeConfig | None = None, backends: Sequence[ToolBackend
         Route("/api/arenas", list_arenas, methods=["GET"]),
         Route("/api/arenas/{arena_id:path}", show_arena, methods=["GET"]),
         Route("/api/episodes", create_episode, methods=["POST"]),
+        Route("/api/episodes", live_episodes, methods=["GET"]),
         Route("/api/episodes/{episode_id}", episode_log, methods=["GET"]),
         Route("/api/episodes/{episode_id}", delete_episode, methods=["DELETE"]),
         Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
         Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
+    if pages is not None:
+        routes.append(Mount(VIEW_PATH, pages(live, ViewAccess.of(authenticator, config.public_url))))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.config = config
     app.state.manager = manager

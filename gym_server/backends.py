@@ -9,6 +9,7 @@ package above it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -28,8 +29,9 @@ class ToolAnswer:
     error: str | None = None
     rendered: str | None = None
     """The call as the backend's own harness writes it (BFCL: its call string), for the call log."""
-    diff: StateDiff | None = None
-    """What the call changed in the episode's state (the sandbox backend, for a writing call)."""
+    diff: Awaitable[StateDiff] | None = None
+    """What the call changed in the episode's state (the sandbox backend, for a writing call): it comes after the
+    answer, and the call log's entry is completed when it does (`EpisodeManager.call_tool`)."""
 
     @classmethod
     def ok(cls, result: Any) -> ToolAnswer:

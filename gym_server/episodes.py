@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,14 +132,22 @@ class Episode:
     events: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     """The episode's change events (its tool list grew); only its own `subscriptions/listen` streams hear them."""
     listener: ListenHandler = field(init=False)
+    pending_diffs: set[asyncio.Task[None]] = field(default_factory=set)
+    """Calls whose state diff is still on its way (it follows the call's answer); `settled` waits for them."""
 
     def __post_init__(self) -> None:
         self.listener = ListenHandler(self.events, max_subscriptions=MAX_LISTEN_STREAMS, max_buffered_events=64)
 
-    def log(self) -> EpisodeLog:
+    async def settled(self) -> None:
+        """Once every diff of the calls made so far is in the log (each is bounded by the sandbox's call timeout)."""
+        while self.pending_diffs:
+            await asyncio.wait(set(self.pending_diffs))
+
+    def log(self, since: int = 0) -> EpisodeLog:
+        """`since`: the calls from that index on (a reader that has the earlier ones)."""
         return EpisodeLog(
             episode_id=self.id, arena_id=self.arena.id, seed=self.seed, failure=self.failure,
-            created_at=self.created_at, calls=list(self.calls), scored=self.scored,
+            created_at=self.created_at, calls=self.calls[since:], scored=self.scored,
         )  # fmt: skip
 
 
@@ -167,6 +175,9 @@ class EpisodeManager:
 
     def __contains__(self, episode_id: str) -> bool:
         return episode_id in self._episodes
+
+    def active(self) -> list[Episode]:
+        return list(self._episodes.values())
 
     # -- arenas ------------------------------------------------------------------------------
     async def runtime(self, arena_id: str) -> ArenaRuntime:
@@ -317,7 +328,7 @@ class EpisodeManager:
             if served is None and episode.arena.hidden_tools_callable:
                 served = episode.hidden.get(name)
             rendered: str | None = None
-            diff: StateDiff | None = None
+            diff: Awaitable[StateDiff] | None = None
             try:
                 status, result, error, injected, rendered, diff = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
@@ -329,17 +340,19 @@ class EpisodeManager:
                 error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
                 source_arena=served.runtime.arena.id if served and served.distractor else None,
                 started_at=started, latency_ms=(time.perf_counter() - t0) * 1000, unsafe_sandbox=self.pool.unsafe or None,
-                turn=episode.turn, rendered=rendered, diff=diff if status is CallStatus.ok else None,
+                turn=episode.turn, rendered=rendered,
             )  # fmt: skip
             episode.calls.append(entry)
             episode.last_used = time.monotonic()
+            if diff is not None and status is CallStatus.ok:
+                _complete_later(episode, entry, diff)
         if status is CallStatus.cancelled:
             raise asyncio.CancelledError()
         return entry
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
-    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None, StateDiff | None]:
+    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None, Awaitable[StateDiff] | None]:
         if served is None:
             available = ", ".join(sorted(episode.tools))
             return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None, None, None
@@ -366,3 +379,17 @@ class EpisodeManager:
             return CallStatus.upstream_error, None, f"this gym has no backend for {backend_key(arena)} arenas such as {arena.id!r}", None, None, None
         answer = await backend.call(episode, arena, served.spec, arguments)
         return answer.status, answer.result, answer.error, None, answer.rendered, answer.diff
+
+
+def _complete_later(episode: Episode, entry: CallLogEntry, diff: Awaitable[StateDiff]) -> None:
+    """The entry's state diff, once it came (after the call was answered: it is off the call's path)."""
+
+    async def complete() -> None:
+        try:
+            entry.diff = await diff
+        except asyncio.CancelledError:  # the gym is closing
+            entry.diff = StateDiff(truncated=True, error="the gym stopped before the state diff came")
+
+    task = asyncio.get_running_loop().create_task(complete())
+    episode.pending_diffs.add(task)
+    task.add_done_callback(episode.pending_diffs.discard)

@@ -24,11 +24,12 @@ import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from gym_server.app import EXCEPTION_HANDLERS, HTTPError, path_id, read_limited
-from gym_server.auth import Authenticator, BearerAuth, Principal, Role, principal_of
+from gym_server.app import EXCEPTION_HANDLERS, HTTPError, query_int, path_id, read_limited
+from gym_server.auth import VIEW_PATH, Authenticator, BearerAuth, Principal, Role, principal_of, require_operator
 from gym_server.config import ServeConfig
+from gym_server.live import MAX_LISTED, FrontLive, PagesFactory, ViewAccess
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.workers import FRONT_HEADER, BackendsFactory, GymProcess, GymProcesses
 
@@ -47,8 +48,9 @@ def _sticky_slot(principal: Principal, n: int) -> int:
     return int.from_bytes(hashlib.sha256(principal.name.encode()).digest()[:8], "big") % n
 
 
-def create_front(config: ServeConfig, processes: int, backends: BackendsFactory | None = None) -> Starlette:
-    """The front app; its lifespan starts the `processes` gym processes and stops them."""
+def create_front(config: ServeConfig, processes: int, backends: BackendsFactory | None = None, pages: PagesFactory | None = None) -> Starlette:
+    """The front app; its lifespan starts the `processes` gym processes and stops them. `pages`: the live pages
+    (at /view), over every process's episodes."""
     limits = httpx2.Limits(max_connections=4096, max_keepalive_connections=1024)
     http = httpx2.AsyncClient(timeout=httpx2.Timeout(600.0, connect=10.0), limits=limits)
     gyms = GymProcesses(config, processes, backends, http)
@@ -155,6 +157,13 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         created["mcp_url"] = public_base(request, gym) + mcp_url[mcp_url.find("/episodes/"):]
         return JSONResponse(created, 201)
 
+    live = FrontLive(gyms, http, config.token)
+
+    async def live_episodes(request: Request) -> Response:
+        require_operator(request, "the list of live episodes")
+        listed = await live.episodes(query_int(request, "limit", 200, 1, MAX_LISTED))
+        return Response(listed.model_dump_json(), 200, media_type="application/json")
+
     async def episode_route(request: Request) -> Response:
         return relay(await forward(request, owner(request)))
 
@@ -182,13 +191,17 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         Route("/api/arenas", arenas, methods=["GET"]),
         Route("/api/arenas/{arena_id:path}", arenas, methods=["GET"]),
         Route("/api/episodes", create_episode, methods=["POST"]),
+        Route("/api/episodes", live_episodes, methods=["GET"]),
         Route("/api/episodes/{episode_id}", episode_route, methods=["GET", "DELETE"]),
         Route("/api/episodes/{episode_id}/score", episode_route, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", mcp_elsewhere, methods=["GET", "POST", "DELETE"]),
     ]
+    authenticator = Authenticator(config.token, config.agent_tokens)
+    if pages is not None:
+        routes.append(Mount(VIEW_PATH, pages(live, ViewAccess.of(authenticator, config.public_url))))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.config = config
     app.state.processes = gyms
-    app.add_middleware(BearerAuth, authenticator=Authenticator(config.token, config.agent_tokens))
+    app.add_middleware(BearerAuth, authenticator=authenticator)
     app.add_middleware(HostOriginGuard, allowed_hosts=[*config.allowed_hosts, config.host], allowed_origins=config.allowed_origins, public_url=config.public_url)
     return app

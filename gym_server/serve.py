@@ -19,6 +19,7 @@ from gym_server.app import create_app
 from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.front import create_front
+from gym_server.live import PagesFactory
 from gym_server.workers import BackendsFactory, ProcessRole, default_processes
 
 
@@ -53,19 +54,20 @@ def uvicorn_server(config: ServeConfig, backends: Sequence[ToolBackend], process
     return _server(create_app(config, backends, process), config)
 
 
-def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBackend] | BackendsFactory = ()) -> None:
+def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBackend] | BackendsFactory = (), pages: PagesFactory | None = None) -> None:
     """Serve in the foreground; `on_ready(url, app)` runs once the socket is bound and the store loaded.
 
     With `config.processes` above 1 (by default, one per core) this process is the front of that many gym
-    processes (gym_server.front); `backends` must then be a factory, since each process builds its own."""
+    processes (gym_server.front); `backends` must then be a factory, since each process builds its own.
+    `pages`: the live pages at /view (on the front, over every process's episodes)."""
     processes = config.processes or default_processes()
     if processes > 1 and not callable(backends) and backends:
         raise ValueError("serving several gym processes needs a backends factory (each process builds its own backends)")
     sock = bind(config.host, config.port)
     if processes > 1:
-        server = _server(create_front(config, processes, backends if callable(backends) else None), config)
+        server = _server(create_front(config, processes, backends if callable(backends) else None, pages), config)
     else:
-        server = uvicorn_server(config, backends(config) if callable(backends) else backends)
+        server = _server(create_app(config, backends(config) if callable(backends) else backends, pages=pages), config)
     if on_ready is not None:
         host, port = sock.getsockname()[:2]
         on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", server.config.app)
@@ -126,9 +128,9 @@ class AppThread:
 class GymThread(AppThread):
     """A real gym on a loopback port (tests, demos, in-process evaluation and training)."""
 
-    def __init__(self, config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> None:
+    def __init__(self, config: ServeConfig | None = None, backends: Sequence[ToolBackend] = (), pages: PagesFactory | None = None) -> None:
         self.config = config or ServeConfig()
-        super().__init__(create_app(self.config, backends), self.config.port, host=self.config.host)
+        super().__init__(create_app(self.config, backends, pages=pages), self.config.port, host=self.config.host)
 
     @classmethod
     def private(cls, config: ServeConfig | None = None, backends: Sequence[ToolBackend] = ()) -> GymThread:

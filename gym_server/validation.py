@@ -33,7 +33,7 @@ async def validate_arena(arena: Arena, pool: SandboxPool) -> ValidationReport:
     for sub in arena.gold_plan():
         call, sub_id = sub.gold_call, sub.id
         assert call is not None
-        outcome = await pool.call(arena.implementation, call.tool, call.arguments, state)
+        outcome = await pool.call(arena.implementation, call.tool, call.arguments, state, diff=False)  # no log records them
         if not outcome.ok:
             report.problems.append(f"sub-task {sub_id}: gold call {call.tool} failed: {outcome.error}")
             return report  # later calls depend on this state; their failures would only echo this one

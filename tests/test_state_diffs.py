@@ -144,7 +144,21 @@ def test_the_gym_accepts_a_diff_of_the_sandboxs_shape():
 
 
 async def test_a_gym_not_asked_for_diffs_records_none(http):
-    """`serve` leaves diffs off by default (they cost the call's path); the booking still books."""
-    with GymThread(ServeConfig(port=0, arenas=["builtin"], sandbox=SandboxConfig(workers=1))) as plain:
+    """`state_diffs=False`: no diff is computed or expected; the booking still books."""
+    with GymThread(ServeConfig(port=0, arenas=["builtin"], sandbox=SandboxConfig(workers=1, state_diffs=False))) as plain:
         calls = await calls_of(http, plain, BOOKING_ARENA, [("book_flight", {"flight_id": "B6400", "passenger_id": "P001"})])
     assert calls[0]["status"] == "ok" and calls[0]["diff"] is None
+
+
+async def test_a_gym_records_diffs_by_default(http):
+    """Diffs are off the call's path (they follow the reply), so every gym records them unless told not to."""
+    assert SandboxConfig().state_diffs is True and ServeConfig().sandbox.state_diffs is True
+    with GymThread(ServeConfig(port=0, arenas=["builtin"], sandbox=SandboxConfig(workers=1))) as plain:
+        calls = await calls_of(http, plain, BOOKING_ARENA, [
+            ("book_flight", {"flight_id": "B6400", "passenger_id": "P001"}),
+            ("get_flight", {"flight_id": "B6400"}),  # the same process serves it: it read the diff before this request
+            ("book_flight", {"flight_id": "B6400", "passenger_id": "P002"}),
+        ])  # fmt: skip
+    assert [c["status"] for c in calls] == ["ok", "ok", "ok"]
+    assert calls[0]["diff"]["tables"]["flights"]["changed"][0]["columns"] == {"seats_left": [5, 4]}
+    assert calls[1]["diff"] is None and calls[2]["diff"]["tables"]["flights"]["changed"][0]["columns"] == {"seats_left": [4, 3]}

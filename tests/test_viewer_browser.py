@@ -1,10 +1,13 @@
 """The viewer's pages in a real headless browser (Debian's chromium driven by selenium through its
 chromedriver; nothing is downloaded): open a run made by a real eval over the airline world, sort and filter
-the table, open an episode and see a booking's state diff and the sub-tasks its calls solved, compare two runs."""
+the table, open an episode and see a booking's state diff and the sub-tasks its calls solved, compare two runs;
+see a real GRPO run's metric curves drawn by the vendored uPlot, under the page's CSP."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,7 @@ def chrome() -> object:
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP refusals among them
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
@@ -35,8 +39,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def site(runs) -> Iterator[str]:
-    with AppThread(create_viewer(list(runs))) as running:
+def grpo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `astra-gym train grpo` run of the tiny model (two steps on the clinic world, on CPU)."""
+    pytest.importorskip("trl")
+    out = tmp_path_factory.mktemp("grpo") / "grpo"
+    done = subprocess.run(
+        [sys.executable, "-m", "gym_server.cli", "train", "grpo", "--model", "tiny", "--arena-filter", "clinic-*", "--out", str(out),
+         "--max-steps", "2", "--batch-size", "4", "--num-generations", "2", "--max-turns", "2", "--max-new-tokens", "16", "--save-steps", "100"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def site(runs, grpo_run) -> Iterator[str]:
+    with AppThread(create_viewer([*runs, grpo_run])) as running:
         yield running.url
 
 
@@ -135,3 +153,30 @@ def test_compare_two_runs(site, browser):
     summary = browser.find_element(By.ID, "compare-summary").text
     assert f"flipped to unsolved: {len(flipped)}" in summary and "flipped to solved: 0" in summary
     assert flipped, "the random policy solved every arena the oracle solved"
+
+
+@pytest.mark.timeout(600)  # the fixture trains first: 20 to 60 s on a loaded 2-core machine
+def test_a_training_runs_curves_are_drawn(site, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get_log("browser")  # only this page's messages below
+    browser.get(site + "/")
+    follow(browser, browser.find_element(By.LINK_TEXT, "grpo"))
+    figures = browser.find_elements(By.CSS_SELECTOR, "#main-charts figure.metric-chart")
+    titles = [f.find_element(By.TAG_NAME, "figcaption").text for f in figures]
+    assert titles[:3] == ["reward", "recall and precision", "tool calls and solved sub-tasks"] and "loss" in titles
+    WebDriverWait(browser, 20).until(lambda b: all(f.get_attribute("data-rendered") for f in figures))
+    for figure in figures:
+        keys = figure.get_attribute("data-keys").split()
+        assert figure.find_elements(By.CSS_SELECTOR, "canvas"), figure.text
+        legend = [e.text for e in figure.find_elements(By.CSS_SELECTOR, ".u-legend .u-series .u-label")]
+        assert legend == ["step", *keys]  # one series a key, after uPlot's x series
+    abf = next(f for f in figures if f.find_element(By.TAG_NAME, "figcaption").text.startswith("adaptive batch filling"))
+    assert "abf/groups_dropped" in abf.get_attribute("data-keys").split()
+    problems = [m["message"] for m in browser.get_log("browser") if m["level"] in ("SEVERE", "WARNING")]
+    assert not problems, problems  # nothing refused by the CSP, no script error
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.episode td a")  # the episodes GRPO played
+    assert rows
+    follow(browser, rows[0])
+    assert browser.find_element(By.ID, "conversation").is_displayed()

@@ -1,18 +1,19 @@
 """The viewer's Starlette app: server-rendered pages over run folders, nothing from the network.
 
-Pages: `/` (the runs), `/runs/{i}` (summary and the episode table), `/runs/{i}/episodes/{line}` (one episode),
-`/compare?a=i&b=j` (two runs side by side). Jinja2 autoescapes everything (the data are model output, tool
-results and arena text); the pages carry no script and a Content-Security-Policy that would refuse one.
+Pages: `/` (the runs), `/runs/{i}` (summary, a training run's metric curves, and the episode table),
+`/runs/{i}/episodes/{line}` (one episode), `/compare?a=i&b=j` (two runs side by side). Jinja2 autoescapes
+everything (the data are model output, tool results and arena text). Pages carry a Content-Security-Policy that
+refuses every script except, on the pages that draw charts, the package's own files (`script-src 'self'`: the
+vendored uPlot and its caller); the charts' data travel in a JSON block that is never executed.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,24 +23,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clients.viewer.conversation import episode_view
-from clients.viewer.runs import CHARTS, Run, TableQuery, compare
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
-def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("clients.viewer", "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["pretty"] = _pretty
-    env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
-    return env
+from clients.viewer.render import SCRIPT_HEADERS, SECURITY_HEADERS, environment
+from clients.viewer.runs import CHARTS, Run
+from clients.viewer.table import SORT_KEYS, TableQuery, compare
 
 
 def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
@@ -48,11 +34,11 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
     folders = [Run(Path(p)) for p in runs]
     # index the runs now, off the request path (a page that comes first waits for its run's index, not longer)
     threading.Thread(target=lambda: [run.rows for run in folders], name="viewer-index", daemon=True).start()
-    env = _environment()
+    env = environment()
 
-    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def render(name: str, status: int = 200, scripts: bool = False, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(prefix=prefix, runs=folders, **context)
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(html, status_code=status, headers=SCRIPT_HEADERS if scripts else SECURITY_HEADERS)
 
     def run_of(request: Request, key: str = "run") -> tuple[int, Run]:
         i = request.path_params[key]
@@ -61,7 +47,7 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
         return i, folders[i]
 
     async def index(request: Request) -> Response:
-        return render("index.html", reports=[r.report() for r in folders])
+        return render("index.html", overviews=await asyncio.to_thread(lambda: [r.overview() for r in folders]))
 
     async def run_page(request: Request) -> Response:
         i, run = run_of(request)
@@ -71,21 +57,27 @@ def create_viewer(runs: list[Path], prefix: str = "") -> Starlette:
             raise HTTPException(400, "bad table query: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
         rows = run.rows
         page, matched = query.apply(rows)
+        metrics = await asyncio.to_thread(run.metrics) if run.kind == "training" else None
+        sort_keys = [k for k in SORT_KEYS if k != "error" and (k != "judge" or run.kind == "synthesis")]
         return render(
-            "run.html", i=i, run=run, report=run.report(), charts=run.charts(), query=query, page=page, matched=matched,
-            total=len(rows), pages=max(1, -(-matched // query.per_page)), domains=sorted({r.domain for r in rows}),
-            scenario_types=sorted({r.scenario_type for r in rows}), sort_keys=("line", "reward", "arena_id", "domain", "scenario_type", "n_calls", "n_injected"),
+            "run.html", scripts=metrics is not None, i=i, run=run, report=run.report(), synthesis=run.synthesis_summary(),
+            metrics=metrics, charts=run.charts(), query=query, page=page, matched=matched, total=len(rows),
+            pages=max(1, -(-matched // query.per_page)), domains=sorted({r.domain for r in rows}),
+            scenario_types=sorted({r.scenario_type for r in rows}), sort_keys=sort_keys,
         )  # fmt: skip
 
     async def episode(request: Request) -> Response:
         i, run = run_of(request)
         try:
-            record = run.record(request.path_params["line"])
-        except (ValidationError, ValueError, OSError):
+            found = run.episode(request.path_params["line"])
+        except (ValidationError, ValueError, OSError, RecursionError):
             raise HTTPException(422, "this episode's line is not a trajectory record")
-        if record is None:
+        if found is None:
             raise HTTPException(404, "no such episode")
-        return render("episode.html", i=i, run=run, line=request.path_params["line"], record=record, view=episode_view(record))
+        return render(
+            "episode.html", i=i, run=run, line=request.path_params["line"], record=found.record, source=found.source,
+            judged=found.judged, view=episode_view(found.record),
+        )  # fmt: skip
 
     async def chart(request: Request) -> Response:
         _, run = run_of(request)

@@ -1,34 +1,59 @@
 """Run folders as the viewer reads them: an index of one summary row per episode (built once, lazily), the
-episode itself read back by its byte offset, and the table's filter/sort/page query.
+episode itself read back by its file and byte offset, and what kind of run the folder holds.
+
+A run's episodes are in `trajectories.jsonl` (eval, synthesis, one-process GRPO) and in
+`trajectories.rank{R}.jsonl` (GRPO under several processes, one file per rank: `trainer.distributed`); every
+such file is indexed, in rank order. A synthesis run's lines are judged trajectories (`synth.models.
+JudgedTrajectory`: the rollout under `record`, the judge's `verdict`, the filter's `kept`), read here as plain
+JSON since the viewer sits below synth in the layers.
 
 Everything here reads untrusted text (model output, tool results, questions) and only hands it on for the
-templates to escape. Runs are named by their position on the command line and episodes by their line number in
-`trajectories.jsonl`, never by a path from a request, so no request can name a file.
+templates to escape. Runs are named by their position on the command line and episodes by their position in the
+run's index, never by a path from a request, so no request can name a file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from clients.evaluation import TRAJECTORIES
 from clients.records import TrajectoryRecord
+from clients.viewer.metrics import METRICS, Metrics, read_metrics
 
 CHARTS = ("reward.png", "calls_tokens.png", "pass_hat_k.png", "suite.png")
 """The chart files `clients.evaluation` writes: the only files of a run folder the viewer serves as they are."""
 QUESTION_CHARS = 300
-SORT_KEYS = ("line", "reward", "arena_id", "domain", "scenario_type", "n_calls", "n_injected", "error")
+RANK_FILE = re.compile(r"trajectories\.rank(\d{1,4})\.jsonl")
+SYNTH_FILES = ("summary.json", "tasks.jsonl", "chains.jsonl")
+"""Files only a synthesis run (`synth.pipeline`) writes."""
+RunKind = Literal["eval", "training", "synthesis"]
+
+
+def trajectory_files(folder: Path) -> list[Path]:
+    """The run's episode files: `trajectories.jsonl`, then the rank files by rank."""
+    ranks = sorted((int(m.group(1)), p) for p in folder.glob("trajectories.rank*.jsonl") if (m := RANK_FILE.fullmatch(p.name)) and p.is_file())
+    main = folder / TRAJECTORIES
+    return ([main] if main.is_file() else []) + [p for _, p in ranks]
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Episodes, an eval's report, a training run's metrics or a synthesis run's summary: something to show."""
+    return folder.is_dir() and bool(trajectory_files(folder) or any((folder / f).is_file() for f in ("report.json", METRICS, "summary.json")))
 
 
 @dataclass(slots=True)
 class EpisodeRow:
     line: int
+    """Its position in the run's index: the episode's name in URLs."""
+    file: int
     offset: int
+    source: str
+    """The file it came from, shortly: 'main' for trajectories.jsonl, 'rank1' for trajectories.rank1.jsonl."""
     arena_id: str
     domain: str
     scenario_type: str
@@ -38,6 +63,18 @@ class EpisodeRow:
     n_injected: int
     error: str | None
     question: str
+    judge: float | None = None
+    """A synthesis rollout's judged reward."""
+    kept: bool | None = None
+    """Whether synthesis' filter kept it for SFT."""
+
+
+@dataclass(slots=True)
+class Episode:
+    record: TrajectoryRecord
+    source: str
+    judged: dict[str, Any] | None = None
+    """A synthesis rollout's judgement: `verdict` (scores, reasons, reward, error), `kept`, `reason`, `task`."""
 
 
 def _question(messages: list[Any]) -> str:
@@ -47,18 +84,34 @@ def _question(messages: list[Any]) -> str:
     return ""
 
 
-def _row(line: int, offset: int, data: dict[str, Any]) -> EpisodeRow:
+def _judged(data: dict[str, Any]) -> bool:
+    return isinstance(data.get("record"), dict) and isinstance(data.get("verdict"), dict)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _row(line: int, file: int, offset: int, source: str, data: dict[str, Any]) -> EpisodeRow:
+    judge = kept = None
+    if _judged(data):
+        judge, kept = _number(data["verdict"].get("reward")), bool(data.get("kept"))
+        data = data["record"]
     reward = data.get("reward") if isinstance(data.get("reward"), dict) else None
     calls = data.get("call_log") if isinstance(data.get("call_log"), list) else []
-    value = reward.get("reward") if reward else None
     return EpisodeRow(
-        line=line, offset=offset, arena_id=str(data.get("arena_id", "")), domain=str(data.get("domain") or ""),
-        scenario_type=str(data.get("scenario_type") or ""), repeat=int(data.get("repeat") or 0),
-        reward=float(value) if isinstance(value, (int, float)) else None, n_calls=len(calls),
+        line=line, file=file, offset=offset, source=source, arena_id=str(data.get("arena_id", "")), domain=str(data.get("domain") or ""),
+        scenario_type=str(data.get("scenario_type") or ""), repeat=int(_number(data.get("repeat")) or 0),
+        reward=_number(reward.get("reward")) if reward else None, n_calls=len(calls),
         n_injected=sum(1 for c in calls if isinstance(c, dict) and c.get("injected")),
         error=str(data["error"])[:500] if data.get("error") else None,
-        question=_question(data.get("messages") or []),
+        question=_question(data.get("messages") or []), judge=judge, kept=kept,
     )  # fmt: skip
+
+
+def _source(path: Path) -> str:
+    m = RANK_FILE.fullmatch(path.name)
+    return f"rank{int(m.group(1))}" if m else "main"
 
 
 @dataclass
@@ -68,6 +121,7 @@ class Run:
     path: Path
     _rows: list[EpisodeRow] | None = None
     bad_lines: int = 0
+    files: list[Path] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -75,131 +129,92 @@ class Run:
         return self.path.name
 
     @property
+    def kind(self) -> RunKind:
+        if (self.path / METRICS).is_file():
+            return "training"
+        if any((self.path / f).is_file() for f in SYNTH_FILES):
+            return "synthesis"
+        return "eval"
+
+    @property
     def rows(self) -> list[EpisodeRow]:
         with self._lock:
             if self._rows is None:
+                self.files = trajectory_files(self.path)
                 self._rows = self._index()
             return self._rows
 
+    @property
+    def sources(self) -> list[str]:
+        """The labels of the run's episode files, when it has more than one."""
+        labels = [_source(p) for p in self.files]
+        return labels if len(labels) > 1 else []
+
     def _index(self) -> list[EpisodeRow]:
         rows: list[EpisodeRow] = []
-        path = self.path / TRAJECTORIES
-        if not path.is_file():
-            return rows
-        offset = 0
-        with path.open("rb") as f:
-            for line in f:
-                try:
-                    data = json.loads(line)
-                    if not isinstance(data, dict):
-                        raise ValueError
-                    rows.append(_row(len(rows), offset, data))
-                except (ValueError, TypeError, RecursionError):
-                    self.bad_lines += 1
-                offset += len(line)
+        for file, path in enumerate(self.files):
+            offset, source = 0, _source(path)
+            with path.open("rb") as f:
+                for line in f:
+                    try:
+                        data = json.loads(line)
+                        if not isinstance(data, dict):
+                            raise ValueError
+                        rows.append(_row(len(rows), file, offset, source, data))
+                    except (ValueError, TypeError, RecursionError):
+                        self.bad_lines += 1
+                    offset += len(line)
         return rows
 
-    def report(self) -> dict[str, Any] | None:
+    def _json(self, name: str) -> dict[str, Any] | None:
         try:
-            report = json.loads((self.path / "report.json").read_text())
+            data = json.loads((self.path / name).read_text())
         except (OSError, ValueError, RecursionError):
             return None
-        return report if isinstance(report, dict) else None
+        return data if isinstance(data, dict) else None
+
+    def report(self) -> dict[str, Any] | None:
+        """An eval run's report.json."""
+        return self._json("report.json")
+
+    def synthesis_summary(self) -> dict[str, Any] | None:
+        """A synthesis run's summary.json (what each stage kept and dropped, the LLM's usage)."""
+        return self._json("summary.json")
+
+    def metrics(self) -> Metrics | None:
+        """A training run's metrics per step (read anew each time: a run still training adds steps)."""
+        return read_metrics(self.path / METRICS)
+
+    def overview(self) -> dict[str, Any]:
+        """The runs page's line: an eval's report figures, a training run's steps and last reward, a synthesis
+        run's rollouts."""
+        line: dict[str, Any] = dict.fromkeys(("policy", "episodes", "steps", "reward", "success"))
+        line["kind"] = self.kind
+        report = self.report()
+        overall = report.get("overall") if report else None
+        if report and isinstance(overall, dict):
+            line.update(policy=report.get("policy"), episodes=overall.get("episodes"), reward=_number(overall.get("reward")), success=_number(overall.get("success_rate")))
+        if line["kind"] == "training" and (metrics := self.metrics()) is not None:
+            last = {f["key"]: f["last"] for f in metrics.figures}
+            line.update(steps=metrics.steps[-1] if metrics.steps else 0, reward=last.get("reward"))
+        if line["kind"] == "synthesis" and (summary := self.synthesis_summary()):
+            rolled = summary.get("trajectories")
+            line.update(episodes=rolled.get("rolled_out") if isinstance(rolled, dict) else None)
+        return line
 
     def charts(self) -> list[str]:
         return [c for c in CHARTS if (self.path / c).is_file()]
 
-    def record(self, line: int) -> TrajectoryRecord | None:
+    def episode(self, line: int) -> Episode | None:
         rows = self.rows
         if not 0 <= line < len(rows):
             return None
-        with (self.path / TRAJECTORIES).open("rb") as f:
-            f.seek(rows[line].offset)
-            return TrajectoryRecord.model_validate_json(f.readline())
-
-
-class TableQuery(BaseModel):
-    """The episode table's query string; anything else is a 400."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sort: Literal[SORT_KEYS] = "line"  # type: ignore[valid-type]
-    order: Literal["asc", "desc"] = "asc"
-    page: int = Field(default=1, ge=1, le=1_000_000)
-    per_page: int = Field(default=50, ge=1, le=500)
-    domain: str | None = Field(default=None, max_length=200)
-    scenario_type: str | None = Field(default=None, max_length=200)
-    error: Literal["any", "yes", "no"] = "any"
-    injected: Literal["any", "yes", "no"] = "any"
-    min_reward: float | None = Field(default=None, ge=0, le=1)
-    max_reward: float | None = Field(default=None, ge=0, le=1)
-    min_calls: int | None = Field(default=None, ge=0)
-    max_calls: int | None = Field(default=None, ge=0)
-    q: str | None = Field(default=None, max_length=200)
-    """Text in the question (case-insensitive)."""
-
-    def matches(self, r: EpisodeRow) -> bool:
-        if self.domain and r.domain != self.domain or self.scenario_type and r.scenario_type != self.scenario_type:
-            return False
-        if self.error != "any" and (r.error is not None) != (self.error == "yes"):
-            return False
-        if self.injected != "any" and (r.n_injected > 0) != (self.injected == "yes"):
-            return False
-        if self.min_reward is not None and (r.reward is None or r.reward < self.min_reward):
-            return False
-        if self.max_reward is not None and (r.reward is None or r.reward > self.max_reward):
-            return False
-        if self.min_calls is not None and r.n_calls < self.min_calls or self.max_calls is not None and r.n_calls > self.max_calls:
-            return False
-        return not self.q or self.q.lower() in r.question.lower()
-
-    def apply(self, rows: list[EpisodeRow]) -> tuple[list[EpisodeRow], int]:
-        """The page asked for and how many rows matched. Rows with no value sort last either way."""
-        kept = [r for r in rows if self.matches(r)] if self.active else rows
-        if self.sort != "line":
-            present = [r for r in kept if getattr(r, self.sort) is not None]
-            missing = [r for r in kept if getattr(r, self.sort) is None]
-            kept = sorted(present, key=lambda r: getattr(r, self.sort), reverse=self.order == "desc") + missing
-        elif self.order == "desc":
-            kept = kept[::-1]
-        start = (self.page - 1) * self.per_page
-        return kept[start : start + self.per_page], len(kept)
-
-    @property
-    def active(self) -> bool:
-        return any(getattr(self, f) not in (None, "any") for f in ("domain", "scenario_type", "error", "injected", "min_reward", "max_reward", "min_calls", "max_calls", "q"))
-
-    def link(self, **changes: Any) -> str:
-        """This query with `changes`, as a query string (defaults left out)."""
-        data = {**self.model_dump(exclude_defaults=True), **changes}
-        from urllib.parse import urlencode
-
-        return "?" + urlencode({k: v for k, v in data.items() if v is not None and v != self.model_fields[k].default})
-
-
-def compare(a: Run, b: Run) -> dict[str, Any]:
-    """Per-arena mean reward in each run (scored episodes only), the delta, and the arenas that flipped between
-    solved (mean reward 1) and not."""
-
-    def means(run: Run) -> dict[str, float]:
-        sums: dict[str, list[float]] = {}
-        for r in run.rows:
-            if r.reward is not None:
-                sums.setdefault(r.arena_id, []).append(r.reward)
-        return {k: sum(v) / len(v) for k, v in sums.items()}
-
-    ma, mb = means(a), means(b)
-    rows = []
-    for arena in sorted(set(ma) | set(mb)):
-        ra, rb = ma.get(arena), mb.get(arena)
-        delta = rb - ra if ra is not None and rb is not None else None
-        flipped = ra is not None and rb is not None and (ra >= 1.0) != (rb >= 1.0)
-        rows.append({"arena_id": arena, "a": ra, "b": rb, "delta": delta, "flipped": flipped})
-    rows.sort(key=lambda r: (not r["flipped"], -abs(r["delta"] or 0.0), r["arena_id"]))
-    both = [r for r in rows if r["delta"] is not None]
-    return {
-        "rows": rows,
-        "mean_delta": sum(r["delta"] for r in both) / len(both) if both else None,
-        "gained": sum(1 for r in rows if r["flipped"] and (r["b"] or 0) >= 1.0),
-        "lost": sum(1 for r in rows if r["flipped"] and (r["a"] or 0) >= 1.0),
-    }
+        row = rows[line]
+        with self.files[row.file].open("rb") as f:
+            f.seek(row.offset)
+            data = json.loads(f.readline())
+        judged = None
+        if isinstance(data, dict) and _judged(data):
+            judged = {k: data.get(k) for k in ("verdict", "kept", "reason", "task")}
+            data = data["record"]
+        return Episode(TrajectoryRecord.model_validate(data), row.source, judged)

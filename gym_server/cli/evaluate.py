@@ -55,7 +55,6 @@ def demo(config: DemoConfig) -> None:
     """The first run: offline arenas, a gym serving them, oracle and random agents over MCP, reports. No model, no network."""
     from clients.evaluation import run_eval
     from gym_server.config import ServeConfig
-    from gym_server.sandbox.config import SandboxConfig
     from gym_server.serve import GymThread
     from gym_server.store import write_bundle
     from synth.arenas.offline import generate, mix_report
@@ -67,7 +66,7 @@ def demo(config: DemoConfig) -> None:
     write_bundle(arenas, store)
     (out / "arenas.mix.json").write_text(json.dumps(mix_report(arenas), indent=2))
     console.print(f"[bold]1/3[/] generated {len(arenas)} offline arenas -> {store}")
-    with GymThread.private(ServeConfig(port=0, arenas=[str(store)], sandbox=SandboxConfig(state_diffs=True))) as gym:
+    with GymThread.private(ServeConfig(port=0, arenas=[str(store)])) as gym:
         console.print(f"[bold]2/3[/] serving them at {gym.url} (MCP per episode at /episodes/ID/mcp?key=KEY)")
         results = {}
         for policy in ("oracle", "random"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,11 @@ from gym_server.cli.options import Flag, command
 from gym_server.cli.root import app, console, err, fail
 from gym_server.config import ServeConfig, UpstreamConfig
 
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from gym_server.live import LiveSource, ViewAccess
+
 TOKEN = Flag(envvar="ASTRA_GYM_TOKEN")
 
 
@@ -22,6 +27,7 @@ class ServeCommandConfig(ServeConfig):
     """What `serve` reads: the gym's own config plus what only the command wires in (the gym knows no LLM)."""
 
     emulator_llm: LLMConfig | None = Field(default=None, description="Emulators answer by this LLM (cached) instead of by schema.")
+    live_pages: bool = Field(default=True, description="Serve the live pages at /view (episodes running now, calls/s, call logs as they grow; the operator's token).")
 
 
 SERVE_FLAGS = {
@@ -35,6 +41,7 @@ SERVE_FLAGS = {
     "sandbox.backend": Flag("--sandbox-backend"),
     "sandbox.call_timeout_s": Flag("--call-timeout-s"),
     "sandbox.unsafe": Flag("--unsafe-sandbox"),
+    "sandbox.state_diffs": Flag(),
     "suites": Flag("--suite"),
     "suite_categories": Flag("--category"),
 }
@@ -47,6 +54,13 @@ def serve_backends(config: ServeCommandConfig) -> list[ToolBackend]:
 
     llm: list[ToolBackend] = [LLMEmulatorBackend(config.emulator_llm)] if config.emulator_llm else []
     return [*upstream_backends(config), *llm]
+
+
+def live_pages(live: LiveSource, access: ViewAccess) -> ASGIApp:
+    """The live viewer pages over a gym's `LiveSource` (gym_server.live.PagesFactory; the gym renders no page itself)."""
+    from clients.viewer.live import create_live_viewer
+
+    return create_live_viewer(live, access)
 
 
 @command(app, "serve", ServeCommandConfig, SERVE_FLAGS)
@@ -62,6 +76,8 @@ def serve(config: ServeCommandConfig) -> None:
         console.print(f"[bold green]astra-gym[/] serving {what} at [bold]{url}[/]{auth}")
         console.print(f"  arenas:   GET  {url}/api/arenas")
         console.print(f"  episodes: POST {url}/api/episodes  (or: astra-gym episode ARENA --gym {url})")
+        if config.live_pages:
+            console.print(f"  live:     {url}/view/" + ("  (log in with the operator's token)" if config.token else ""))
 
     if config.suites:
         from gym_server.suites.bfcl.data import BfclMissing, versions
@@ -71,7 +87,7 @@ def serve(config: ServeCommandConfig) -> None:
         except BfclMissing as exc:
             fail(str(exc))
     try:
-        run(config, on_ready=ready, backends=serve_backends)
+        run(config, on_ready=ready, backends=serve_backends, pages=live_pages if config.live_pages else None)
     except OSError as exc:
         fail(f"cannot serve on {config.host}:{config.port}: {exc}")
     except (ValueError, RuntimeError) as exc:  # a store that cannot be read, a bad sandbox backend, a process that failed
@@ -128,7 +144,7 @@ def emulate(config: EmulateConfig) -> None:
     path = config.store or Path(tempfile.mkdtemp(prefix="astra-emulate-")) / "emulators.jsonl"
     write_bundle(arenas, path)
     served = config.model_copy(update={"arenas": [*config.arenas, str(path)]})
-    gym = GymThread(served, serve_backends(served))
+    gym = GymThread(served, serve_backends(served), pages=live_pages if config.live_pages else None)
     try:
         gym.start()
     except (RuntimeError, TimeoutError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,10 +41,10 @@ class SandboxConfig(BaseModel):
         description="Processes kept between an episode's calls (one per episode and arena); the least recently used close first.",
     )
     state_diffs: bool = Field(
-        default=False,
+        default=True,
         description="Record in the call log what each writing call changed in the state (rows added, changed, removed; "
-        "for `astra-gym view`). Costs about 0.5 ms of sandbox CPU per writing call on the call's path: on for "
-        "evaluation, off by default for training gyms.",
+        "for `astra-gym view`). Computed by the sandbox process after it sent the call's reply, so the call does not "
+        "wait for it (about 0.5 ms of sandbox CPU per writing call, off its path).",
     )
     audit_hook: bool = Field(
         default=True,
@@ -74,5 +75,5 @@ class SandboxOutcome:
     error: str | None = None
     state: bytes | None = None
     """The new SQLite image when the call changed the state, else None."""
-    diff: StateDiff | None = None
-    """What the call changed in the state, when it changed it (checked as untrusted, see `SandboxPool._outcome`)."""
+    diff: asyncio.Task[StateDiff] | None = None
+    """What the call changed in the state, when it changed it: it follows the reply (gym_server.sandbox.diffs)."""

@@ -26,12 +26,12 @@ import socket
 from collections import OrderedDict, deque
 from typing import Any
 
-from gym_server.models import InitialState
+from gym_server.models import InitialState, StateDiff
 from gym_server.sandbox import launch as launching
 from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
+from gym_server.sandbox.diffs import follow
 from gym_server.sandbox.isolation import NAMESPACES, own_namespaces
-from gym_server.statediff import checked_diff
 from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
 from gym_server.sandbox.starting import start_template
 from gym_server.sandbox.protocol import (
@@ -70,6 +70,8 @@ class SandboxPool:
         """Owners whose process is to be forked and bound ahead of their first call (`open`)..."""
         self._binding: set[str] = set()
         """... and those of them whose binding has begun."""
+        self._following: set[asyncio.Task[StateDiff]] = set()
+        """Reading the state diffs that follow calls' replies (gym_server.sandbox.diffs)."""
         self._bind_slots: asyncio.Semaphore | None = None
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
@@ -91,7 +93,7 @@ class SandboxPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._opening.values()):
+        for task in [*self._opening.values(), *self._following]:
             task.cancel()
         while self._spares:
             self._spares.popleft().close()
@@ -194,12 +196,13 @@ class SandboxPool:
 
     async def _run(
         self, header: dict[str, Any], state: bytes = b"", source: bytes = b"", owner: str | None = None
-    ) -> tuple[dict[str, Any], bytes, bytes | None]:
+    ) -> tuple[dict[str, Any], bytes, bytes | None, asyncio.Task[StateDiff] | None]:
         """Run one request; every failure of the arena's process becomes a sandbox_error header, while a busy or
         dead sandbox raises `SandboxUnavailable`. With an `owner` (an episode's arena) the process that served
         the owner's last call serves this one too, and when it already holds `state` (the image its last call left,
         as the same object) the image is not sent again; any other request gets a process of its own. Returns the
-        reply, its blob and, when the call changed the state, the new image (split off the blob)."""
+        reply, its blob, when the call changed the state the new image (split off the blob), and when a diff of
+        that change follows the reply, the task that reads it (gym_server.sandbox.diffs)."""
         if self._closed or self._slots is None:
             raise SandboxUnavailable("the sandbox is closed")
         opening = self._opening.get(owner) if owner is not None else None
@@ -216,7 +219,13 @@ class SandboxPool:
         try:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
-            if process is not None and (process.template.dead is not None or process.code_id != code_id):
+            if owner is not None and process is not None and process.follows is not None:
+                try:
+                    await asyncio.wait([process.follows])  # its last call's diff first: it may break the process
+                except asyncio.CancelledError:
+                    self._owned[owner] = process  # still the owner's: only the call that wanted it was cancelled
+                    raise
+            if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
                 process.close()
                 process = None
             if process is None:
@@ -232,25 +241,31 @@ class SandboxPool:
                     reply, out = await self._exchange(process, {**request, "source_bytes": len(source), "same_state": False}, source + state)
                     reply["compiled"] = True
             except asyncio.TimeoutError:
-                return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None
+                return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None, None
             except (EOFError, ConnectionError, FrameError) as exc:
                 why = await process.death() if not isinstance(exc, FrameError) else f"it sent a malformed reply ({exc})"
                 if process.template.dead is not None:
                     raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
-                return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b"", None
-            new_state = None
+                return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b"", None, None
+            new_state = diff = None
             n = reply.get("result_bytes")
             if reply.get("ok") and reply.get("changed") is True and type(n) is int and 0 <= n <= len(out):
                 out, new_state = out[:n], out[n:]
+            if new_state is not None and reply.get("diff_follows") is True and header.get("diff") is not False and self.config.state_diffs:
+                diff = process.follows = asyncio.get_running_loop().create_task(follow(process, reply.get("seq"), self.config.call_timeout_s, self._kill))
+                self._following.add(diff)
+                diff.add_done_callback(self._following.discard)
             if owner is not None and reply.get("retire") is False:
                 process.code_id = code_id
                 process.held = new_state if new_state is not None else state  # what the process now holds loaded
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
                     self._owned.popitem(last=False)[1].close()  # it reads end-of-file and exits
+            elif diff is not None:
+                diff.add_done_callback(lambda _: process.close())  # it retires once its diff is read
             else:
                 process.close()
-            return reply, out, new_state
+            return reply, out, new_state, diff
         finally:
             self._slots.release()
 
@@ -305,30 +320,34 @@ class SandboxPool:
 
     # -- work ---------------------------------------------------------------------------------------------------
     async def call(
-        self, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None, *, guard: bool = True
+        self, source: str, function: str, arguments: dict[str, Any], state: bytes, owner: str | None = None, *, guard: bool = True,
+        diff: bool = True,
     ) -> SandboxOutcome:  # fmt: skip
         """Run `function` of the arena `source` on `state`. `owner` names the episode and arena the call belongs
         to (`episode_id/arena_id`): that episode's later calls to that arena reuse the process, nothing else does.
         `guard=False` (the gym's own code only, never arena code: a suite's official checker, which compiles the
         call strings it built) runs without the audit-hook layer, in a process of its own that serves nothing
-        else; the kernel boundary, the filter and the limits hold as for every call."""
+        else; the kernel boundary, the filter and the limits hold as for every call. `diff=False`: no state diff
+        is wanted of this call (one that no log records, such as a validation's), even when the config asks for them."""
         if not guard and owner is not None:
             raise ValueError("an unguarded call runs in a single-use process: it takes no owner")
         code_id = _code_id(source)
         header: dict[str, Any] = {"op": "call", "code_id": code_id, "function": function, "arguments": arguments}
         if not guard:
             header["guard"] = False
+        if not (diff and self.config.state_diffs):
+            header["diff"] = False
         encoded = source.encode()
-        reply, blob, new_state = await self._run(header, state, encoded, owner)
+        reply, blob, new_state, diff = await self._run(header, state, encoded, owner)
         if not reply.get("ok"):
             return SandboxOutcome(ok=False, kind=reply.get("kind", "sandbox_error"), error=str(reply.get("error"))[:4000])
         template = self._template
         if reply.get("compiled") and template is not None and template.dead is None and code_id not in template.cached and len(encoded) <= MAX_CACHED_SOURCE_BYTES:
             template.send({"op": "cache", "code_id": code_id}, encoded)
             template.cached[code_id] = template.sent
-        return self._outcome(reply, blob, new_state)
+        return self._outcome(reply, blob, new_state, diff, expected=header.get("diff") is not False)
 
-    def _outcome(self, reply: dict[str, Any], blob: bytes, state: bytes | None) -> SandboxOutcome:
+    def _outcome(self, reply: dict[str, Any], blob: bytes, state: bytes | None, diff: asyncio.Task[StateDiff] | None, expected: bool) -> SandboxOutcome:
         """Check a reply as the untrusted bytes it is: sizes, JSON, depth."""
         limit = self.config.max_result_bytes
         n = reply.get("result_bytes")
@@ -344,16 +363,13 @@ class SandboxPool:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned a result nested deeper than {self.config.max_result_depth} levels")
         if state is not None and len(state) > self.config.max_state_bytes:
             return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
-        diff = None
-        if state is not None and self.config.state_diffs:  # asked for: then a writing call must bring a sound one
-            diff = checked_diff(reply.get("diff"))
-            if diff is None:
-                return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed state diff")
+        if state is not None and expected and diff is None:  # asked for: a writing call must announce one
+            return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent no state diff")
         return SandboxOutcome(ok=True, result=result, state=state, diff=diff)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""
-        reply, blob, _ = await self._run({"op": "build_state", **initial.model_dump()})
+        reply, blob, _, _ = await self._run({"op": "build_state", **initial.model_dump()})
         if not reply.get("ok"):
             raise ValueError(str(reply.get("error")))
         return blob

@@ -133,6 +133,10 @@ class SandboxProcess:
     """How the process ended, as the template reports it (set while a request is in flight)."""
     held: bytes | None = None
     """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
+    follows: asyncio.Task[Any] | None = None
+    """Reading the frame that follows its last reply (the call's state diff): its next request waits for it."""
+    broken: bool = False
+    """What followed its last reply never came whole: the process serves no further request."""
 
     def close(self) -> None:
         """Close our end: a waiting process reads end-of-file and exits."""
@@ -142,10 +146,17 @@ class SandboxProcess:
             self.sock.close()
 
     async def request(self, frame: bytes) -> tuple[int, bytes]:
+        if self.follows is not None:
+            await asyncio.wait([self.follows])  # frames stay in order: what followed the last reply is read first
         if self.channel is None:
             loop = asyncio.get_running_loop()
             _, self.channel = await loop.create_unix_connection(ProcessChannel, sock=self.sock)
         return await self.channel.request(frame)
+
+    async def receive(self) -> tuple[int, bytes]:
+        """The next frame the process sends unasked (after a reply it announced it)."""
+        assert self.channel is not None
+        return await self.channel.receive()
 
     def has_code(self, code_id: str) -> bool:
         sent = self.template.cached.get(code_id)
@@ -178,12 +189,17 @@ class ProcessChannel(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the waiter a whole frame, if the buffer holds one (a frame may arrive before anyone waits)."""
         waiter = self.waiter
         if waiter is None or waiter.done() or len(self.buffer) < PREFIX.size:
             return
@@ -199,6 +215,7 @@ class ProcessChannel(asyncio.Protocol):
             waiter.set_result((head_len, frame))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(EOFError())
 
@@ -208,4 +225,11 @@ class ProcessChannel(asyncio.Protocol):
             raise EOFError
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(frame)
+        return await self.waiter
+
+    async def receive(self) -> tuple[int, bytes]:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self._deliver()
+        if self.lost and not self.waiter.done():
+            raise EOFError
         return await self.waiter

@@ -117,6 +117,9 @@ class Executor:
         self.prepared = False
         self.differ = StateDiffer(self._new_connection, self.encode_json)
         self.state_diffs = state_diffs
+        self.diff_due: tuple[bytes, bytes] | None = None
+        """The before and after images of the last call's change, when its diff is still to be sent (it follows
+        the reply: `diff_after_reply`)."""
 
     # -- framing (the layout of `frames`, on captured callables) ------------------------------------------------
     def read_exact(self, fd: int, n: int) -> bytes:
@@ -272,12 +275,18 @@ class Executor:
         except (MemoryError, RecursionError, self._violation, self._cpu_limit):
             return {"tables": {}, "truncated": True, "error": "the diff could not be computed within the sandbox's limits"}
 
+    def diff_after_reply(self) -> dict[str, Any]:
+        """The diff of the call just answered, computed once its reply is on its way (off the call's path)."""
+        before, after = self.diff_due or (b"", b"")
+        self.diff_due = None
+        return self.state_diff(before, after)
+
     def _set_deadline(self, deadline: float) -> None:
         self.cpu_deadline = deadline
 
     def call(self, req: dict[str, Any], code: Any, image: bytes) -> tuple[dict[str, Any], bytes]:
         """Runs with the guard armed (the caller arms it after `load`). `image` is the state the call starts
-        from; a call that changed it answers with the new image and the diff between the two."""
+        from; a call that changed it answers with the new image, and its diff follows the reply (`diff_follows`)."""
         conn, guard, run, before = self.conn, self.guard, self._exec, image
         namespace: dict[str, Any] = {"__builtins__": self._dict(self.builtins), "__name__": "arena"}
         name, arguments = req["function"], req["arguments"]
@@ -298,8 +307,9 @@ class Executor:
             if self._len(image) > self.max_state_bytes:
                 return {"ok": False, "kind": "tool_error", "error": f"the call grew the state to {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
-            if changed and self.state_diffs:
-                header["diff"] = self.state_diff(before, image)
+            if changed and self.state_diffs and req.get("diff") is not False:
+                header["diff_follows"] = True
+                self.diff_due = (before, image)
             return header, text + image
         except self._rejected as exc:
             return {"ok": False, "kind": "tool_error", "error": f"tool returned a value the gym does not pass on: {exc}"}, b""

@@ -94,7 +94,7 @@ class BfclSuite(SandboxBackend):
         entry = {"id": suite_data["entry_id"], "initial_config": suite_data["initial_config"], "involved_classes": suite_data["involved_classes"]}
         arguments = {"model_name": f"astra_gym_{secrets.token_hex(8)}", "decoded": self.decoded_calls(episode, len(truth)),
                      "ground_truth": truth, "entry": entry}  # fmt: skip
-        outcome = await self.pool.call(CHECKER, "check", arguments, b"", guard=False)
+        outcome = await self.pool.call(CHECKER, "check", arguments, b"", guard=False, diff=False)
         if not outcome.ok or not isinstance(outcome.result, dict):
             return SuiteVerdict(suite=self.suite, category=category, valid=False, error_type=CHECKER_ERROR, versions=self.versions,
                                 error_message=f"the checker did not finish in the sandbox: {outcome.error}")  # fmt: skip
