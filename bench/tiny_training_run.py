@@ -39,14 +39,14 @@ from bench.gym_throughput import update_section  # noqa: E402
 PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: under 90 minutes for the main stages and the ablations
     "cpu": dict(train=400, heldout=200, mix="single_hop=1", hidden=64, layers=2, sft_steps=60, sft_lr=3e-3, sft_batch=8,
-                grpo_steps=40, grpo_lr=1e-3, grpo_batch=16, grpo_generations=8, temperature=1.0, distractors="0,0,2"),
+                grpo_steps=40, grpo_lr=1e-3, grpo_batch=16, grpo_generations=8, temperature=1.0, distractors="0,0,2", max_turns=2),
     # one GPU (no internet there: the same from-scratch model, larger, and more data and steps)
     "device": dict(train=4000, heldout=1000, mix="single_hop=2,parallel_single_hop=1", hidden=512, layers=8, sft_steps=300,
                    sft_lr=1e-3, sft_batch=32, grpo_steps=200, grpo_lr=2e-5, grpo_batch=64, grpo_generations=8, temperature=1.0,
-                   distractors="0,0,2"),
+                   distractors="0,0,2", max_turns=2),
 }  # fmt: skip
-MAX_TURNS, MAX_TOKENS = 2, 48
-"""A call, then the answer (multi-call scenarios call in parallel in the first turn)."""
+MAX_TOKENS = 48
+"""Per assistant turn: a call or a short answer."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -121,7 +121,7 @@ class Run:
             run_grpo(GRPORunConfig(
                 model=str(start), gym=self.gym.url, token=self.gym.config.token, arena_filter="offline-*", out=out,
                 max_steps=self.args.grpo_steps, batch_size=self.args.grpo_batch, num_generations=self.args.grpo_generations,
-                learning_rate=self.args.grpo_lr, max_turns=MAX_TURNS, max_new_tokens=MAX_TOKENS, max_completion_length=4 * MAX_TOKENS,
+                learning_rate=self.args.grpo_lr, max_turns=self.args.max_turns, max_new_tokens=MAX_TOKENS, max_completion_length=2 * self.args.max_turns * MAX_TOKENS,
                 temperature=self.args.temperature, reward=reward, distractors=counts, gradient_checkpointing=False, save_steps=100_000,
             ))  # fmt: skip
         return out / "final"
@@ -139,12 +139,12 @@ class Run:
 
             torch.manual_seed(0)
             loaded, tokenizer = load_pretrained(str(model))
-            policy = local_policy(loaded, tokenizer, max_turns=MAX_TURNS, max_tokens=MAX_TOKENS)
+            policy = local_policy(loaded, tokenizer, max_turns=self.args.max_turns, max_tokens=MAX_TOKENS)
             config = EvalConfig(gym=self.gym.url, token=self.gym.config.token, arenas="heldout-*", concurrency=64, out=out,
-                                max_turns=MAX_TURNS, max_tokens=MAX_TOKENS, distractors=self.distractors, seed=2)  # fmt: skip
+                                max_turns=self.args.max_turns, max_tokens=MAX_TOKENS, distractors=self.distractors, seed=2)  # fmt: skip
             asyncio.run(run_eval(config, progress=False, policy=policy))
         records = [r for r in load_records(out / "trajectories.jsonl") if r.error is None and r.reward is not None]
-        return [{"arena": r.arena_id, "reward": r.reward.reward, "recall": r.reward.recall, "precision": r.reward.precision,  # type: ignore[union-attr]
+        return [{"arena": r.arena_id, "domain": r.domain, "reward": r.reward.reward, "recall": r.reward.recall, "precision": r.reward.precision,  # type: ignore[union-attr]
                  "calls": r.reward.tool_calls, "success": r.reward.reward == 1.0} for r in records]  # type: ignore[union-attr]  # fmt: skip
 
 
@@ -230,6 +230,11 @@ def write_report(args: argparse.Namespace, work: Path, results: dict[str, list[d
             delta = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (vs GRPO F1)" if i >= 3 else "")
         table.append(f"| {stage} | {s['reward']:.3f} | {delta} | {s['success']:.1%} | {s['recall']:.3f} | {s['precision']:.3f} | {s['calls']:.2f} |")
         previous = rows
+    domains = sorted({r["domain"] for rows in results.values() for r in rows})
+    by_domain = ["| stage | " + " | ".join(domains) + " |", "| --- |" + " --- |" * len(domains)]
+    for stage, rows in results.items():
+        cells = [summary([r for r in rows if r["domain"] == d]) for d in domains]
+        by_domain.append(f"| {stage} | " + " | ".join(f"{c['reward']:.3f} ({c['n']})" for c in cells) + " |")
     (work / "results.json").write_text(json.dumps({k: summary(v) for k, v in results.items()}, indent=2))
     return "\n".join([
         "## Staged training run (bench/tiny_training_run.py)", "",
@@ -238,7 +243,7 @@ def write_report(args: argparse.Namespace, work: Path, results: dict[str, list[d
         f"hidden {args.hidden}) from scratch; {args.train} training arenas (seed 101), {results and summary(next(iter(results.values())))['n']} "
         f"held-out arenas (seed 202), mix {args.mix}; every episode holds distractor tools (bands HIGH,MEDIUM,LOW = {args.distractors}); "
         f"held-out play is greedy through the gym. Intervals: paired bootstrap over held-out arenas, 10,000 resamples.", "",
-        *table, "",
+        *table, "", "Held-out reward per domain (arenas):", "", *by_domain, "",
     ])  # fmt: skip
 
 

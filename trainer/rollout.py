@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,13 +128,15 @@ class MCPRollout:
         for arena_id in arena_ids:  # seeds are fixed in prompt order before anything runs concurrently
             seeds.append(episode_seed(self.seed, arena_id, rank_attempt(self.attempts[arena_id], self.rank, self.world)))
             self.attempts[arena_id] += 1
-        records = self.session.run(self._play(arena_ids, seeds))
+        # one draw of distractor tools per arena and batch: a GRPO group compares its episodes on one prompt
+        picks = {a: self.distractors(a) for a in dict.fromkeys(arena_ids)} if self.distractors is not None else {}
+        records = self.session.run(self._play(arena_ids, seeds, picks))
         for _ in range(MAX_REROLLS):  # an episode lost with its gym is played again (same arena and seed) on a live one
             lost = [i for i, r in enumerate(records) if r.replica_lost]
             if not lost:
                 break
             self._keep(records[i] for i in lost)
-            for i, record in zip(lost, self.session.run(self._play([arena_ids[i] for i in lost], [seeds[i] for i in lost]))):
+            for i, record in zip(lost, self.session.run(self._play([arena_ids[i] for i in lost], [seeds[i] for i in lost], picks))):
                 records[i] = record
         self._keep(records)
         failed = next((r for r in records if r.error), None)
@@ -147,15 +149,14 @@ class MCPRollout:
             with self.records.open("a", encoding="utf-8") as out:
                 out.writelines(r.model_dump_json() + "\n" for r in records)
 
-    async def _play(self, arena_ids: list[str], seeds: list[int]) -> list[TrajectoryRecord]:
-        return list(await asyncio.gather(*(self._play_one(arena_id, seed) for arena_id, seed in zip(arena_ids, seeds))))
+    async def _play(self, arena_ids: list[str], seeds: list[int], picks: dict[str, list[DistractorRef]]) -> list[TrajectoryRecord]:
+        return list(await asyncio.gather(*(self._play_one(arena_id, seed, picks.get(arena_id, ())) for arena_id, seed in zip(arena_ids, seeds))))
 
-    async def _play_one(self, arena_id: str, seed: int) -> TrajectoryRecord:
+    async def _play_one(self, arena_id: str, seed: int, distractors: Sequence[DistractorRef]) -> TrajectoryRecord:
         # live from the start: a batching sampler waits for this episode's first turn while the gym creates it
         with self.policy.chat_model.episode():
             return await run_episode(self.session.gym, self.policy, arena_id, seed=seed, failure_rate=self.failure_rate,
-                                     system_prompt=self.system_prompt,
-                                     distractors=self.distractors(arena_id) if self.distractors is not None else ())  # fmt: skip
+                                     system_prompt=self.system_prompt, distractors=distractors)  # fmt: skip
 
     @staticmethod
     def as_batch(episodes: list[EpisodeTokens]) -> dict[str, list[Any]]:
