@@ -10,8 +10,13 @@ from gym_server.scoring import score_episode
 ARENA = next(a for a in builtin_arenas() if a.id == "clinic-book-d02")
 
 
-def call(i: int, tool: str, result, status=CallStatus.ok, source=None) -> CallLogEntry:
-    return CallLogEntry(index=i, tool=tool, arguments={}, status=status, result=result, started_at=0.0, latency_ms=1.0, source_arena=source)
+GOLD_ARGS = {s.gold_call.tool: s.gold_call.arguments for s in ARENA.subtasks}
+
+
+def call(i: int, tool: str, result, status=CallStatus.ok, source=None, arguments=None) -> CallLogEntry:
+    """A logged call, with the arena's gold arguments for its tool unless told otherwise."""
+    return CallLogEntry(index=i, tool=tool, arguments=GOLD_ARGS.get(tool, {}) if arguments is None else arguments, status=status,
+                        result=result, started_at=0.0, latency_ms=1.0, source_arena=source)  # fmt: skip
 
 
 def test_f1_reward_matches_the_formula():
@@ -35,6 +40,25 @@ def test_one_call_solves_at_most_one_subtask_and_failed_calls_solve_nothing():
     distractor = call(0, "get_first_open_slot", {"slot_id": "SL2"}, source="other-arena")
     assert score_episode(ARENA, [distractor]).solved == 0
     assert score_episode(ARENA, []).reward == 0.0 and score_episode(ARENA, []).precision == 0.0
+
+
+def test_a_call_must_name_the_entity_the_question_names():
+    """Asked for doctor D02's first open slot, a call for another doctor whose slot happens to be the same
+    one scores nothing; the booking's slot id, found by the earlier call, is not named, so it is free."""
+    from gym_server.scoring import named_arguments
+
+    s1, s2 = ARENA.subtasks[0], ARENA.subtasks[1]
+    assert named_arguments(ARENA, s1) == {"doctor_id": "D02", "date": "2026-12-05"}
+    assert named_arguments(ARENA, s2) == {"patient_id": "PT7"}  # SL2 is the first call's answer, not the user's word
+    right = {"slot_id": "SL2", "time": "10:30"}
+    other_doctor = call(0, "get_first_open_slot", right, arguments={"doctor_id": "D03", "date": "2026-12-05"})
+    assert score_episode(ARENA, [other_doctor]).solved == 0
+    spelled = call(0, "get_first_open_slot", right, arguments={"doctor_id": "d02 ", "date": "2026-12-05"})
+    assert score_episode(ARENA, [spelled]).solved == 1  # the same normalization as answers
+    not_a_dict = call(0, "get_first_open_slot", right, arguments=["D02", "2026-12-05"])
+    assert score_episode(ARENA, [not_a_dict]).solved == 0
+    other_slot = call(0, "book_appointment", {"time": "10:30"}, arguments={"patient_id": "PT7", "slot_id": "SL9"})
+    assert score_episode(ARENA, [other_slot]).solved_subtasks == ["s2"]
 
 
 def test_answer_normalization():
