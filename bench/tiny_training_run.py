@@ -38,15 +38,19 @@ from bench.gym_throughput import update_section  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: under 90 minutes for the main stages and the ablations
-    "cpu": dict(train=400, heldout=200, mix="single_hop=1", hidden=64, layers=2, sft_steps=60, sft_lr=3e-3, sft_batch=8,
-                grpo_steps=40, grpo_lr=1e-3, grpo_batch=16, grpo_generations=8, temperature=1.0, distractors="0,0,2", max_turns=2),
+    "cpu": dict(train=400, heldout=200, mix="single_hop=1", hidden=64, layers=2, sft_steps=1000, sft_lr=3e-3, sft_batch=8,
+                grpo_steps=80, grpo_lr=1e-3, grpo_warmup=0.1, grpo_batch=32, grpo_generations=8, temperature=1.0, distractors="0,0,2",
+                max_turns=1),
     # one GPU (no internet there: the same from-scratch model, larger, and more data and steps)
     "device": dict(train=4000, heldout=1000, mix="single_hop=2,parallel_single_hop=1", hidden=512, layers=8, sft_steps=300,
-                   sft_lr=1e-3, sft_batch=32, grpo_steps=200, grpo_lr=2e-5, grpo_batch=64, grpo_generations=8, temperature=1.0,
-                   distractors="0,0,2", max_turns=2),
+                   sft_lr=1e-3, sft_batch=32, grpo_steps=200, grpo_lr=2e-5, grpo_warmup=0.1, grpo_batch=64, grpo_generations=8, temperature=1.0,
+                   distractors="0,0,2", max_turns=1),
 }  # fmt: skip
 MAX_TOKENS = 48
 """Per assistant turn: a call or a short answer."""
+MAIN_GRPO = "GRPO (F1, distractors)"
+SAMPLED_EPISODES = 2
+"""Held-out episodes per arena when the policy samples (its mean is the arena's reward)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -121,16 +125,18 @@ class Run:
             run_grpo(GRPORunConfig(
                 model=str(start), gym=self.gym.url, token=self.gym.config.token, arena_filter="offline-*", out=out,
                 max_steps=self.args.grpo_steps, batch_size=self.args.grpo_batch, num_generations=self.args.grpo_generations,
-                learning_rate=self.args.grpo_lr, max_turns=self.args.max_turns, max_new_tokens=MAX_TOKENS, max_completion_length=2 * self.args.max_turns * MAX_TOKENS,
+                learning_rate=self.args.grpo_lr, warmup_ratio=self.args.grpo_warmup, max_turns=self.args.max_turns, max_new_tokens=MAX_TOKENS, max_completion_length=2 * self.args.max_turns * MAX_TOKENS,
                 temperature=self.args.temperature, reward=reward, distractors=counts, gradient_checkpointing=False, save_steps=100_000,
             ))  # fmt: skip
         return out / "final"
 
-    def heldout(self, model: Path, tag: str) -> list[dict[str, Any]]:
-        """Greedy play of every held-out arena, with distractors (the same ones for every model: one seed)."""
+    def heldout(self, model: Path, tag: str, temperature: float) -> list[dict[str, Any]]:
+        """Every held-out arena played through the gym with distractors (the same ones for every model: one
+        seed): sampled at the training temperature (the policy GRPO trains, `SAMPLED_EPISODES` per arena), or
+        greedily (temperature 0, one episode: its most likely play)."""
         from clients.evaluation import EvalConfig, load_records, run_eval
 
-        out = self.work / f"eval-{tag}"
+        out = self.work / f"eval-{tag}" / ("greedy" if temperature == 0 else f"t{temperature:g}")
         if not (out / "report.json").exists():
             import torch
 
@@ -139,24 +145,37 @@ class Run:
 
             torch.manual_seed(0)
             loaded, tokenizer = load_pretrained(str(model))
-            policy = local_policy(loaded, tokenizer, max_turns=self.args.max_turns, max_tokens=MAX_TOKENS)
+            policy = local_policy(loaded, tokenizer, max_turns=self.args.max_turns, max_tokens=MAX_TOKENS, temperature=temperature)
             config = EvalConfig(gym=self.gym.url, token=self.gym.config.token, arenas="heldout-*", concurrency=64, out=out,
-                                max_turns=self.args.max_turns, max_tokens=MAX_TOKENS, distractors=self.distractors, seed=2)  # fmt: skip
+                                max_turns=self.args.max_turns, max_tokens=MAX_TOKENS, distractors=self.distractors, seed=2,
+                                episodes_per_arena=1 if temperature == 0 else SAMPLED_EPISODES)  # fmt: skip
             asyncio.run(run_eval(config, progress=False, policy=policy))
         records = [r for r in load_records(out / "trajectories.jsonl") if r.error is None and r.reward is not None]
-        return [{"arena": r.arena_id, "domain": r.domain, "reward": r.reward.reward, "recall": r.reward.recall, "precision": r.reward.precision,  # type: ignore[union-attr]
-                 "calls": r.reward.tool_calls, "success": r.reward.reward == 1.0} for r in records]  # type: ignore[union-attr]  # fmt: skip
+        return [{"arena": r.arena_id, "domain": r.domain, "reward": r.reward.reward, "recall": r.reward.recall,  # type: ignore[union-attr]
+                 "precision": r.reward.precision, "calls": r.reward.tool_calls, "success": r.reward.reward == 1.0}  # type: ignore[union-attr]
+                for r in records]  # fmt: skip
+
+    def evaluate(self, model: Path, tag: str) -> dict[str, list[dict[str, Any]]]:
+        return {"sampled": self.heldout(model, tag, self.args.temperature), "greedy": self.heldout(model, tag, 0.0)}
 
 
 def paired_bootstrap(after: list[dict[str, Any]], before: list[dict[str, Any]], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """The mean reward difference over the arenas both played, with a 95% percentile bootstrap interval
-    (arenas resampled with replacement; pairing removes the arenas' own difficulty from the noise)."""
-    b = {r["arena"]: r["reward"] for r in before}
-    diffs = [r["reward"] - b[r["arena"]] for r in after if r["arena"] in b]
+    """The mean reward difference over the arenas both played (an arena's reward: the mean of its episodes),
+    with a 95% percentile bootstrap interval (arenas resampled with replacement; pairing removes the arenas'
+    own difficulty from the noise)."""
+    a, b = per_arena(after), per_arena(before)
+    diffs = [a[arena] - b[arena] for arena in a if arena in b]
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def per_arena(rows: list[dict[str, Any]]) -> dict[str, float]:
+    episodes: dict[str, list[float]] = {}
+    for r in rows:
+        episodes.setdefault(r["arena"], []).append(float(r["reward"]))
+    return {arena: sum(v) / len(v) for arena, v in episodes.items()}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -181,7 +200,7 @@ def main() -> None:
     stages = set(args.stages.split(","))
     t0 = time.perf_counter()
     walls: dict[str, float] = {}
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def timed(name: str, fn: Any, *a: Any, **k: Any) -> Any:
         start = time.perf_counter()
@@ -193,17 +212,17 @@ def main() -> None:
         run = Run(args, work, gym)
         data = timed("oracle data", run.oracle_data)
         base = timed("tokenizer + model", run.base_model, data)
-        results["base"] = timed("eval", run.heldout, base, "base")
+        results["base"] = timed("eval", run.evaluate, base, "base")
         sft = timed("SFT", run.sft, base, data)
-        results["SFT"] = timed("eval", run.heldout, sft, "sft")
+        results["SFT"] = timed("eval", run.evaluate, sft, "sft")
         if "main" in stages or "ablations" in stages:
             grpo = timed("GRPO", run.grpo, sft, "grpo")
-            results["GRPO (F1, distractors)"] = timed("eval", run.heldout, grpo, "grpo")
+            results[MAIN_GRPO] = timed("eval", run.evaluate, grpo, "grpo")
         if "ablations" in stages:
             for name, kind, mixing in (("grpo-recall", "recall", True), ("grpo-precision", "precision", True), ("grpo-no-distractors", "f1", False)):
                 model = timed("GRPO", run.grpo, sft, name, kind, mixing)
                 label = f"GRPO ({kind if kind != 'f1' else 'F1'}, {'distractors' if mixing else 'no distractors in training'})"
-                results[label] = timed("eval", run.heldout, model, name)
+                results[label] = timed("eval", run.evaluate, model, name)
     wall = time.perf_counter() - t0
     report = write_report(args, work, results, walls, wall)
     print(report)
@@ -211,39 +230,49 @@ def main() -> None:
         update_section(args.write, "## Staged training run", report)
 
 
-def write_report(args: argparse.Namespace, work: Path, results: dict[str, list[dict[str, Any]]], walls: dict[str, float], wall: float) -> str:
+def stage_table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One row per stage; each main stage compared with the one before, each ablation with the main GRPO run."""
+    table = ["| stage | held-out reward | vs previous stage (95% CI) | success | recall | precision | tool calls / episode |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    previous: list[dict[str, Any]] | None = None
+    main_grpo = results.get(MAIN_GRPO)
+    for i, (stage, rows) in enumerate(results.items()):
+        s = summary(rows)
+        against = previous if i < 3 else main_grpo
+        delta = ""
+        if against is not None:
+            mean, lo, hi = paired_bootstrap(rows, against)
+            delta = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" vs GRPO (F1)" if i >= 3 else "")
+        table.append(f"| {stage} | {s['reward']:.3f} | {delta} | {s['success']:.1%} | {s['recall']:.3f} | {s['precision']:.3f} | {s['calls']:.2f} |")
+        previous = rows
+    return table
+
+
+def write_report(args: argparse.Namespace, work: Path, results: dict[str, dict[str, list[dict[str, Any]]]], walls: dict[str, float], wall: float) -> str:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
     flags = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in PRESETS[args.preset] if getattr(args, k) != PRESETS[args.preset][k])
-    table = ["| stage | held-out reward | vs previous stage (95% CI) | success | recall | precision | tool calls / episode |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    previous: list[dict[str, Any]] | None = None
-    main_grpo = results.get("GRPO (F1, distractors)")
-    for i, (stage, rows) in enumerate(results.items()):
-        s = summary(rows)
-        against = previous if i < 3 else main_grpo  # the ablations compare with the main GRPO run
-        if against is None:
-            delta = ""
-        else:
-            mean, lo, hi = paired_bootstrap(rows, against)
-            delta = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (vs GRPO F1)" if i >= 3 else "")
-        table.append(f"| {stage} | {s['reward']:.3f} | {delta} | {s['success']:.1%} | {s['recall']:.3f} | {s['precision']:.3f} | {s['calls']:.2f} |")
-        previous = rows
-    domains = sorted({r["domain"] for rows in results.values() for r in rows})
-    by_domain = ["| stage | " + " | ".join(domains) + " |", "| --- |" + " --- |" * len(domains)]
-    for stage, rows in results.items():
-        cells = [summary([r for r in rows if r["domain"] == d]) for d in domains]
-        by_domain.append(f"| {stage} | " + " | ".join(f"{c['reward']:.3f} ({c['n']})" for c in cells) + " |")
-    (work / "results.json").write_text(json.dumps({k: summary(v) for k, v in results.items()}, indent=2))
+    sampled = {stage: r["sampled"] for stage, r in results.items()}
+    greedy = {stage: r["greedy"] for stage, r in results.items()}
+    domains = sorted({r["domain"] for rows in sampled.values() for r in rows})
+    by_domain = ["| stage | " + " | ".join(f"{d} (sampled / greedy)" for d in domains) + " |", "| --- |" + " --- |" * len(domains)]
+    for stage in results:
+        cells = [(summary([r for r in sampled[stage] if r["domain"] == d]), summary([r for r in greedy[stage] if r["domain"] == d])) for d in domains]
+        by_domain.append(f"| {stage} | " + " | ".join(f"{a['reward']:.3f} / {b['reward']:.3f}" for a, b in cells) + " |")
+    (work / "results.json").write_text(json.dumps({k: {kind: summary(v) for kind, v in r.items()} for k, r in results.items()}, indent=2))
+    n_arenas = len(per_arena(next(iter(sampled.values())))) if results else 0
     return "\n".join([
         "## Staged training run (bench/tiny_training_run.py)", "",
         f"`python bench/tiny_training_run.py --preset {args.preset}{' ' + flags if flags else ''}` on {device}, {time.strftime('%Y-%m-%d')}, "
         f"{wall / 60:.0f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in walls.items())} min). A tiny Qwen3 ({args.layers} layers, "
-        f"hidden {args.hidden}) from scratch; {args.train} training arenas (seed 101), {results and summary(next(iter(results.values())))['n']} "
-        f"held-out arenas (seed 202), mix {args.mix}; every episode holds distractor tools (bands HIGH,MEDIUM,LOW = {args.distractors}); "
-        f"held-out play is greedy through the gym. Intervals: paired bootstrap over held-out arenas, 10,000 resamples.", "",
-        *table, "", "Held-out reward per domain (arenas):", "", *by_domain, "",
+        f"hidden {args.hidden}) from scratch; {args.train} training arenas (seed 101), {n_arenas} held-out arenas (seed 202), mix {args.mix}, "
+        f"{args.max_turns} turn(s) per episode; every episode holds distractor tools (bands HIGH,MEDIUM,LOW = {args.distractors}), in the SFT "
+        f"data, in GRPO (but for the ablation without them) and in every evaluation. Intervals: paired bootstrap over held-out arenas, "
+        f"10,000 resamples.", "",
+        f"Held-out, the policy sampling at the training temperature ({args.temperature:g}; {SAMPLED_EPISODES} episodes per arena):", "",
+        *stage_table(sampled), "", "Held-out, greedy (one episode per arena):", "", *stage_table(greedy), "",
+        "Held-out reward per domain:", "", *by_domain, "",
     ])  # fmt: skip
 
 

@@ -88,7 +88,7 @@ def test_grpo_arguments_turn_vllm_on_only_with_a_server_and_vllm_installed(tmp_p
 
     import_utils = importlib.import_module("trl.import_utils")
     plain = grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path))
-    assert "use_vllm" not in plain and plain["beta"] == 0.0 and plain["mask_truncated_completions"]
+    assert "use_vllm" not in plain and plain["beta"] == 0.0 and not plain["mask_truncated_completions"]
     monkeypatch.setattr(import_utils, "is_vllm_available", lambda: False)
     with pytest.raises(ValueError, match="needs vllm installed"):
         grpo_arguments(GRPORunConfig(model="tiny", out=tmp_path, vllm_server="http://10.0.0.5:8000"))

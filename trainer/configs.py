@@ -51,12 +51,16 @@ class GRPORunConfig(Checkpointing):
     batch_size: int = Field(default=8, ge=1, description="Episodes per device and step.")
     num_generations: int = Field(default=4, ge=2, description="Episodes per prompt (the group GRPO compares).")
     learning_rate: float = Field(default=1e-6, gt=0, description="Peak learning rate.")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share of the steps over which the learning rate rises to its peak.")
     max_turns: int = Field(default=6, ge=1, description="Assistant turns per episode.")
     max_new_tokens: int = Field(default=256, ge=1, description="Tokens per assistant turn.")
     max_completion_length: int = Field(default=2048, ge=1, description="Tokens of a whole episode's completion.")
     temperature: float = Field(default=1.0, ge=0, description="Sampling temperature.")
     reward: Literal["f1", "recall", "precision"] = Field(
         default="f1", description="What GRPO maximizes: ASTRA's F1 of the gym's score, or (the paper's ablations) its recall or precision alone."
+    )
+    mask_truncated: bool = Field(
+        default=False, description="Leave episodes cut off by a token budget out of the loss (DAPO's overlong masking); off: they are failures the policy learns to avoid."
     )
     abf: bool = Field(default=True, description="Adaptive Batch Filling: refill groups whose rewards are all equal.")
     distractors: BandCounts = Field(
