@@ -39,7 +39,7 @@ from bench.gym_throughput import update_section  # noqa: E402
 PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: under 90 minutes for the main stages and the ablations
     "cpu": dict(train=400, heldout=200, mix="single_hop=1", hidden=64, layers=2, sft_steps=1000, sft_lr=3e-3, sft_batch=8,
-                grpo_steps=80, grpo_lr=1e-3, grpo_warmup=0.1, grpo_batch=32, grpo_generations=8, temperature=1.0, distractors="0,0,2",
+                grpo_steps=120, grpo_lr=1e-3, grpo_warmup=0.1, grpo_batch=32, grpo_generations=8, temperature=1.0, distractors="0,0,2",
                 max_turns=1),
     # one GPU (no internet there: the same from-scratch model, larger, and more data and steps)
     "device": dict(train=4000, heldout=1000, mix="single_hop=2,parallel_single_hop=1", hidden=512, layers=8, sft_steps=300,
@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 MAX_TOKENS = 48
 """Per assistant turn: a call or a short answer."""
 MAIN_GRPO = "GRPO (F1, distractors)"
-SAMPLED_EPISODES = 2
+SAMPLED_EPISODES = 4
 """Held-out episodes per arena when the policy samples (its mean is the arena's reward)."""
 
 
