@@ -37,6 +37,7 @@ def book(mcp_url: str) -> None:
 
 
 def test_log_in_then_watch_an_episode_and_its_calls_arrive(gym, browser):
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -57,19 +58,24 @@ def test_log_in_then_watch_an_episode_and_its_calls_arrive(gym, browser):
 
     created = httpx2.post(f"{gym.url}/api/episodes", json={"arena_id": ARENA}, headers={"Authorization": f"Bearer {TOKEN}"}).json()
     eid = created["episode_id"]
-    row = WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.LINK_TEXT, eid))  # polled in, no reload
-    follow(browser, row[0])
+    # the page swaps its fragments every 2 s: read each one in a single script run, so no element goes stale between
+    # finding and reading it (a found element can be replaced by the next poll before WebDriver reads it)
+    polled = WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,))
+    href = polled.until(lambda b: b.execute_script(
+        "const a = [...document.querySelectorAll('a')].find(a => a.textContent.trim() === arguments[0]); return a && a.href;", eid))  # polled in, no reload
+    browser.get(href)
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith(ARENA)
     assert not browser.find_elements(By.CSS_SELECTOR, "#live-calls div.call")
 
     book(created["mcp_url"])
-    call = WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#live-calls div.call"))[0]
-    assert "call 0: book_flight" in call.find_element(By.TAG_NAME, "h3").text
-    tables = {t.get_attribute("data-table") for t in call.find_elements(By.CSS_SELECTOR, ".table-diff")}
-    assert tables == {"bookings", "flights"}
-    assert browser.find_element(By.ID, "live-status").text.startswith("updated")
+    call = polled.until(lambda b: b.execute_script(
+        "const c = document.querySelector('#live-calls div.call'); if (!c) return null;"
+        "return {title: c.querySelector('h3').textContent, tables: [...c.querySelectorAll('.table-diff')].map(t => t.getAttribute('data-table'))};"))
+    assert "call 0: book_flight" in call["title"]
+    assert set(call["tables"]) == {"bookings", "flights"}
+    assert polled.until(lambda b: b.find_element(By.ID, "live-status").text).startswith("updated")
     problems = [m["message"] for m in browser.get_log("browser") if m["level"] in ("SEVERE", "WARNING") and "favicon.ico" not in m["message"]]
     assert not problems, problems  # nothing refused by the CSP, no script error
 
     httpx2.delete(f"{gym.url}/api/episodes/{eid}", headers={"Authorization": f"Bearer {TOKEN}"})
-    WebDriverWait(browser, 20).until(lambda b: "stopped" in b.find_element(By.ID, "live-status").text)
+    polled.until(lambda b: "stopped" in b.find_element(By.ID, "live-status").text)
