@@ -7,7 +7,14 @@ The gym (`serve --processes N`) serves an arena tool that reads and writes SQLit
 attribution, one gym process with its sandbox stubbed out in-process runs beside it (modern client). At 1 and
 50 concurrent episodes the servers alternate in rounds (this machine's speed drifts from minute to minute,
 and a round is short enough that its sides see the same machine); printed: calls/s, p50/p99 latency, the
-median per-round b/a. Then a soak of 1,000 concurrent gym episodes per era with an error count.
+median per-round b/a. Then soaks of 1,000 concurrent episodes, each making 3 calls in a row: one per client era
+against the gym (the SDK's own clients, for the error count), and one with a lean load generator
+(`lean_soak`: raw HTTP/1.1, the SDK client's request bytes) against the bare server and the gym in turn, which
+measures the servers rather than the clients (the SDK's clients spend several times a server's CPU per call
+at that concurrency). Every soak is closed-loop (each agent calls again as soon as it has its answer), so its
+latency is queueing: by Little's law p50 is about episodes / calls-per-second, for any server. `--think-ms`
+adds a paced lean soak in which each agent pauses (exponential, that mean) before each call, as an LLM agent
+does between its turns; its p99 is the latency an agent sees at that offered load.
 
 Where the machine lets us (root and a cgroup hierarchy with CPU accounting), each server runs in a cgroup of
 its own, and the CPU its whole process tree spent per call is printed too (the gym's includes the sandbox's
@@ -35,7 +42,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gym_server.models import Arena  # noqa: E402
 from gym_server.store import write_bundle  # noqa: E402
-from bench._mcp_load import CpuMeter, Era, drive, metered, soak, summary  # noqa: E402
+from bench._mcp_load import CpuMeter, Era, drive, lean_soak, metered, soak, summary  # noqa: E402
 
 COUNTER_SOURCE = '''
 def bump(db, key):
@@ -89,6 +96,7 @@ async def main() -> None:
     ap.add_argument("--write", type=Path, default=None)
     ap.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="concurrency levels to compare")
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
+    ap.add_argument("--think-ms", type=float, default=0.0, help="also run a paced lean soak with this mean pause before each call (0: none)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp())
@@ -98,6 +106,8 @@ async def main() -> None:
     meters = {name: CpuMeter(name) for name in ports}
     here = Path(__file__).parent
     gym_cmd = [sys.executable, "-m", "gym_server.cli", "serve", "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"]
+    if args.big:  # an episode's process waits for its next call only while fewer than this many wait (README, Sandbox)
+        gym_cmd += ["--max-idle-processes", str(max(128, args.big + 64))]
     argv = {
         "bare": [sys.executable, str(here / "_bare_server.py"), str(ports["bare"])],
         "bare-stateful": [sys.executable, str(here / "_bare_server.py"), str(ports["bare-stateful"]), "--stateful"],
@@ -195,11 +205,24 @@ async def main() -> None:
             if args.big:
                 for era in args.eras:
                     urls = await gym_urls(args.big, url["gym"])
+                    await settle(meters["gym"], args.big)
                     lat, err, wall = await soak(urls, args.soak_procs, era=era)
                     big = summary(lat, wall)
-                    soaks.append({"era": era, "calls": len(lat), "errors": err, **big})
+                    soaks.append({"kind": f"{era} SDK client", "server": "gym", "calls": len(lat), "errors": err, **big})
                     print(f"episodes={args.big} {era}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)
                     await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
+                for think in [0.0] + ([args.think_ms / 1000] if args.think_ms else []):
+                    for server in ("bare", "gym"):
+                        urls = [url["bare"] + "/mcp"] * args.big if server == "bare" else await gym_urls(args.big, url["gym"])
+                        await settle(meters[server], args.big)
+                        lat, err, wall = await lean_soak(urls, "echo" if server == "bare" else "bump", think_s=think)
+                        big = summary(lat, wall)
+                        kind = "lean client" + (f", {think * 1000:.0f} ms mean pause before each call" if think else ", closed loop")
+                        soaks.append({"kind": kind, "server": server, "calls": len(lat), "errors": err, **big})
+                        print(f"episodes={args.big} {kind}, {server}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, "
+                              f"p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)  # fmt: skip
+                        if server == "gym":
+                            await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
     finally:
         for p in procs:
             p.terminate()
@@ -214,7 +237,8 @@ async def main() -> None:
 def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[dict[str, Any]]) -> None:
     lines = [
         HEADING, "",
-        f"`python bench/gym_throughput.py --processes {args.processes} --calls {args.calls} --rounds {args.rounds} --big {args.big}` "
+        f"`python bench/gym_throughput.py --processes {args.processes} --calls {args.calls} --rounds {args.rounds} --big {args.big}"
+        + (f" --think-ms {args.think_ms:g}" if args.think_ms else "") + (f" --eras {' '.join(args.eras)}" if len(args.eras) < 2 else "") + "` "
         f"on {os.cpu_count()} cores (shared with other work: compare ratios, not absolute figures), {time.strftime('%Y-%m-%d')}.", "",
         "Each client era against the bare server it usually meets: " + "; ".join(f"{e}: {SERVERS[ERAS[e]]}" for e in args.eras) + ".",
         f"The gym (`serve --processes {args.processes}`) serves an arena tool that reads and writes SQLite through the sandbox.",
@@ -226,9 +250,11 @@ def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[
         stub = f"{r['stub']:.2f}" if r["stub"] is not None else ""
         lines.append(f"| {r['episodes']} | {r['era']} | {r['a']['calls_s']:.0f} | {r['b']['calls_s']:.0f} | {r['b']['p50_ms']:.1f} / {r['b']['p99_ms']:.1f} | "
                      f"{r['ratio']:.2f} | {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['cpu_a']:.2f} / {r['cpu_b']:.2f} | {stub} | {r['errors']} |")  # fmt: skip
-    for s in soaks:
-        lines += ["", f"{args.big} concurrent gym episodes, {s['era']} client, 3 calls each from {args.soak_procs} client processes: "
-                  f"{s['calls']} calls, {s['calls_s']:.0f} calls/s, p50 {s['p50_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms, errors: {s['errors']}."]  # fmt: skip
+    if soaks:
+        lines += ["", f"{args.big} concurrent episodes, 3 calls each in a row:", "",
+                  "| load | server | calls | calls/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for s in soaks:
+            lines.append(f"| {s['kind']} | {s['server']} | {s['calls']} | {s['calls_s']:.0f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['errors']} |")
     heading = f"{HEADING}, {args.processes} gym process{'es' if args.processes > 1 else ''}"
     update_section(args.write, heading, "\n".join(lines).replace(HEADING, heading, 1) + "\n")
 

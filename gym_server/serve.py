@@ -19,6 +19,7 @@ from gym_server.app import create_app
 from gym_server.backends import ToolBackend
 from gym_server.config import ServeConfig
 from gym_server.front import create_front
+from gym_server.gc_tuning import tune_for_serving
 from gym_server.live import PagesFactory
 from gym_server.workers import BackendsFactory, ProcessRole, default_processes
 
@@ -71,6 +72,7 @@ def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBack
     if on_ready is not None:
         host, port = sock.getsockname()[:2]
         on_ready(f"http://{host if ':' not in host else f'[{host}]'}:{port}", server.config.app)
+    tune_for_serving()
     try:
         server.run(sockets=[sock])
     except SystemExit as exc:  # uvicorn's way to say the lifespan failed (a gym process did not start)

@@ -105,6 +105,7 @@ def _process_main(config: ServeConfig, role: ProcessRole, backends: BackendsFact
     _die_with_parent()
     if os.getppid() != parent:  # the front died before the line above took effect
         return
+    from gym_server.gc_tuning import tune_for_serving
     from gym_server.serve import bind, uvicorn_server
 
     try:
@@ -115,6 +116,7 @@ def _process_main(config: ServeConfig, role: ProcessRole, backends: BackendsFact
         return
     conn.send(("port", sock.getsockname()[1]))
     conn.close()
+    tune_for_serving()
     server.run(sockets=[sock])
 
 

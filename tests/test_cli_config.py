@@ -38,11 +38,11 @@ CASES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "serve": (
         ["--port", "9123", "-a", "builtin", "-a", "x.jsonl", "--token", "op", "--agent-token", "ag", "--agent-arena", "offline-*",
          "--failure-rate", "0.25", "--failure-kinds", "timeout", "--episode-ttl-s", "60", "--workers", "3", "--sandbox-backend", "process",
-         "--call-timeout-s", "2.5", "--unsafe-sandbox", "--no-state-diffs", "--upstream", "time=python -m mcp_server_time", "--otel-spans",
+         "--call-timeout-s", "2.5", "--max-idle-processes", "1100", "--unsafe-sandbox", "--no-state-diffs", "--upstream", "time=python -m mcp_server_time", "--otel-spans",
          "--max-calls-per-episode", "9", "--public-url", "http://gym.example:8000", "--suite", "bfcl-mt", "--category", "base", "--no-live-pages"],
         {"port": 9123, "arenas": ["builtin", "x.jsonl"], "token": "op", "agent_tokens": ["ag"], "agent_arenas": ["offline-*"],
          "failure_rate": 0.25, "failure_kinds": ["timeout"], "episode_ttl_s": 60,
-         "sandbox": {"workers": 3, "backend": "process", "call_timeout_s": 2.5, "unsafe": True, "state_diffs": False},
+         "sandbox": {"workers": 3, "backend": "process", "call_timeout_s": 2.5, "max_idle_processes": 1100, "unsafe": True, "state_diffs": False},
          "upstreams": [{"name": "time", "command": "python -m mcp_server_time"}], "otel_spans": True, "max_calls_per_episode": 9,
          "public_url": "http://gym.example:8000", "suites": ["bfcl-mt"], "suite_categories": ["base"], "live_pages": False},
     ),

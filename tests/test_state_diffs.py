@@ -162,3 +162,45 @@ async def test_a_gym_records_diffs_by_default(http):
     assert [c["status"] for c in calls] == ["ok", "ok", "ok"]
     assert calls[0]["diff"]["tables"]["flights"]["changed"][0]["columns"] == {"seats_left": [5, 4]}
     assert calls[1]["diff"] is None and calls[2]["diff"]["tables"]["flights"]["changed"][0]["columns"] == {"seats_left": [4, 3]}
+
+
+KEPT_HANDLE_STRESS = """
+import json, random, sqlite3
+from gym_server.sandbox.inside.statediff import StateDiffer
+
+def connect():
+    return sqlite3.connect(":memory:", isolation_level=None)
+
+def image(*sql):
+    db = connect()
+    for statement in sql:
+        db.execute(statement)
+    return db.serialize()
+
+kv = image("CREATE TABLE kv (k TEXT PRIMARY KEY, v)", "INSERT INTO kv VALUES ('a', 1)")
+kv2 = image("CREATE TABLE kv (k TEXT PRIMARY KEY, v)", "INSERT INTO kv VALUES ('a', 2)", "INSERT INTO kv VALUES ('b', 3)")
+other = image("CREATE TABLE other (x INTEGER)", "INSERT INTO other VALUES (7)")
+odd = image('CREATE TABLE "we""ird" (a, b, c, PRIMARY KEY (c, a))', 'INSERT INTO "we""ird" VALUES (1, 2, 3)')
+images = [b"", b"not a database at all", kv, kv2, other, odd]
+encode = lambda value: json.dumps(value).encode()
+kept, rng = StateDiffer(connect, encode), random.Random(7)
+for _ in range(3000):
+    before, after = rng.choice(images), rng.choice(images)
+    assert kept.diff(before, after, lambda _: None) == StateDiffer(connect, encode).diff(before, after, lambda _: None)
+assert set(kept.diff(kv2, other, lambda _: None)["tables"]) == {"kv", "other"}
+assert kept.diff(b"not a database at all", kv, lambda _: None)["error"]
+assert kept.diff(kv, kv2, lambda _: None)["tables"]["kv"]["n_changed"] == 1
+assert kept.diff(kv, odd, lambda _: None)["tables"]['we"ird']["added"] == [{"a": 1, "b": 2, "c": 3}]
+print("ok")
+"""
+
+
+def test_a_kept_differ_handle_answers_as_a_fresh_one_across_schemas_and_empty_states():
+    """The sandbox process keeps one differ handle for all its diffs: each diff must see only its own two images,
+    whatever the last one loaded (other tables, no tables at all, bytes that are no database). Run in a process of
+    its own: the first version of the kept handle crashed SQLite (a segfault) after a few hundred schema changes."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KEPT_HANDLE_STRESS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

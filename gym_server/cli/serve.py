@@ -40,6 +40,7 @@ SERVE_FLAGS = {
     "sandbox.workers": Flag("--workers"),
     "sandbox.backend": Flag("--sandbox-backend"),
     "sandbox.call_timeout_s": Flag("--call-timeout-s"),
+    "sandbox.max_idle_processes": Flag("--max-idle-processes"),
     "sandbox.unsafe": Flag("--unsafe-sandbox"),
     "sandbox.state_diffs": Flag(),
     "suites": Flag("--suite"),

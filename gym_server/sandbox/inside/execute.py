@@ -211,6 +211,7 @@ class Executor:
             self.check_result(value)
             self._scan(self.encode_json({"ok": True, "arguments": {"k": [1, "v"]}, "seq": 1}).decode(), 0)
             self.state_diff(b"", scratch.serialize())
+            self.differ.close()
             self.cpu_deadline = 0.0
         finally:
             scratch.close()

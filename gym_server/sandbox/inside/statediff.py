@@ -37,14 +37,16 @@ class StateDiffer:
         self._dict, self._any, self._enumerate, self._float = dict, any, enumerate, float
         self._process_time = time.process_time
         self._error = sqlite3.Error
+        self._conn: sqlite3.Connection | None = None
+        self._empty: bytes | None = None
 
     def diff(self, before: bytes, after: bytes, set_deadline: Callable[[float], None]) -> dict[str, Any]:
         """`{"tables": {name: {"added", "changed", "removed", "n_added", "n_changed", "n_removed", "truncated"}},
         "truncated": bool}`; tables with no difference are left out. `set_deadline` arms the SQL progress
         handler of the handle this opens with this diff's own CPU budget."""
         set_deadline(self._process_time() + DIFF_CPU_S)
-        conn = self._open(before, after)
         try:
+            conn = self._open(before, after)
             old_tables, new_tables = self._tables(conn, "old"), self._tables(conn, "main")
             tables: dict[str, Any] = {}
             for name in self._sorted({**old_tables, **new_tables}):
@@ -53,36 +55,58 @@ class StateDiffer:
                     tables[name] = table
             return self._bounded({"tables": tables, "truncated": self._any(t["truncated"] for t in tables.values())})
         except self._error as exc:
+            self.close()  # a handle an error left in doubt is not used again
             return {"tables": {}, "truncated": True, "error": f"the diff could not be computed: {self._str(exc)[:200]}"}
-        finally:
-            conn.close()
 
     def _open(self, before: bytes, after: bytes) -> sqlite3.Connection:
-        """One fresh handle: the after image as `main`, the before image as `old`, so that SQLite itself finds
-        the rows that differ (EXCEPT) and unchanged rows never reach Python."""
-        conn = self._connect()
-        conn.row_factory = None
-        conn.set_authorizer(None)  # our own handle: attach and deserialize (which attaches internally)
-        if after:
-            conn.deserialize(after)
-        conn.execute("ATTACH ':memory:' AS old")
-        if before:
-            conn.deserialize(before, name="old")
+        """This process's differ handle, the after image loaded as `main` and the before image as `old`, so that
+        SQLite itself finds the rows that differ (EXCEPT) and unchanged rows never reach Python. The handle is
+        opened on the first diff and kept (arena code never sees it): its prepared statements survive, which
+        halves a diff's CPU on small states (bench/state_diff_cost.py)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._connect()
+            conn.row_factory = None
+            conn.set_authorizer(None)  # our own handle: attach and deserialize (which attaches internally)
+            conn.execute("ATTACH ':memory:' AS old")
+            self._conn = conn
+        conn.deserialize(after or self._empty_image())
+        conn.deserialize(before or self._empty_image(), name="old")
         return conn
 
+    def close(self) -> None:
+        """Close the kept handle: the template calls it after its warm-up, so that no process forked from it
+        inherits an open SQLite handle (SQLite's state must not cross a fork)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _empty_image(self) -> bytes:
+        """A database without tables (SQLite will not load zero bytes)."""
+        if self._empty is None:
+            conn = self._connect()
+            try:
+                conn.set_authorizer(None)
+                conn.execute("CREATE TABLE x (a)")
+                conn.execute("DROP TABLE x")
+                self._empty = conn.serialize()
+            finally:
+                conn.close()
+        return self._empty
+
     def _tables(self, conn: sqlite3.Connection, schema: str) -> dict[str, tuple[list[str], list[str]]]:
-        """Table name -> (its columns, its key columns: the primary key in key order, or [] for rowid); one query."""
+        """Table name -> (its columns, its key columns: the primary key in key order, or [] for rowid). One PRAGMA
+        per table, not the `pragma_table_info` table-valued function: on a handle whose databases were replaced
+        (`deserialize`, as this kept handle's are for every diff) a cached plan of that function read freed
+        schema memory and crashed the process (SQLite 3.x, reproduced in tests/test_state_diffs.py)."""
         tables: dict[str, tuple[list[str], list[str]]] = {}
-        keys: dict[str, list[tuple[int, str]]] = {}
-        for table, column, pk in conn.execute(
-            f"SELECT m.name, p.name, p.pk FROM {schema}.sqlite_master AS m, pragma_table_info(m.name, '{schema}') AS p"
-            " WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY m.name, p.cid"
-        ):  # fmt: skip
-            tables.setdefault(table, ([], []))[0].append(column)
-            if pk:
-                keys.setdefault(table, []).append((pk, column))
-        for table, ranked in keys.items():
-            tables[table][1].extend(c for _, c in self._sorted(ranked))
+        names = [row[0] for row in conn.execute(
+            f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+        )]  # fmt: skip
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            info = conn.execute(f"PRAGMA {schema}.table_info({quoted})").fetchall()
+            tables[name] = ([row[1] for row in info], [column for _, column in self._sorted((row[5], row[1]) for row in info if row[5])])
         return tables
 
     def _only_in(self, conn: sqlite3.Connection, name: str, schema: str, other: str | None, key: list[str]) -> tuple[list[str], dict[Any, tuple[Any, ...]], bool]:
