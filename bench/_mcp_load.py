@@ -177,7 +177,7 @@ def _lean_worker(urls: list[str], tool: str, calls: int, think_s: float, seed: i
     queue.put(asyncio.run(run()))  # type: ignore[attr-defined]
 
 
-async def lean_soak(urls: list[str], tool: str, procs: int = 2, calls: int = 3, think_s: float = 0.0) -> tuple[list[float], int, float]:
+async def lean_soak(urls: list[str], tool: str, procs: int = 1, calls: int = 3, think_s: float = 0.0) -> tuple[list[float], int, float]:
     """Many agents at once from a load generator light enough that the server, not the client, is measured: raw
     HTTP/1.1 on kept-alive connections (one per episode), the SDK client's exact request bytes, answers parsed
     and checked. The SDK's own clients cost 3-4 ms of CPU per call at this concurrency, several times what
