@@ -61,10 +61,26 @@ def bench_arena() -> Arena:
     })  # fmt: skip
 
 
-def free_port() -> int:
+def free_port(span: int = 1, avoid: frozenset[int] = frozenset()) -> int:
+    """A port p with p .. p+span-1 all free and none in `avoid`: `serve --processes N` binds its port and the
+    N ports after it, and the kernel hands out neighbouring ephemeral ports, so a plain free port for each server
+    let a gym process collide with another server's port ("address already in use")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        block = range(port, port + span)
+        if avoid.isdisjoint(block) and port + span <= 65535 and all(_bindable(p) for p in block[1:]):
+            return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 async def wait_up(port: int) -> None:
@@ -101,7 +117,10 @@ async def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     write_bundle([bench_arena()], tmp / "bench.jsonl")
-    ports = {name: free_port() for name in ("bare", "bare-stateful", "gym", "stub")}
+    ports: dict[str, int] = {}
+    for name, span in (("gym", args.processes + 1), ("stub", 2), ("bare", 1), ("bare-stateful", 1)):
+        taken = frozenset(p + i for n, p in ports.items() for i in range({"gym": args.processes + 1, "stub": 2}.get(n, 1)))
+        ports[name] = free_port(span, taken)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     meters = {name: CpuMeter(name) for name in ports}
     here = Path(__file__).parent
