@@ -15,6 +15,7 @@ from gym_server.models import StateDiff
 from gym_server.sandbox.config import SandboxConfig
 from gym_server.sandbox.diffs import follow
 from gym_server.sandbox.pool import SandboxPool
+from gym_server.sandbox.processes import SandboxProcess
 from gym_server.sandbox.protocol import PREFIX
 
 BOOKING = "airline-book-cheapest-sfo-jfk"
@@ -84,3 +85,44 @@ async def test_a_good_diff_is_checked_and_passed_on():
     process, killed = FakeProcess(frame({"seq": 7, "diff": GOOD})), []
     diff = await follow(process, 7, 1.0, killed.append)  # type: ignore[arg-type]
     assert diff.tables["t"].n_added == 1 and diff.error is None and not killed
+
+
+async def test_the_next_call_goes_out_before_the_last_diff_is_in_and_survives_a_broken_one():
+    """Back to back on one episode: the next request is written while the last call's diff is still coming (the
+    process would otherwise wait out its grace for a request the gym held back), the diff is still read first,
+    and when that diff breaks the process, the call is served by a fresh process instead of failing."""
+    arena = next(a for a in builtin_arenas() if a.id == BOOKING)
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(arena.initial_state)
+        owner = "episode-2/" + arena.id
+        book = {"flight_id": "B6400", "passenger_id": "P001"}
+        sent_early: list[bool] = []
+        request = SandboxProcess.request
+
+        async def spied(process: SandboxProcess, frame: bytes) -> tuple[int, bytes]:
+            sent_early.append(process.follows is not None and not process.follows.done())  # its last diff still coming
+            return await request(process, frame)
+
+        first = await pool.call(arena.implementation, "book_flight", book, state, owner=owner)
+        SandboxProcess.request = spied  # type: ignore[method-assign]
+        try:
+            second = await pool.call(arena.implementation, "book_flight", {**book, "passenger_id": "P002"}, first.state, owner=owner)
+        finally:
+            SandboxProcess.request = request  # type: ignore[method-assign]
+        assert first.ok and second.ok and sent_early == [True]
+        assert (await first.diff).tables["flights"].changed[0].columns == {"seats_left": (5, 4)}
+        assert (await second.diff).tables["flights"].changed[0].columns == {"seats_left": (4, 3)}
+        process = pool._owned[owner]
+        served = process.id
+
+        async def broken() -> StateDiff:  # what `follow` does with a malformed diff
+            await asyncio.sleep(0.05)
+            process.broken = True
+            pool._kill(process)
+            process.close()
+            return StateDiff(truncated=True, error="broken")
+
+        process.follows = asyncio.get_running_loop().create_task(broken())
+        third = await pool.call(arena.implementation, "get_flight", {"flight_id": "B6400"}, second.state, owner=owner)
+        assert third.ok and third.result["seats_left"] == 3, third
+        assert pool._owned[owner].id != served  # a fresh process took the call

@@ -219,34 +219,38 @@ class SandboxPool:
         try:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
-            if owner is not None and process is not None and process.follows is not None:
+            for attempt in (1, 2):
+                if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
+                    process.close()
+                    process = None
+                if process is None:
+                    process = await self._checkout()
+                send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
+                same = process.held is not None and state is process.held
+                request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0, "same_state": same}
                 try:
-                    await asyncio.wait([process.follows])  # its last call's diff first: it may break the process
-                except asyncio.CancelledError:
-                    self._owned[owner] = process  # still the owner's: only the call that wanted it was cancelled
-                    raise
-            if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
-                process.close()
-                process = None
-            if process is None:
-                process = await self._checkout()
-            send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
-            same = process.held is not None and state is process.held
-            request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0, "same_state": same}
-            try:
-                reply, out = await self._exchange(process, request, (source if send else b"") + (b"" if same else state))
-                if reply.get("kind") == "need_state":
-                    reply, out = await self._exchange(process, {**request, "same_state": False}, state)
-                if reply.get("kind") == "need_source" and source:
-                    reply, out = await self._exchange(process, {**request, "source_bytes": len(source), "same_state": False}, source + state)
-                    reply["compiled"] = True
-            except asyncio.TimeoutError:
-                return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None, None
-            except (EOFError, ConnectionError, FrameError) as exc:
-                why = await process.death() if not isinstance(exc, FrameError) else f"it sent a malformed reply ({exc})"
-                if process.template.dead is not None:
-                    raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
-                return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b"", None, None
+                    # A process whose last call's diff is still coming takes the request at once (SandboxProcess.request)
+                    reply, out = await self._exchange(process, request, (source if send else b"") + (b"" if same else state))
+                    if reply.get("kind") == "need_state":
+                        reply, out = await self._exchange(process, {**request, "same_state": False}, state)
+                    if reply.get("kind") == "need_source" and source:
+                        reply, out = await self._exchange(process, {**request, "source_bytes": len(source), "same_state": False}, source + state)
+                        reply["compiled"] = True
+                    if not process.broken:
+                        break
+                    if attempt == 2:
+                        return {"ok": False, "kind": "sandbox_error", "error": "the sandbox process broke its protocol"}, b"", None, None
+                    # What followed its last reply was broken: whatever it answered since is dropped, and a fresh
+                    # process runs the call again from the gym's own state.
+                except asyncio.TimeoutError:
+                    return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None, None
+                except (EOFError, ConnectionError, FrameError) as exc:
+                    if process.broken and attempt == 1:
+                        continue  # what followed its last reply was broken, so the process was closed before it ran this call: take a fresh one
+                    why = await process.death() if not isinstance(exc, FrameError) else f"it sent a malformed reply ({exc})"
+                    if process.template.dead is not None:
+                        raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
+                    return {"ok": False, "kind": "sandbox_error", "error": f"the sandbox process died: {why}"}, b"", None, None
             new_state = diff = None
             n = reply.get("result_bytes")
             if reply.get("ok") and reply.get("changed") is True and type(n) is int and 0 <= n <= len(out):

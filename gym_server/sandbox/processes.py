@@ -146,11 +146,18 @@ class SandboxProcess:
             self.sock.close()
 
     async def request(self, frame: bytes) -> tuple[int, bytes]:
-        if self.follows is not None:
-            await asyncio.wait([self.follows])  # frames stay in order: what followed the last reply is read first
         if self.channel is None:
             loop = asyncio.get_running_loop()
             _, self.channel = await loop.create_unix_connection(ProcessChannel, sock=self.sock)
+        follows = self.follows
+        if follows is not None and not follows.done():
+            # The process reads its next request only after it sent what follows its last reply, so the request
+            # goes now (the process need not wait out its grace for a request we held back) and frames are still
+            # read in order: what followed the last reply first, then this reply. If what followed was broken,
+            # `follows` closed the process and this raises EOFError.
+            self.channel.send(frame)
+            await asyncio.wait([follows])
+            return await self.channel.receive()
         return await self.channel.request(frame)
 
     async def receive(self) -> tuple[int, bytes]:
@@ -220,16 +227,19 @@ class ProcessChannel(asyncio.Protocol):
             self.waiter.set_exception(EOFError())
 
     async def request(self, frame: bytes) -> tuple[int, bytes]:
+        self.send(frame)
+        self.waiter = asyncio.get_running_loop().create_future()
+        return await self.waiter
+
+    def send(self, frame: bytes) -> None:
         assert self.transport is not None
         if self.transport.is_closing():
             raise EOFError
-        self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(frame)
-        return await self.waiter
 
     async def receive(self) -> tuple[int, bytes]:
         self.waiter = asyncio.get_running_loop().create_future()
         self._deliver()
-        if self.lost and not self.waiter.done():
+        if (self.lost or (self.transport is not None and self.transport.is_closing())) and not self.waiter.done():
             raise EOFError
         return await self.waiter
