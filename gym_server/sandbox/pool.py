@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import secrets
 import socket
@@ -31,6 +30,7 @@ from gym_server.sandbox import launch as launching
 from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
 from gym_server.sandbox.diffs import follow
+from gym_server.sandbox.replies import checked_outcome
 from gym_server.sandbox.isolation import NAMESPACES, own_namespaces
 from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
 from gym_server.sandbox.starting import start_template
@@ -45,17 +45,6 @@ __all__ = ["SandboxConfig", "SandboxOutcome", "SandboxPool", "SandboxUnavailable
 logger = logging.getLogger(__name__)
 
 MAX_CACHED_SOURCE_BYTES = MAX_CONTROL_BYTES - 4096
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return False
 
 
 class SandboxPool:
@@ -349,27 +338,7 @@ class SandboxPool:
         if reply.get("compiled") and template is not None and template.dead is None and code_id not in template.cached and len(encoded) <= MAX_CACHED_SOURCE_BYTES:
             template.send({"op": "cache", "code_id": code_id}, encoded)
             template.cached[code_id] = template.sent
-        return self._outcome(reply, blob, new_state, diff, expected=header.get("diff") is not False)
-
-    def _outcome(self, reply: dict[str, Any], blob: bytes, state: bytes | None, diff: asyncio.Task[StateDiff] | None, expected: bool) -> SandboxOutcome:
-        """Check a reply as the untrusted bytes it is: sizes, JSON, depth."""
-        limit = self.config.max_result_bytes
-        n = reply.get("result_bytes")
-        if type(n) is not int or n != len(blob) or (reply.get("changed") is True) != (state is not None):
-            return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed result")
-        if n > limit:
-            return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned {n} bytes of JSON; the limit is {limit}")
-        try:
-            result = json.loads(blob)
-        except (ValueError, RecursionError):
-            return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent a malformed result")
-        if _too_deep(result, self.config.max_result_depth):
-            return SandboxOutcome(ok=False, kind="tool_error", error=f"tool returned a result nested deeper than {self.config.max_result_depth} levels")
-        if state is not None and len(state) > self.config.max_state_bytes:
-            return SandboxOutcome(ok=False, kind="tool_error", error=f"the call grew the state to {len(state)} bytes; the limit is {self.config.max_state_bytes}")
-        if state is not None and expected and diff is None:  # asked for: a writing call must announce one
-            return SandboxOutcome(ok=False, kind="sandbox_error", error="the sandbox process sent no state diff")
-        return SandboxOutcome(ok=True, result=result, state=state, diff=diff)
+        return checked_outcome(self.config, reply, blob, new_state, diff, expected=header.get("diff") is not False)
 
     async def build_state(self, initial: InitialState) -> bytes:
         """Build the SQLite image of an initial state (its DDL is untrusted too); raises ValueError if it fails."""
