@@ -238,8 +238,9 @@ class ProcessChannel(asyncio.Protocol):
         self.transport.write(frame)
 
     async def receive(self) -> tuple[int, bytes]:
-        self.waiter = asyncio.get_running_loop().create_future()
-        self._deliver()
-        if (self.lost or (self.transport is not None and self.transport.is_closing())) and not self.waiter.done():
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        self._deliver()  # a frame that came before anyone asked
+        if not waiter.done() and (self.lost or (self.transport is not None and self.transport.is_closing())):
+            self.waiter = None  # nobody will await it: the end of the connection must not leave an error on it
             raise EOFError
-        return await self.waiter
+        return await waiter
