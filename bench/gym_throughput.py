@@ -117,10 +117,10 @@ async def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     write_bundle([bench_arena()], tmp / "bench.jsonl")
+    spans = {"gym": args.processes + 1, "stub": 2, "bare": 1, "bare-stateful": 1}  # ports each server binds from its own
     ports: dict[str, int] = {}
-    for name, span in (("gym", args.processes + 1), ("stub", 2), ("bare", 1), ("bare-stateful", 1)):
-        taken = frozenset(p + i for n, p in ports.items() for i in range({"gym": args.processes + 1, "stub": 2}.get(n, 1)))
-        ports[name] = free_port(span, taken)
+    for name, span in spans.items():
+        ports[name] = free_port(span, frozenset(p + i for n, p in ports.items() for i in range(spans[n])))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     meters = {name: CpuMeter(name) for name in ports}
     here = Path(__file__).parent

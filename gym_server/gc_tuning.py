@@ -6,8 +6,9 @@ models, the sandbox frame), and while a thousand calls are in flight their objec
 every collection walks all of them and finds nothing to free. Measured with 1,000 concurrent episodes on 2 cores
 (bench/gym_throughput.py's soak): about a third of the gym's CPU went to collections that freed nothing.
 
-The startup objects (modules, the arena store, compiled schemas) are moved out of the collector's sight with
-`gc.freeze()`, and collections run about 70 times less often. Reference counting still frees everything that
+What the process imported before serving (modules, compiled code) is moved out of the collector's sight with
+`gc.freeze()`, and collections run about 70 times less often; what the app loads in its lifespan (the arena
+store) ends up in the oldest generation, which these thresholds visit rarely. Reference counting still frees everything that
 is not in a cycle at once; cycles are still collected, later (the young generation holds at most
 `YOUNG_THRESHOLD` uncollected container objects, a few MB). Only the gym's own serving processes do this, never
 a process that embeds a gym (a trainer), whose allocation pattern is its own business.
@@ -22,7 +23,7 @@ OLDER_THRESHOLDS = (20, 100)
 
 
 def tune_for_serving() -> None:
-    """Call once the process has loaded what it serves, right before it starts serving."""
+    """Call once, right before the process starts serving."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
