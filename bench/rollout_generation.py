@@ -4,7 +4,12 @@ their turns batched by `BatchedSampler`, against (a) one batched `generate` over
 at batch size 1, through the same gym). Tokens/s counts the sampled tokens over the wall time of the whole
 rollout (episode creation, MCP, scoring included) or of the generate calls. Goals: >= 0.8 of (a), >= 4x (b).
 
-    python bench/rollout_generation.py [--episodes 8] [--budget 64] [--hidden 256] [--layers 4] [--threads N] [--write docs/benchmarks.md]
+`--group G` plays the episodes in groups of G on the same arena, as a GRPO step does (`num_generations`, 4 by
+default in `astra-gym train`): a group's first turns share their prompt, which CPU prefill then runs once
+(clients/hf_generation.py). The default (1) gives every episode an arena of its own, the case with nothing
+to share.
+
+    python bench/rollout_generation.py [--episodes 8] [--group 1] [--budget 64] [--hidden 256] [--layers 4] [--threads N] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from bench.gym_throughput import update_section  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--episodes", type=int, default=8)
+    ap.add_argument("--group", type=int, default=1, help="episodes per arena, as in a GRPO group (1: an arena each)")
     ap.add_argument("--budget", type=int, default=64, help="token budget of every turn")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -48,9 +54,10 @@ def main() -> None:
     tokenizer = train_tokenizer()
     model = tiny_model(tokenizer, hidden_size=args.hidden, layers=args.layers).eval()
     arenas = builtin_arenas()
-    prompts = [[{"role": "user", "content": "q", "arena_id": arenas[i % len(arenas)].id}] for i in range(args.episodes)]
+    prompts = [[{"role": "user", "content": "q", "arena_id": arenas[(i // args.group) % len(arenas)].id}] for i in range(args.episodes)]
     generate = hf_batch_generate(model, tokenizer, 1.0)
-    figures: dict[str, list[float]] = {"rollout": [], "batched": [], "sequential": [], "sequential_generate": []}
+    padded = hf_batch_generate(model, tokenizer, 1.0, prefill="padded")  # the batched call's prefill before rows
+    figures: dict[str, list[float]] = {"rollout": [], "batched": [], "padded": [], "sequential": [], "sequential_generate": []}
     batch_sizes = []
     with GymThread.private(ServeConfig(port=0)) as gym, GymSession(gym.url, gym.config.token) as session:
 
@@ -71,6 +78,9 @@ def main() -> None:
             t0 = time.perf_counter()
             turns = generate(contexts, budgets)
             figures["batched"].append(sum(len(t) for t, _ in turns) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            turns = padded(contexts, budgets)
+            figures["padded"].append(sum(len(t) for t, _ in turns) / (time.perf_counter() - t0))
             figures["sequential"].append(rollout(1)[0])
             t0 = time.perf_counter()
             turns = [generate([c], [b])[0] for c, b in zip(contexts, budgets)]
@@ -79,21 +89,27 @@ def main() -> None:
     vs_batched, vs_sequential = med["rollout"] / med["batched"], med["rollout"] / med["sequential"]
     print(f"{args.episodes} episodes, budget {args.budget}, tiny Qwen3 ({args.layers} layers, hidden {args.hidden}), "
           f"{torch.get_num_threads()} torch threads, median of {args.repeats}:")  # fmt: skip
-    for key, label in (("rollout", "rollout with batched turns"), ("batched", "one batched generate"),
+    for key, label in (("rollout", "rollout with batched turns"), ("batched", "one batched generate"), ("padded", "one batched generate, padded prefill"),
                        ("sequential", "rollout, sequential turns (before)"), ("sequential_generate", "sequential generate calls")):  # fmt: skip
         print(f"  {label:>36}: {med[key]:8.1f} tokens/s  (runs: {', '.join(f'{x:.0f}' for x in figures[key])})")
     print(f"  rollout / batched generate = {vs_batched:.2f} (goal >= 0.8); rollout / sequential rollout = {vs_sequential:.1f}x (goal >= 4x)")
     if args.write:
-        command = f"python bench/rollout_generation.py --episodes {args.episodes} --budget {args.budget} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}" + (f" --threads {args.threads}" if args.threads else "")
-        update_section(args.write, "## Rollout generation", "\n".join([
-            "## Rollout generation: batched turns (bench/rollout_generation.py)", "",
+        command = (f"python bench/rollout_generation.py --episodes {args.episodes}" + (f" --group {args.group}" if args.group > 1 else "")
+                   + f" --budget {args.budget} --hidden {args.hidden} --layers {args.layers} --repeats {args.repeats}"
+                   + (f" --threads {args.threads}" if args.threads else ""))  # fmt: skip
+        heading = "## Rollout generation: batched turns (bench/rollout_generation.py)" + (f", GRPO groups of {args.group}" if args.group > 1 else "")
+        workload = (f"{args.episodes // args.group} groups of {args.group} episodes, each group on one built-in arena (a GRPO step's shape)"
+                    if args.group > 1 else f"{args.episodes} concurrent episodes, each on a built-in arena of its own")  # fmt: skip
+        update_section(args.write, heading, "\n".join([
+            heading, "",
             f"`{command}` on {os.cpu_count()} shared cores, {time.strftime('%Y-%m-%d')}; tiny Qwen3 ({args.layers} layers, hidden {args.hidden}, "
-            f"untrained, so every turn runs to its budget), {args.episodes} concurrent episodes on built-in arenas over MCP, "
+            f"untrained: turns mostly run to their budget), {workload}, over MCP, "
             f"sampling at temperature 1. Tokens/s over the wall time of the whole rollout (creation, MCP, scoring included) "
             f"or of the generate calls; median of {args.repeats} interleaved runs.", "",
             "| generation | tokens/s | vs this rollout |", "| --- | --- | --- |",
             f"| rollout, turns batched across episodes (`BatchedSampler`) | {med['rollout']:.0f} | 1.00 |",
             f"| one batched `generate`, same prompts and budgets | {med['batched']:.0f} | rollout = **{vs_batched:.2f}x** of it (goal >= 0.8) |",
+            f"| the same call with a left-padded prefill (before prompts were prefilled one by one) | {med['padded']:.0f} | |",
             f"| rollout, turns one at a time at batch 1 (before) | {med['sequential']:.0f} | rollout = **{vs_sequential:.1f}x** of it (goal >= 4x) |",
             f"| sequential `generate` calls, no gym | {med['sequential_generate']:.0f} | |", "",
         ]))  # fmt: skip

@@ -7,17 +7,68 @@ are off, as GRPO's loss assumes); greedy decoding (temperature 0) reports the pl
 log-probabilities are read by a logits processor that runs after the temperature, one step behind the
 sampling (a step's scores are kept until the next step shows which token was drawn), so memory stays at one
 batch-by-vocabulary tensor instead of the whole generation's scores.
+
+On CPU the prompts are prefilled one at a time (`prefill="rows"`; identical prompts, such as a GRPO group's first
+turns, once) and only the decoding is batched: a left-padded prefill needs an attention mask, and with one
+PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix. That path cost a
+batch of 8 prompts of ~800 tokens more than 8 separate prefills (bench/rollout_generation.py). On a GPU the
+padded prefill is one efficient kernel, so `auto` keeps it there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from clients.batching import BatchGenerate, Turn
 
+Prefill = Literal["auto", "rows", "padded"]
 
-def hf_batch_generate(model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True) -> BatchGenerate:
+
+def full_attention_only(config: Any) -> bool:
+    """Whether every layer attends to the whole context, so a prefilled cache is a plain per-layer key/value
+    pair (sliding-window and hybrid layers keep caches of other shapes)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(t == "full_attention" for t in layer_types)
+    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
+
+
+def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
+    """A left-padded `DynamicCache` holding every context but its last token, each prefilled alone (identical
+    contexts once). Padding slots hold zeros, which the attention mask hides, as it hid the pad tokens' keys."""
     import torch
+    from transformers import DynamicCache
+
+    layers = model.config.num_hidden_layers
+    done: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+    for context in contexts:
+        prefix = tuple(context[:-1])
+        if prefix and prefix not in done:
+            out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
+            done[prefix] = [(out.cache.layers[i].keys, out.cache.layers[i].values) for i in range(layers)]
+    like = next(iter(done.values()))
+    cache = DynamicCache()
+    for i in range(layers):
+        keys, values = [], []
+        for context in contexts:
+            prefix = tuple(context[:-1])
+            k, v = done[prefix][i] if prefix else (like[i][0][:, :, :0], like[i][1][:, :, :0])
+            pad = width - 1 - k.shape[2]
+            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        cache.update(torch.cat(keys), torch.cat(values), i)
+    return cache
+
+
+def hf_batch_generate(
+    model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True, prefill: Prefill = "auto"
+) -> BatchGenerate:
+    import torch
+
+    if prefill not in ("auto", "rows", "padded"):
+        raise ValueError(f"prefill must be auto, rows or padded, not {prefill!r}")
+    rows = prefill == "rows" or (prefill == "auto" and model.device.type == "cpu")
+    rows = rows and full_attention_only(model.config)
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper
 
     eos = tokenizer.eos_token_id
@@ -62,8 +113,10 @@ def hf_batch_generate(model: Any, tokenizer: Any, temperature: float = 0.0, *, w
         if with_logprobs:
             processors.append(recorder)
         with torch.no_grad():
+            # Rows prefilled alone (one row needs no mask either way); generate then runs only the last tokens.
+            cache = prefilled_cache(model, contexts, width) if rows and len(contexts) > 1 and width > 1 else None
             sequences = model.generate(
-                ids, attention_mask=mask, max_new_tokens=max(budgets), do_sample=sampling,
+                ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=sampling,
                 # generation adds no warper after ours: the recorded scores are the ones sampled from
                 temperature=1.0 if sampling else None, top_k=0 if sampling else None, top_p=1.0 if sampling else None,
                 min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, renormalize_logits=False,

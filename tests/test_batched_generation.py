@@ -33,11 +33,12 @@ def contexts(tokenizer):
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
 
 
-def test_a_padded_batch_gives_each_row_what_it_gets_alone(tiny):
+@pytest.mark.parametrize("prefill", ["rows", "padded"])
+def test_a_padded_batch_gives_each_row_what_it_gets_alone(tiny, prefill):
     from clients.hf_generation import hf_batch_generate
 
     model, tokenizer = tiny
-    generate = hf_batch_generate(model, tokenizer, 0.0)
+    generate = hf_batch_generate(model, tokenizer, 0.0, prefill=prefill)
     budgets = [5, 9, 3, 7]
     alone = [generate([c], [b])[0] for c, b in zip(contexts(tokenizer), budgets)]
     together = generate(contexts(tokenizer), budgets)
@@ -45,6 +46,30 @@ def test_a_padded_batch_gives_each_row_what_it_gets_alone(tiny):
     for (ids_a, lp_a), (ids_b, lp_b) in zip(alone, together):
         assert ids_a == ids_b
         assert torch.allclose(torch.tensor(lp_a), torch.tensor(lp_b), atol=1e-5)
+
+
+def test_identical_prompts_are_prefilled_once_and_decoded_as_rows_of_one_batch(tiny):
+    """A GRPO group's first turns share their prompt: CPU prefill runs once per distinct prompt (one forward
+    over many tokens each), then one batched decode; the rows still get what each gets alone."""
+    from clients.hf_generation import hf_batch_generate
+
+    model, tokenizer = tiny
+    group = [contexts(tokenizer)[0]] * 3 + [contexts(tokenizer)[1]] * 2
+    widths: list[int] = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        together = hf_batch_generate(model, tokenizer, 0.0, prefill="rows")(group, [4] * 5)
+    finally:
+        hook.remove()
+    assert sorted(w for w in widths if w > 1) == sorted({len(c) - 1 for c in group})  # two prompts, two prefills
+    assert len([w for w in widths if w == 1]) == 4  # then one forward of the whole batch per new token
+    alone = hf_batch_generate(model, tokenizer, 0.0, prefill="padded")
+    for (ids, logprobs), context in zip(together, group):
+        ids_alone, logprobs_alone = alone([context], [4])[0]
+        assert ids == ids_alone
+        assert torch.allclose(torch.tensor(logprobs), torch.tensor(logprobs_alone), atol=1e-5)
+    with pytest.raises(ValueError, match="prefill"):
+        hf_batch_generate(model, tokenizer, 0.0, prefill="sideways")  # type: ignore[arg-type]
 
 
 def test_sampled_logprobs_are_the_temperature_scaled_distribution_of_every_row(tiny):
