@@ -113,6 +113,7 @@ async def main() -> None:
     ap.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="concurrency levels to compare")
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
     ap.add_argument("--think-ms", type=float, default=0.0, help="also run a paced lean soak with this mean pause before each call (0: none)")
+    ap.add_argument("--gym-arg", action="append", default=[], help="an extra `serve` argument for the gym, e.g. --gym-arg=--no-state-diffs (repeatable)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp())
@@ -127,6 +128,7 @@ async def main() -> None:
     gym_cmd = [sys.executable, "-m", "gym_server.cli", "serve", "--arenas", str(tmp / "bench.jsonl"), "--arenas", "builtin"]
     if args.big:  # an episode's process waits for its next call only while fewer than this many wait (README, Sandbox)
         gym_cmd += ["--max-idle-processes", str(max(128, args.big + 64))]
+    gym_cmd += args.gym_arg
     argv = {
         "bare": [sys.executable, str(here / "_bare_server.py"), str(ports["bare"])],
         "bare-stateful": [sys.executable, str(here / "_bare_server.py"), str(ports["bare-stateful"]), "--stateful"],
@@ -257,7 +259,8 @@ def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[
     lines = [
         HEADING, "",
         f"`python bench/gym_throughput.py --processes {args.processes} --calls {args.calls} --rounds {args.rounds} --big {args.big}"
-        + (f" --think-ms {args.think_ms:g}" if args.think_ms else "") + (f" --eras {' '.join(args.eras)}" if len(args.eras) < 2 else "") + "` "
+        + (f" --think-ms {args.think_ms:g}" if args.think_ms else "") + (f" --eras {' '.join(args.eras)}" if len(args.eras) < 2 else "")
+        + "".join(f" --gym-arg={a}" for a in args.gym_arg) + "` "
         f"on {os.cpu_count()} cores (shared with other work: compare ratios, not absolute figures), {time.strftime('%Y-%m-%d')}.", "",
         "Each client era against the bare server it usually meets: " + "; ".join(f"{e}: {SERVERS[ERAS[e]]}" for e in args.eras) + ".",
         f"The gym (`serve --processes {args.processes}`) serves an arena tool that reads and writes SQLite through the sandbox.",
