@@ -24,13 +24,19 @@ from clients.batching import BatchGenerate, Turn
 Prefill = Literal["auto", "rows", "padded"]
 
 
-def full_attention_only(config: Any) -> bool:
-    """Whether every layer attends to the whole context, so a prefilled cache is a plain per-layer key/value
-    pair (sliding-window and hybrid layers keep caches of other shapes)."""
+def rows_prefill_fits(model: Any) -> bool:
+    """Whether a cache prefilled row by row can stand in for the padded prefill: every layer attends to the whole
+    context (sliding-window and hybrid layers keep caches of other shapes), and the model can skip the logits of
+    all but a prompt's last position. Any other model keeps the padded prefill."""
+    import inspect
+
+    config = model.config
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
-        return all(t == "full_attention" for t in layer_types)
-    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
+        full = all(t == "full_attention" for t in layer_types)
+    else:
+        full = getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
+    return full and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
@@ -39,16 +45,15 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
     import torch
     from transformers import DynamicCache
 
-    layers = model.config.num_hidden_layers
     done: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
     for context in contexts:
         prefix = tuple(context[:-1])
         if prefix and prefix not in done:
             out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
-            done[prefix] = [(out.cache.layers[i].keys, out.cache.layers[i].values) for i in range(layers)]
+            done[prefix] = [(layer.keys, layer.values) for layer in out.cache.layers]
     like = next(iter(done.values()))
     cache = DynamicCache()
-    for i in range(layers):
+    for i in range(len(like)):
         keys, values = [], []
         for context in contexts:
             prefix = tuple(context[:-1])
@@ -68,7 +73,7 @@ def hf_batch_generate(
     if prefill not in ("auto", "rows", "padded"):
         raise ValueError(f"prefill must be auto, rows or padded, not {prefill!r}")
     rows = prefill == "rows" or (prefill == "auto" and model.device.type == "cpu")
-    rows = rows and full_attention_only(model.config)
+    rows = rows and rows_prefill_fits(model)
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper
 
     eos = tokenizer.eos_token_id

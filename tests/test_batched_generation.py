@@ -72,6 +72,23 @@ def test_identical_prompts_are_prefilled_once_and_decoded_as_rows_of_one_batch(t
         hf_batch_generate(model, tokenizer, 0.0, prefill="sideways")  # type: ignore[arg-type]
 
 
+def test_models_whose_cache_is_not_plain_keep_the_padded_prefill(tiny):
+    from clients.hf_generation import rows_prefill_fits
+
+    model, _ = tiny
+    assert rows_prefill_fits(model)
+
+    def forward(input_ids, logits_to_keep=0): ...
+
+    def old_forward(input_ids): ...
+
+    sliding = SimpleNamespace(config=SimpleNamespace(layer_types=["full_attention", "sliding_attention"]), forward=forward)
+    mistral_like = SimpleNamespace(config=SimpleNamespace(sliding_window=4096), forward=forward)
+    qwen_like = SimpleNamespace(config=SimpleNamespace(sliding_window=4096, use_sliding_window=False), forward=forward)
+    no_logits_to_keep = SimpleNamespace(config=SimpleNamespace(), forward=old_forward)
+    assert [rows_prefill_fits(m) for m in (sliding, mistral_like, qwen_like, no_logits_to_keep)] == [False, False, True, False]
+
+
 def test_sampled_logprobs_are_the_temperature_scaled_distribution_of_every_row(tiny):
     from clients.hf_generation import hf_batch_generate
 
