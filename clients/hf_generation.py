@@ -10,9 +10,9 @@ batch-by-vocabulary tensor instead of the whole generation's scores.
 
 On CPU the prompts are prefilled one at a time (`prefill="rows"`; identical prompts, such as a GRPO group's first
 turns, once) and only the decoding is batched: a left-padded prefill needs an attention mask, and with one
-PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix. That path cost a
-batch of 8 prompts of ~800 tokens more than 8 separate prefills (bench/rollout_generation.py). On a GPU the
-padded prefill is one efficient kernel, so `auto` keeps it there.
+PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix: for 8 prompts of
+~800 tokens it took about twice the attention time of 8 prefills alone (docs/benchmarks.md, "Rollout
+generation"). On a GPU the padded prefill is one efficient kernel, so `auto` keeps it there.
 """
 
 from __future__ import annotations
