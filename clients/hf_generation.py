@@ -39,9 +39,66 @@ def rows_prefill_fits(model: Any) -> bool:
     return full and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
+def reserved_layer(keys: Any, values: Any, capacity: int) -> Any:
+    """A `DynamicLayer` holding `keys`/`values` in buffers with room for `capacity` positions: each decoding step
+    writes its token in place and attends to a view, where `DynamicLayer` copies the whole cache (`torch.cat`) to
+    append one token, a copy that grows with batch and context (about a tenth of a decode step at batch 8 on CPU).
+    Past `capacity`, or after any reshaping generation asks for, it appends by copying as `DynamicLayer` does."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def __init__(self) -> None:
+            super().__init__()
+            batch, heads, n, _ = keys.shape
+            self._keys = keys.new_zeros(batch, heads, max(capacity, n), keys.shape[-1])
+            self._values = values.new_zeros(batch, heads, max(capacity, n), values.shape[-1])
+            self._keys[:, :, :n], self._values[:, :, :n] = keys, values
+            self.device, self.is_initialized = keys.device, True
+            self._fill(n)
+
+        def _fill(self, n: int) -> None:
+            self._n = n
+            self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            n = self._n + key_states.shape[-2]
+            if n > self._keys.shape[-2]:
+                self._keys = torch.cat([self.keys, key_states], dim=-2)
+                self._values = torch.cat([self.values, value_states], dim=-2)
+            else:
+                self._keys[:, :, self._n : n], self._values[:, :, self._n : n] = key_states, value_states
+            self._fill(n)
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            self._fill(0)
+
+        def _after(self, method: str, *args: Any) -> None:
+            getattr(super(), method)(*args)  # reshaped views become the buffers; the next append copies
+            if self.keys is not None:
+                self._keys, self._values = self.keys, self.values
+                self._fill(self.keys.shape[-2])
+
+        def crop(self, tokens_to_remove: int) -> None:
+            self._after("crop", tokens_to_remove)
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            self._after("batch_repeat_interleave", repeats)
+
+        def batch_select_indices(self, indices: Any) -> None:
+            self._after("batch_select_indices", indices)
+
+        def reorder_cache(self, beam_idx: Any) -> None:
+            self._after("reorder_cache", beam_idx)
+
+    return ReservedLayer()
+
+
+def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int) -> Any:
     """A left-padded `DynamicCache` holding every context but its last token, each prefilled alone (identical
-    contexts once). Padding slots hold zeros, which the attention mask hides, as it hid the pad tokens' keys."""
+    contexts once), with `room` positions reserved for the turn (`reserved_layer`). Padding slots hold zeros,
+    which the attention mask hides, as it hid the pad tokens' keys."""
     import torch
     from transformers import DynamicCache
 
@@ -53,6 +110,7 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
             done[prefix] = [(layer.keys, layer.values) for layer in out.cache.layers]
     like = next(iter(done.values()))
     cache = DynamicCache()
+    layers = []
     for i in range(len(like)):
         keys, values = [], []
         for context in contexts:
@@ -61,7 +119,8 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int) -> Any:
             pad = width - 1 - k.shape[2]
             keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
             values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-        cache.update(torch.cat(keys), torch.cat(values), i)
+        layers.append(reserved_layer(torch.cat(keys), torch.cat(values), width - 1 + room))
+    cache.layers = layers
     return cache
 
 
@@ -119,7 +178,7 @@ def hf_batch_generate(
             processors.append(recorder)
         with torch.no_grad():
             # Rows prefilled alone (one row needs no mask either way); generate then runs only the last tokens.
-            cache = prefilled_cache(model, contexts, width) if rows and len(contexts) > 1 and width > 1 else None
+            cache = prefilled_cache(model, contexts, width, max(budgets)) if rows and len(contexts) > 1 and width > 1 else None
             sequences = model.generate(
                 ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=sampling,
                 # generation adds no warper after ours: the recorded scores are the ones sampled from

@@ -72,6 +72,30 @@ def test_identical_prompts_are_prefilled_once_and_decoded_as_rows_of_one_batch(t
         hf_batch_generate(model, tokenizer, 0.0, prefill="sideways")  # type: ignore[arg-type]
 
 
+def test_a_reserved_cache_layer_appends_in_place_and_answers_as_a_growing_one():
+    from transformers.cache_utils import DynamicLayer
+
+    from clients.hf_generation import reserved_layer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    reserved, plain = reserved_layer(keys, values, capacity=7), DynamicLayer()
+    plain.update(keys, values)
+    buffer = reserved.keys.data_ptr()
+    for step in range(4):  # two appends fit, the third and fourth copy as DynamicLayer does
+        k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        got, want = reserved.update(k, v), plain.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert reserved.get_seq_length() == plain.get_seq_length() == 6 + step
+        assert (reserved.keys.data_ptr() == buffer) == (step < 2)
+    reserved.crop(-3)
+    plain.crop(-3)
+    k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+    assert torch.equal(reserved.update(k, v)[0], plain.update(k, v)[0])
+    reserved.reset()
+    assert reserved.get_seq_length() == 0 and torch.equal(reserved.update(k, v)[1], v)
+
+
 def test_models_whose_cache_is_not_plain_keep_the_padded_prefill(tiny):
     from clients.hf_generation import rows_prefill_fits
 
