@@ -109,7 +109,7 @@ def main() -> None:
             "| generation | tokens/s | vs this rollout |", "| --- | --- | --- |",
             f"| rollout, turns batched across episodes (`BatchedSampler`) | {med['rollout']:.0f} | 1.00 |",
             f"| one batched `generate`, same prompts and budgets | {med['batched']:.0f} | rollout = **{vs_batched:.2f}x** of it (goal >= 0.8) |",
-            f"| the same call with a left-padded prefill (before prompts were prefilled one by one) | {med['padded']:.0f} | |",
+            f"| the same call as it was before (a left-padded prefill, generation's own cache) | {med['padded']:.0f} | |",
             f"| rollout, turns one at a time at batch 1 (before) | {med['sequential']:.0f} | rollout = **{vs_sequential:.1f}x** of it (goal >= 4x) |",
             f"| sequential `generate` calls, no gym | {med['sequential_generate']:.0f} | |", "",
         ]))  # fmt: skip

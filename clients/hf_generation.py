@@ -12,7 +12,9 @@ On CPU the prompts are prefilled one at a time (`prefill="rows"`; identical prom
 turns, once) and only the decoding is batched: a left-padded prefill needs an attention mask, and with one
 PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix: for 8 prompts of
 ~800 tokens it took about twice the attention time of 8 prefills alone (docs/benchmarks.md, "Rollout
-generation"). On a GPU the padded prefill is one efficient kernel, so `auto` keeps it there.
+generation"). The prefilled cache reserves room for the turn, so decoding appends each token in place instead of
+copying the cache (`reserved_layer`). On a GPU the padded prefill is one efficient kernel, so `auto` keeps
+generation's own path there.
 """
 
 from __future__ import annotations
@@ -177,8 +179,8 @@ def hf_batch_generate(
         if with_logprobs:
             processors.append(recorder)
         with torch.no_grad():
-            # Rows prefilled alone (one row needs no mask either way); generate then runs only the last tokens.
-            cache = prefilled_cache(model, contexts, width, max(budgets)) if rows and len(contexts) > 1 and width > 1 else None
+            # Rows prefilled alone into a cache with room for the turn; generate then runs only the last tokens.
+            cache = prefilled_cache(model, contexts, width, max(budgets)) if rows and width > 1 else None
             sequences = model.generate(
                 ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=sampling,
                 # generation adds no warper after ours: the recorded scores are the ones sampled from
