@@ -49,6 +49,18 @@ def main() -> None:
             timings["generate"] += time.perf_counter() - t0
 
     model.generate = timed_generate
+    import clients.hf_generation as hf_generation
+
+    real_prefill = hf_generation.prefilled_cache
+
+    def timed_prefill(*a, **k):  # on CPU the prompts are prefilled before `generate` (clients/hf_generation.py): the model's time too
+        t0 = time.perf_counter()
+        try:
+            return real_prefill(*a, **k)
+        finally:
+            timings["generate"] += time.perf_counter() - t0
+
+    hf_generation.prefilled_cache = timed_prefill
     with GymThread.private(ServeConfig(port=0)) as gym, GymSession(gym.url, gym.config.token) as session:
         rollout = MCPRollout(session, tokenizer, model=model, max_turns=2, max_new_tokens=32)
         original_call = rollout.__call__
@@ -78,7 +90,7 @@ def main() -> None:
             f"`python bench/rollout_overhead.py --steps {args.steps}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; tiny Qwen3 "
             f"(2 layers, hidden 64) on CPU, 8 episodes a step over MCP against the in-process gym, built-in arenas.", "",
             "| part of the steps | seconds | share |", "| --- | --- | --- |",
-            f"| generation (transformers `generate`) | {timings['generate']:.1f} | {timings['generate'] / total:.1%} |",
+            f"| generation (transformers `generate`, and the prompts' prefill before it on CPU) | {timings['generate']:.1f} | {timings['generate'] / total:.1%} |",
             f"| backprop and the rest of TRL's step (baseline) | {rest:.1f} | {rest / total:.1%} |",
             f"| rollout orchestration, MCP calls, scoring | {overhead:.1f} | **{overhead / total:.1%}** |",
             f"| total ({args.steps} steps, {rollout.episodes_played} episodes) | {total:.1f} | 100% |", "",
