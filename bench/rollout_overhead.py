@@ -39,28 +39,24 @@ def main() -> None:
     arenas = [a for a in builtin_arenas()]
     prompts = [{"prompt": [{"role": "user", "content": a.question, "arena_id": a.id}]} for a in arenas]
     model, tokenizer = load_model_and_tokenizer("tiny")
-    real_generate = model.generate
-
-    def timed_generate(*a, **k):  # called under the rollout's generation lock: the model's own time only
-        t0 = time.perf_counter()
-        try:
-            return real_generate(*a, **k)
-        finally:
-            timings["generate"] += time.perf_counter() - t0
-
-    model.generate = timed_generate
     import clients.hf_generation as hf_generation
 
-    real_prefill = hf_generation.prefilled_cache
+    def generation_time(real):
+        """`real`, adding its wall time to the generation's: each runs under the batcher's one worker, so this is
+        the model's own time only."""
 
-    def timed_prefill(*a, **k):  # on CPU the prompts are prefilled before `generate` (clients/hf_generation.py): the model's time too
-        t0 = time.perf_counter()
-        try:
-            return real_prefill(*a, **k)
-        finally:
-            timings["generate"] += time.perf_counter() - t0
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return real(*a, **k)
+            finally:
+                timings["generate"] += time.perf_counter() - t0
 
-    hf_generation.prefilled_cache = timed_prefill
+        return timed
+
+    model.generate = generation_time(model.generate)
+    # on CPU the prompts are prefilled before `generate` (clients/hf_generation.py): the model's time too
+    hf_generation.prefilled_cache = generation_time(hf_generation.prefilled_cache)
     with GymThread.private(ServeConfig(port=0)) as gym, GymSession(gym.url, gym.config.token) as session:
         rollout = MCPRollout(session, tokenizer, model=model, max_turns=2, max_new_tokens=32)
         original_call = rollout.__call__
