@@ -104,9 +104,9 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int
     import torch
     from transformers import DynamicCache
 
+    prefixes = [tuple(context[:-1]) for context in contexts]
     done: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
-    for context in contexts:
-        prefix = tuple(context[:-1])
+    for prefix in prefixes:
         if prefix and prefix not in done:
             out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
             done[prefix] = [(layer.keys, layer.values) for layer in out.cache.layers]
@@ -115,8 +115,7 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int
     layers = []
     for i in range(len(like)):
         keys, values = [], []
-        for context in contexts:
-            prefix = tuple(context[:-1])
+        for prefix in prefixes:
             k, v = done[prefix][i] if prefix else (like[i][0][:, :, :0], like[i][1][:, :, :0])
             pad = width - 1 - k.shape[2]
             keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
