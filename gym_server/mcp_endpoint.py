@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import partial
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,11 +24,12 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gym_server.auth import episode_key_matches
 from gym_server.episodes import CallRefused, Episode, EpisodeManager, EpisodeNotFound, EpisodeScored
 from gym_server.jsonrpc_guard import Refusal, check_protocol_version, json_content_type, parse_message, read_body
+from gym_server.mcp_lane import ToolCallLane
 from gym_server.mcp_cancel import CallCancelled, InFlightCalls, current_request, run_cancellable, serve_until_disconnect
 from gym_server.models import CallLogEntry, CallStatus
 from gym_server.sandbox.pool import SandboxUnavailable
@@ -54,21 +56,47 @@ def _episode_of(manager: EpisodeManager, ctx: Any) -> Episode:
         raise MCPError(types.INVALID_PARAMS, f"episode {episode_id!r} does not exist (ended or expired)") from None
 
 
-def tool_result(entry: CallLogEntry) -> types.CallToolResult:
+_ERROR_PREFIX = {
+    CallStatus.unknown_tool: "Unknown tool",
+    CallStatus.invalid_arguments: "Invalid arguments",
+    CallStatus.tool_error: "Tool error",
+    CallStatus.sandbox_error: "Tool stopped by the sandbox",
+    CallStatus.injected_failure: "Tool failure",
+    CallStatus.upstream_error: "Upstream MCP server error",
+    CallStatus.cancelled: "Cancelled",
+}
+
+
+async def answer_tool_call(manager: EpisodeManager, episode: Episode, name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The gym's one tool-call handler, for the SDK's path and the direct lane (`mcp_lane`) alike: the
+    result's wire dict (`CallToolResult`, by alias), or `MCPError` for what the protocol answers as an error."""
+    try:
+        entry = await run_cancellable(lambda: manager.call_tool(episode, name, arguments))
+    except CallCancelled:
+        raise MCPError(REQUEST_CANCELLED, "Request cancelled: the call was stopped and changed nothing") from None
+    except EpisodeScored:
+        raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
+    except CallRefused as exc:
+        return _text_result(f"Call refused: {exc}", is_error=True)
+    except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
+        raise MCPError(types.INTERNAL_ERROR, f"the gym's sandbox cannot run tools right now: {exc}") from None
+    if entry.status is CallStatus.unknown_tool:  # every spec version: a protocol error (-32602), logged all the same
+        message = entry.error or f"unknown tool {name!r}"
+        raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
+    return tool_result(entry)
+
+
+def tool_result(entry: CallLogEntry) -> dict[str, Any]:
+    """A logged call as its `CallToolResult` wire dict: built directly, since this is every call's answer."""
     if entry.status is CallStatus.ok:
-        text = json.dumps(entry.result, ensure_ascii=False)
-        structured = entry.result if isinstance(entry.result, dict) else {"result": entry.result}
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
-    prefix = {
-        CallStatus.unknown_tool: "Unknown tool",
-        CallStatus.invalid_arguments: "Invalid arguments",
-        CallStatus.tool_error: "Tool error",
-        CallStatus.sandbox_error: "Tool stopped by the sandbox",
-        CallStatus.injected_failure: "Tool failure",
-        CallStatus.upstream_error: "Upstream MCP server error",
-        CallStatus.cancelled: "Cancelled",
-    }[entry.status]
-    return types.CallToolResult(content=[types.TextContent(type="text", text=f"{prefix}: {entry.error}")], is_error=True)
+        result = _text_result(json.dumps(entry.result, ensure_ascii=False), is_error=False)
+        result["structuredContent"] = entry.result if isinstance(entry.result, dict) else {"result": entry.result}
+        return result
+    return _text_result(f"{_ERROR_PREFIX[entry.status]}: {entry.error}", is_error=True)
+
+
+def _text_result(text: str, *, is_error: bool) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": is_error}
 
 
 def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Server[Any]:
@@ -82,22 +110,9 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
         return types.ListToolsResult(tools=[t.mcp_tool for t in episode.tools.values()])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        episode = _episode_of(manager, ctx)
         arguments = params.arguments if params.arguments is not None else {}
-        try:
-            entry = await run_cancellable(lambda: manager.call_tool(episode, params.name, arguments))
-        except CallCancelled:
-            raise MCPError(REQUEST_CANCELLED, "Request cancelled: the call was stopped and changed nothing") from None
-        except EpisodeScored:
-            raise MCPError(types.INVALID_REQUEST, f"episode {episode.id!r} is scored; its tools answer no more") from None
-        except CallRefused as exc:
-            return types.CallToolResult(content=[types.TextContent(type="text", text=f"Call refused: {exc}")], is_error=True)
-        except SandboxUnavailable as exc:  # the gym's fault, not the tool's answer: a protocol error, not a result
-            raise MCPError(types.INTERNAL_ERROR, f"the gym's sandbox cannot run tools right now: {exc}") from None
-        if entry.status is CallStatus.unknown_tool:  # every spec version: a protocol error (-32602), logged all the same
-            message = entry.error or f"unknown tool {params.name!r}"
-            raise MCPError(types.INVALID_PARAMS, message[:1].upper() + message[1:])
-        return tool_result(entry)
+        result = await answer_tool_call(manager, _episode_of(manager, ctx), params.name, arguments)
+        return types.CallToolResult.model_validate(result, by_alias=True)
 
     async def listen(ctx: Any, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
         """A 2026-07-28 client's change stream: `notifications/tools/list_changed` when the episode's next user
@@ -122,6 +137,7 @@ class EpisodeMCPEndpoint:
         self.manager = manager
         self.sessions = sessions
         self.inflight = InFlightCalls()
+        self.lane = ToolCallLane(sessions.app, sessions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         episode_id = scope.get("path_params", {}).get("episode_id", "")
@@ -159,6 +175,9 @@ class EpisodeMCPEndpoint:
         with self.inflight.track(episode.id, message.get("id")) as inflight:
             token = current_request.set(inflight)
             try:
-                await serve_until_disconnect(self.sessions.handle_request, scope, body, receive, send, inflight)
+                app: ASGIApp = self.sessions.handle_request
+                if self.lane.takes(scope, message):
+                    app = partial(self.lane.serve, message, partial(answer_tool_call, self.manager, episode), self.sessions.handle_request)
+                await serve_until_disconnect(app, scope, body, receive, send, inflight)
             finally:
                 current_request.reset(token)
