@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from clients.toolbox import DiscoverCache
 from gym_server.models import Arena, ArenaSummary, EpisodeCreate, EpisodeCreated, EpisodeLog, RewardBreakdown, TurnAdvanced
 
 
@@ -82,6 +83,8 @@ class GymClient:
         """Replicas that stopped answering, and why; nothing is sent to them again."""
         self._turn = 0
         self._home: dict[str, str] = {}
+        self.discovered = DiscoverCache()
+        """The gyms' `server/discover` results, reused by every episode's MCP connection for as long as they allow."""
 
     def live(self) -> list[str]:
         return [u for u in self.urls if u not in self.lost]
@@ -208,6 +211,15 @@ class GymClient:
             await self._episode_request("DELETE", episode_id)
         finally:
             self._home.pop(episode_id, None)
+
+    async def end(self, episode_id: str) -> EpisodeLog:
+        """Delete the episode and get its final call log in the same request (`DELETE ...?log=true`)."""
+        response = await self._episode_request("DELETE", episode_id, params={"log": "true"})
+        if response.status_code == 204:  # a gym older than `?log=true`: it ended the episode and kept no log to give
+            raise GymError(f"the gym at {self._base(episode_id)} ended episode {episode_id} without its log: it predates DELETE ?log=true")
+        log = EpisodeLog.model_validate(response.json())
+        self._home.pop(episode_id, None)  # only once it ended: a caller whose `end` failed deletes at the same gym
+        return log
 
 
 def _message(response: httpx2.Response) -> str:

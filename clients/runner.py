@@ -55,8 +55,9 @@ async def run_episode(
         created = created.model_copy(update={"prompt": prompt})
     record.episode_id = created.episode_id
     record.gym_url = created.mcp_url.split("?", 1)[0]  # the key opens the episode's tools: it stays out of records
+    ended = False
     try:
-        async with MCPToolbox.http_endpoint(created.mcp_url, gym.http) as toolbox:
+        async with MCPToolbox.http_endpoint(created.mcp_url, gym.http, discovered=gym.discovered) as toolbox:
             record.tools = toolbox.openai_tools()
             ctx = EpisodeContext(gym, created, arena_id, toolbox, seed, system_prompt)
             result = await policy.play(ctx)
@@ -68,7 +69,8 @@ async def run_episode(
         if toolbox.transport_errors:
             raise EpisodeNotPlayed(f"{len(toolbox.transport_errors)} tool call(s) got no answer from the gym; first: {toolbox.transport_errors[0]}")
         record.reward = await gym.score(created.episode_id, result.final_answer)
-        record.call_log = (await gym.log(created.episode_id)).calls
+        record.call_log = (await gym.end(created.episode_id)).calls  # the final log, and the episode ended
+        ended = True
     except EpisodeLost as exc:  # its gym died under it: replayable, and never a score
         record.error, record.replica_lost, record.reward = f"EpisodeLost: {exc}", True, None
     except (GymError, ModelEndpointError):
@@ -77,7 +79,8 @@ async def run_episode(
         record.error = f"{type(exc).__name__}: {exc}"
     finally:
         try:
-            await gym.delete(created.episode_id)
+            if not ended:
+                await gym.delete(created.episode_id)
         except EpisodeLost:  # an episode that failed because its gym is gone is lost, not merely failed
             record.replica_lost = record.error is not None
         except GymError:

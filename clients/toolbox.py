@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import mcp_types as types
@@ -23,6 +26,7 @@ from mcp import StdioServerParameters
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,39 @@ def openai_tool(tool: types.Tool | dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": data["name"], "description": data.get("description") or "", "parameters": parameters}}
 
 
+class DiscoverCache:
+    """`server/discover` results to reuse across connections, by server origin, as the server's cache hints
+    allow: only results it marked `public` (an episode's URL carries its own key, so each connection is another
+    authorization context) and only for their `ttlMs`. A run opens one connection per episode to the same gym
+    processes; probing each time is a request per episode that tells nothing new. Reused through the SDK's own
+    `Client(mode=<version>, prior_discover=...)`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._results: dict[str, tuple[types.DiscoverResult, float]] = {}
+
+    @staticmethod
+    def origin(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    def get(self, url: str) -> types.DiscoverResult | None:
+        entry = self._results.get(self.origin(url))
+        if entry is None:
+            return None
+        if self._clock() >= entry[1]:
+            del self._results[self.origin(url)]
+            return None
+        return entry[0]
+
+    def put(self, url: str, result: types.DiscoverResult | None) -> None:
+        if result is None or result.cache_scope != "public" or not result.ttl_ms or result.ttl_ms <= 0:
+            return
+        if not any(v in result.supported_versions for v in MODERN_PROTOCOL_VERSIONS):
+            return
+        self._results[self.origin(url)] = (result, self._clock() + result.ttl_ms / 1000)
+
+
 @dataclass(slots=True)
 class ToolCallResult:
     """What an agent sees of one call: text for the model, plus structure for records."""
@@ -74,6 +111,8 @@ class MCPToolbox:
     tools: list[types.Tool] = field(default_factory=list)
     transport_errors: list[str] = field(default_factory=list)
     """Calls that got no MCP answer, in order (see the module docstring)."""
+    discovered: DiscoverCache | None = None
+    """Where to find and keep the server's `server/discover` result (HTTP endpoints only)."""
     _client: Client | None = None
     _stack: AsyncExitStack | None = None
 
@@ -92,7 +131,14 @@ class MCPToolbox:
                 if self.http is None:
                     self.http = await self._stack.enter_async_context(shared_http_client())
                 transport = streamable_http_client(self.target, http_client=self.http)
-                self._client = await self._stack.enter_async_context(Client(transport))  # type: ignore[arg-type]
+                known = self.discovered.get(self.target) if self.discovered is not None else None
+                if known is not None:  # the version both speak, as `ClientSession.adopt` picks it
+                    version = [v for v in MODERN_PROTOCOL_VERSIONS if v in known.supported_versions][-1]
+                    self._client = await self._stack.enter_async_context(Client(transport, mode=version, prior_discover=known))  # type: ignore[arg-type]
+                else:
+                    self._client = await self._stack.enter_async_context(Client(transport))  # type: ignore[arg-type]
+                    if self.discovered is not None:
+                        self.discovered.put(self.target, self._client.session.discover_result)
             else:
                 self._client = await self._stack.enter_async_context(Client(self.target))
             await self.refresh_tools()

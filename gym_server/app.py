@@ -94,6 +94,17 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     return min(high, max(low, int(text)))
 
 
+def query_flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter (`1`/`true`/`0`/`false`, absent = no); anything else is refused."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in ("1", "true", "0", "false"):
+        raise HTTPError(400, f"bad query: {name} must be true or false")
+    return value in ("1", "true")
+
+
 def path_id(request: Request, name: str) -> str:
     """An id taken from the URL path, refused unless it is short, valid Unicode text."""
     value = str(request.path_params[name])
@@ -225,8 +236,17 @@ def create_app(
         return ok(episode.scored)
 
     async def delete_episode(request: Request) -> Response:
-        manager.delete(own_episode(request, "delete").id)
-        return Response(status_code=204)
+        """`?log=true` ends the episode and answers with its final call log (as `GET` would, diffs included): a
+        runner that reads the log and then deletes makes one request instead of two."""
+        if not query_flag(request, "log"):
+            manager.delete(own_episode(request, "delete").id)
+            return Response(status_code=204)
+        episode = own_episode(request, "log")
+        async with episode.lock:  # no call is half-logged or starts in between
+            await episode.settled()
+            log = episode.log()
+            manager.delete(episode.id)
+        return ok(log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import mcp_types as types
+from mcp.server.caching import CacheHint
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
@@ -37,6 +38,11 @@ from gym_server.sandbox.pool import SandboxUnavailable
 
 REQUEST_CANCELLED = -32800
 """Answers a 2025-era request whose `notifications/cancelled` arrived (the SDK's legacy transport uses it too)."""
+
+DISCOVER_HINT = CacheHint(ttl_ms=300_000, scope="public")
+"""The discover result is the same for every episode of a gym process and names nothing private, so a client
+may reuse it across its episodes' connections (each URL's key is another authorization context) for 5 minutes
+rather than probe once per episode."""
 
 _current_episode: ContextVar[Episode | None] = ContextVar("astra_current_episode", default=None)
 
@@ -121,7 +127,7 @@ def build_mcp_server(manager: EpisodeManager, *, otel_spans: bool = False) -> Se
 
     server = Server(
         "astra-gym", version="0.1.0", get_tool_input_schema=_input_schema, on_list_tools=list_tools, on_call_tool=call_tool,
-        on_subscriptions_listen=listen,
+        on_subscriptions_listen=listen, cache_hints={"server/discover": DISCOVER_HINT},
     )
     if not otel_spans:
         server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]

@@ -1,0 +1,104 @@
+"""Fewer requests per episode: `DELETE ?log=true` ends an episode and returns its final log, and a run reuses
+the gym's `server/discover` result (its cache hint allows it) instead of probing once per episode."""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import pytest
+
+import gym_server.mcp_endpoint as mcp_endpoint
+from clients.gym_client import GymClient
+from clients.policies import OraclePolicy
+from clients.runner import run_episode
+from clients.toolbox import DiscoverCache
+from tests.conftest import mcp_session, new_episode
+
+ARENA = "airline-seats-aa100"
+
+
+async def test_delete_with_log_returns_the_final_log_with_its_diffs_and_ends_the_episode(gym, http):
+    episode = await new_episode(http, gym, ARENA)
+    eid = episode["episode_id"]
+    async with mcp_session(http, episode["mcp_url"]) as session:
+        booked = await session.call_tool("book_flight", {"flight_id": "AA100", "passenger_id": "P001"})
+        assert not booked.is_error
+    refused = await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "maybe"})
+    assert refused.status_code == 400 and (await http.get(f"{gym.url}/api/episodes/{eid}")).status_code == 200
+    ended = await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "true"})
+    assert ended.status_code == 200, ended.text
+    calls = ended.json()["calls"]
+    assert [c["tool"] for c in calls] == ["book_flight"] and calls[0]["status"] == "ok"
+    assert calls[0]["diff"]["tables"], "the log waited for the call's state diff"
+    assert (await http.get(f"{gym.url}/api/episodes/{eid}")).status_code == 404
+    assert (await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "true"})).status_code == 404
+    plain = await new_episode(http, gym, ARENA)
+    gone = await http.delete(f"{gym.url}/api/episodes/{plain['episode_id']}", params={"log": "false"})
+    assert gone.status_code == 204 and not gone.content
+
+
+@pytest.fixture
+def mcp_methods(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """The MCP methods the gym (a thread of this process) was asked for."""
+    seen: collections.Counter[str] = collections.Counter()
+    real = mcp_endpoint.EpisodeMCPEndpoint.__call__
+
+    async def spy(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        async def reading() -> Any:
+            message = await receive()
+            if message.get("body"):
+                seen[json.loads(message["body"]).get("method")] += 1
+            return message
+
+        await real(self, scope, reading, send)
+
+    monkeypatch.setattr(mcp_endpoint.EpisodeMCPEndpoint, "__call__", spy)
+    return seen
+
+
+async def test_a_run_probes_the_gym_once_and_records_every_episode_in_full(gym, http, mcp_methods):
+    client = GymClient(gym.url, http)
+    records = [await run_episode(client, OraclePolicy(), ARENA, seed=i) for i in range(4)]
+    assert mcp_methods["server/discover"] == 1 and mcp_methods["tools/list"] == 4, mcp_methods
+    for record in records:
+        assert record.error is None and record.reward is not None and record.reward.reward == 1.0
+        assert record.call_log and all(c.status == "ok" for c in record.call_log)
+        assert (await http.get(f"{gym.url}/api/episodes/{record.episode_id}")).status_code == 404  # ended
+    fresh = GymClient(gym.url, http)  # another run's client knows nothing yet: it probes once too
+    await run_episode(fresh, OraclePolicy(), ARENA, seed=9)
+    assert mcp_methods["server/discover"] == 2
+
+
+def discover(ttl_ms: int, scope: str = "public", versions: tuple[str, ...] = ("2026-07-28",)) -> types.DiscoverResult:
+    return types.DiscoverResult(supported_versions=list(versions), capabilities=types.ServerCapabilities(), ttl_ms=ttl_ms, cache_scope=scope)
+
+
+def test_discover_results_are_reused_only_as_their_hints_allow():
+    now = [100.0]
+    cache = DiscoverCache(clock=lambda: now[0])
+    url = "http://127.0.0.1:8000/episodes/e1/mcp?key=k1"
+    cache.put(url, discover(0))
+    cache.put(url, discover(60_000, scope="private"))  # another episode's key is another authorization context
+    cache.put(url, discover(60_000, versions=("2099-01-01",)))  # no version this client speaks
+    cache.put(url, None)  # a legacy server: nothing discovered
+    assert cache.get(url) is None
+    kept = discover(60_000)
+    cache.put(url, kept)
+    assert cache.get("http://127.0.0.1:8000/episodes/e2/mcp?key=k2") is kept  # the same server, another episode
+    assert cache.get("http://127.0.0.1:8001/episodes/e2/mcp") is None  # another gym process
+    now[0] += 59.9
+    assert cache.get(url) is kept
+    now[0] += 0.2
+    assert cache.get(url) is None  # stale: the next connection probes again
+
+
+async def test_the_gym_marks_its_discover_result_public_for_minutes(gym, http):
+    episode = await new_episode(http, gym, ARENA)
+    async with mcp_session(http, episode["mcp_url"]) as session:
+        result = session.session.discover_result
+    assert result is not None and result.cache_scope == "public" and result.ttl_ms >= 60_000
+    assert httpx2.URL(episode["mcp_url"]).params.get("key") not in json.dumps(result.model_dump(mode="json"))
