@@ -212,15 +212,11 @@ class GymClient:
         finally:
             self._home.pop(episode_id, None)
 
-    async def end(self, episode_id: str) -> EpisodeLog:
-        """Delete the episode and get its final call log in the same request (`DELETE ...?log=true`)."""
-        response = await self._episode_request("DELETE", episode_id, params={"log": "true"})
-        if response.status_code == 204:  # a gym older than `?log=true`: it ended the episode and kept no log to give
-            raise GymError(f"the gym at {self._base(episode_id)} ended episode {episode_id} without its log: it predates DELETE ?log=true")
-        log = EpisodeLog.model_validate(response.json())
-        self._home.pop(episode_id, None)  # only once it ended: a caller whose `end` failed deletes at the same gym
-        return log
-
+    async def finish(self, episode_id: str, final_answer: Any = None) -> EpisodeLog:
+        """Score the episode and end it, getting its final log (`scored` set) in the same request (`POST .../finish`)."""
+        response = await self._episode_request("POST", episode_id, "/finish", json={"final_answer": final_answer})
+        self._home.pop(episode_id, None)  # only once it ended: a caller whose `finish` failed deletes at the same gym
+        return EpisodeLog.model_validate(response.json())
 
 def _message(response: httpx2.Response) -> str:
     try:

@@ -68,9 +68,8 @@ async def run_episode(
         record.usage, record.timings, record.tokens = result.usage, result.timings, result.tokens
         if toolbox.transport_errors:
             raise EpisodeNotPlayed(f"{len(toolbox.transport_errors)} tool call(s) got no answer from the gym; first: {toolbox.transport_errors[0]}")
-        record.reward = await gym.score(created.episode_id, result.final_answer)
-        record.call_log = (await gym.end(created.episode_id)).calls  # the final log, and the episode ended
-        ended = True
+        finished = await gym.finish(created.episode_id, result.final_answer)  # scored, its final log, and ended
+        record.reward, record.call_log, ended = finished.scored, finished.calls, True
     except EpisodeLost as exc:  # its gym died under it: replayable, and never a score
         record.error, record.replica_lost, record.reward = f"EpisodeLost: {exc}", True, None
     except (GymError, ModelEndpointError):

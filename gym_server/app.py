@@ -24,11 +24,11 @@ from starlette.routing import Mount, Route
 from gym_server.auth import VIEW_PATH, Authenticator, BearerAuth, Forbidden, Principal, Role, principal_of, require_operator
 from gym_server.backends import SuiteBackend, ToolBackend
 from gym_server.config import ServeConfig
-from gym_server.episodes import EpisodeManager, EpisodeNotFound, EpisodeRejected, EpisodeScored, NoMoreTurns
+from gym_server.episodes import Episode, EpisodeManager, EpisodeNotFound, EpisodeRejected, EpisodeScored, NoMoreTurns
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.live import MAX_LISTED, ManagerLive, PagesFactory, ViewAccess
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
-from gym_server.models import EpisodeCreate, EpisodeCreated, ScoreRequest, TurnRequest
+from gym_server.models import EpisodeCreate, EpisodeCreated, RewardBreakdown, ScoreRequest, TurnRequest
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -92,17 +92,6 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     if len(digits) > 18:  # clamped without converting: int() refuses literals past 4,300 digits
         return high if not text.startswith("-") else low
     return min(high, max(low, int(text)))
-
-
-def query_flag(request: Request, name: str) -> bool:
-    """A yes/no query parameter (`1`/`true`/`0`/`false`, absent = no); anything else is refused."""
-    raw = request.query_params.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value not in ("1", "true", "0", "false"):
-        raise HTTPError(400, f"bad query: {name} must be true or false")
-    return value in ("1", "true")
 
 
 def path_id(request: Request, name: str) -> str:
@@ -221,32 +210,39 @@ def create_app(
         require_operator(request, "the list of live episodes")
         return ok(await live.episodes(query_int(request, "limit", 200, 1, MAX_LISTED)))
 
+    async def scored(episode: Episode, body: ScoreRequest) -> RewardBreakdown:
+        """The episode's score; call with its lock held (a score never sees half of a call; the first is final)."""
+        if episode.scored is None:
+            backend = manager.backend_for(episode.arena)
+            if isinstance(backend, SuiteBackend):
+                episode.scored = await backend.score(episode)
+            elif episode.arena.kind == "suite":
+                raise HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
+            else:
+                episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
+        return episode.scored
+
     async def score(request: Request) -> Response:
         episode = own_episode(request, "score")
         body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
-        async with episode.lock:  # a score never sees half of a call, and the first score is final
-            if episode.scored is None:
-                backend = manager.backend_for(episode.arena)
-                if isinstance(backend, SuiteBackend):
-                    episode.scored = await backend.score(episode)
-                elif episode.arena.kind == "suite":
-                    raise HTTPError(503, f"this gym has no backend for suite {episode.arena.suite!r}")
-                else:
-                    episode.scored = score_episode(episode.arena, list(episode.calls), body.final_answer)
-        return ok(episode.scored)
+        async with episode.lock:
+            return ok(await scored(episode, body))
 
-    async def delete_episode(request: Request) -> Response:
-        """`?log=true` ends the episode and answers with its final call log (as `GET` would, diffs included): a
-        runner that reads the log and then deletes makes one request instead of two."""
-        if not query_flag(request, "log"):
-            manager.delete(own_episode(request, "delete").id)
-            return Response(status_code=204)
+    async def finish(request: Request) -> Response:
+        """Score, then end the episode, answering with its final call log (`scored` set, state diffs in): what a
+        runner does last, in one request instead of three (score, log, delete). Operator only, as the log is."""
         episode = own_episode(request, "log")
+        body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
         async with episode.lock:  # no call is half-logged or starts in between
+            await scored(episode, body)
             await episode.settled()
             log = episode.log()
             manager.delete(episode.id)
         return ok(log)
+
+    async def delete_episode(request: Request) -> Response:
+        manager.delete(own_episode(request, "delete").id)
+        return Response(status_code=204)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -280,6 +276,7 @@ def create_app(
         Route("/api/episodes/{episode_id}", episode_log, methods=["GET"]),
         Route("/api/episodes/{episode_id}", delete_episode, methods=["DELETE"]),
         Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
+        Route("/api/episodes/{episode_id}/finish", finish, methods=["POST"]),
         Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]

@@ -194,6 +194,8 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         Route("/api/episodes", live_episodes, methods=["GET"]),
         Route("/api/episodes/{episode_id}", episode_route, methods=["GET", "DELETE"]),
         Route("/api/episodes/{episode_id}/score", episode_route, methods=["POST"]),
+        Route("/api/episodes/{episode_id}/finish", episode_route, methods=["POST"]),
+        Route("/api/episodes/{episode_id}/turns", episode_route, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", mcp_elsewhere, methods=["GET", "POST", "DELETE"]),
     ]
     authenticator = Authenticator(config.token, config.agent_tokens)

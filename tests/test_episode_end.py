@@ -1,5 +1,5 @@
-"""Fewer requests per episode: `DELETE ?log=true` ends an episode and returns its final log, and a run reuses
-the gym's `server/discover` result (its cache hint allows it) instead of probing once per episode."""
+"""Fewer requests per episode: `POST .../finish` scores an episode, returns its final log and ends it, and a
+run reuses the gym's `server/discover` result (its cache hint allows it) instead of probing once per episode."""
 
 from __future__ import annotations
 
@@ -21,24 +21,26 @@ from tests.conftest import mcp_session, new_episode
 ARENA = "airline-seats-aa100"
 
 
-async def test_delete_with_log_returns_the_final_log_with_its_diffs_and_ends_the_episode(gym, http):
+async def test_finish_scores_returns_the_final_log_with_its_diffs_and_ends_the_episode(gym, http):
     episode = await new_episode(http, gym, ARENA)
     eid = episode["episode_id"]
     async with mcp_session(http, episode["mcp_url"]) as session:
         booked = await session.call_tool("book_flight", {"flight_id": "AA100", "passenger_id": "P001"})
         assert not booked.is_error
-    refused = await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "maybe"})
-    assert refused.status_code == 400 and (await http.get(f"{gym.url}/api/episodes/{eid}")).status_code == 200
-    ended = await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "true"})
-    assert ended.status_code == 200, ended.text
-    calls = ended.json()["calls"]
-    assert [c["tool"] for c in calls] == ["book_flight"] and calls[0]["status"] == "ok"
-    assert calls[0]["diff"]["tables"], "the log waited for the call's state diff"
+    refused = await http.post(f"{gym.url}/api/episodes/{eid}/finish", json={"final_answer": 1, "extra": True})
+    assert refused.status_code == 422 and (await http.get(f"{gym.url}/api/episodes/{eid}")).status_code == 200
+    finished = await http.post(f"{gym.url}/api/episodes/{eid}/finish", json={"final_answer": "12"})
+    assert finished.status_code == 200, finished.text
+    log = finished.json()
+    assert [c["tool"] for c in log["calls"]] == ["book_flight"] and log["calls"][0]["status"] == "ok"
+    assert log["calls"][0]["diff"]["tables"], "the log waited for the call's state diff"
+    assert log["scored"]["tool_calls"] == 1 and log["scored"]["n_subtasks"] >= 1
     assert (await http.get(f"{gym.url}/api/episodes/{eid}")).status_code == 404
-    assert (await http.delete(f"{gym.url}/api/episodes/{eid}", params={"log": "true"})).status_code == 404
-    plain = await new_episode(http, gym, ARENA)
-    gone = await http.delete(f"{gym.url}/api/episodes/{plain['episode_id']}", params={"log": "false"})
-    assert gone.status_code == 204 and not gone.content
+    assert (await http.post(f"{gym.url}/api/episodes/{eid}/finish", json={})).status_code == 404
+    first = await new_episode(http, gym, ARENA)  # the first score is final, finish included
+    path = f"{gym.url}/api/episodes/{first['episode_id']}"
+    scored = (await http.post(f"{path}/score", json={"final_answer": "wrong"})).json()
+    assert (await http.post(f"{path}/finish", json={"final_answer": "12"})).json()["scored"] == scored
 
 
 @pytest.fixture
@@ -64,6 +66,7 @@ async def test_a_run_probes_the_gym_once_and_records_every_episode_in_full(gym, 
     client = GymClient(gym.url, http)
     records = [await run_episode(client, OraclePolicy(), ARENA, seed=i) for i in range(4)]
     assert mcp_methods["server/discover"] == 1 and mcp_methods["tools/list"] == 4, mcp_methods
+    assert sum(mcp_methods.values()) == 1 + 4 + sum(len(r.call_log) for r in records)
     for record in records:
         assert record.error is None and record.reward is not None and record.reward.reward == 1.0
         assert record.call_log and all(c.status == "ok" for c in record.call_log)

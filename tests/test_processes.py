@@ -63,7 +63,13 @@ async def test_episodes_spread_over_processes_and_mcp_goes_to_the_owner(gyms: Ap
     assert [c["tool"] for c in log.json()["calls"]] == ["get_order"]  # the front reached the owner's call log
     score = await http.post(f"{gyms.url}/api/episodes/{episode['episode_id']}/score", json={"final_answer": None}, headers=OP)
     assert score.status_code == 200 and score.json()["tool_calls"] == 1
-    for e in made:
+    other = f"{gyms.url}/api/episodes/{made[1]['episode_id']}"
+    turn = await http.post(f"{other}/turns", json={}, headers=OP)
+    assert turn.status_code == 409, turn.text  # the owner answered: a one-turn episode has no next turn to open
+    finished = await http.post(f"{other}/finish", json={}, headers=OP)
+    assert finished.status_code == 200 and finished.json()["scored"]["tool_calls"] == 0
+    assert (await http.get(other, headers=OP)).status_code == 404
+    for e in [made[0], *made[2:]]:
         assert (await http.delete(f"{gyms.url}/api/episodes/{e['episode_id']}", headers=OP)).status_code == 204
     assert (await http.get(f"{gyms.url}/api/episodes/{episode['episode_id']}", headers=OP)).status_code == 404
 

@@ -135,8 +135,8 @@ async def test_agent_tokens_play_their_own_episodes_without_gold_or_logs(locked,
         assert response.status_code == 404
     scored = await client.post(f"/api/episodes/{eid}/score", headers=bearer(AGENT_A), json={})
     assert scored.status_code == 200 and scored.json()["tool_calls"] == 0
-    with_log = await client.delete(f"/api/episodes/{eid}", params={"log": "true"}, headers=bearer(AGENT_A))
-    assert with_log.status_code == 403 and "calls" not in with_log.text  # ending its own episode does not open the log
+    finish = await client.post(f"/api/episodes/{eid}/finish", json={}, headers=bearer(AGENT_A))
+    assert finish.status_code == 403 and "calls" not in finish.text  # finishing its own episode does not open the log
     assert (await client.delete(f"/api/episodes/{eid}", headers=bearer(AGENT_A))).status_code == 204
     assert (await client.get(f"/api/episodes/{theirs['episode_id']}", headers=bearer(OPERATOR))).status_code == 200
     await client.delete(f"/api/episodes/{theirs['episode_id']}", headers=bearer(AGENT_B))
