@@ -7,6 +7,8 @@ in between, masked): one loop for evaluation and training, token-level sampling 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -26,10 +28,13 @@ distribution); stops at EOS or the budget. Blocking: the model runs it in a work
 class TokenChatModel:
     """`complete()` renders the conversation, samples one assistant turn and parses its tool calls."""
 
+    PROMPTS_KEPT = 256
+
     def __init__(self, tokenizer: Any, sample: Sampler, name: str = "local") -> None:
         self.tokenizer = tokenizer
         self.sample = sample
         self.name = name
+        self._prompts: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     @property
     def model_id(self) -> str:
@@ -47,8 +52,25 @@ class TokenChatModel:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
+        """The token ids of the conversation so far, ready for the assistant's turn. A GRPO group's episodes (and an
+        evaluation's repeats) open with the same conversation and tools: the chat template runs once for all of
+        them (it is a good share of an episode's client CPU), keyed by the conversation's exact JSON."""
+        try:
+            key = json.dumps([messages, tools], ensure_ascii=False)  # key order too: a template may render it
+        except (TypeError, ValueError):  # something the template may render but JSON cannot name: no reuse
+            return self.encode(self.render(messages, tools, True))
+        ids = self._prompts.get(key)
+        if ids is None:
+            ids = self._prompts[key] = tuple(self.encode(self.render(messages, tools, True)))
+            if len(self._prompts) > self.PROMPTS_KEPT:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(key)
+        return list(ids)
+
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
-        response, _, _ = await self.sample_turn(messages, self.encode(self.render(messages, tools, True)), max_tokens)
+        response, _, _ = await self.sample_turn(messages, self.prompt_ids(messages, tools), max_tokens)
         return response
 
     async def sample_turn(self, messages: list[dict[str, Any]], context: list[int], max_tokens: int) -> tuple[dict[str, Any], list[int], list[float]]:
@@ -93,7 +115,7 @@ class RecordingChatModel:
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
         tape = self.tape
         if not tape.prompt_ids:
-            tape.prompt_ids = self.model.encode(self.model.render(messages, tools, True))
+            tape.prompt_ids = self.model.prompt_ids(messages, tools)
         else:
             env = self.model.encode(self._environment_text(messages, tools))
             tape.completion_ids += env

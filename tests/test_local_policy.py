@@ -97,3 +97,32 @@ def test_eval_local_policy_loads_a_saved_model_with_from_pretrained(gym, tmp_pat
     missing = subprocess.run([sys.executable, "-m", "gym_server.cli", "eval", "--policy", "local", "--model", str(tmp_path / "nope"),
                               "--gym", gym.url, "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 1 and "cannot load model" in missing.stderr
+
+
+def test_identical_conversations_are_rendered_once_and_others_are_not(tiny):
+    """A GRPO group opens its episodes with one conversation: the chat template runs once for it. Anything that
+    changes the rendering (a message, a tool, the order of a tool's keys) is a new prompt."""
+    from clients.local_model import TokenChatModel
+
+    _, tokenizer = tiny
+    model = TokenChatModel(tokenizer, lambda ids, budget: ([], []))
+    renders: list[int] = []
+    real = model.render
+    model.render = lambda *a: renders.append(1) or real(*a)  # type: ignore[method-assign]
+    tool = {"type": "function", "function": {"name": "get_flight", "description": "d", "parameters": {"type": "object", "properties": {}}}}
+    messages = [{"role": "user", "content": "Seats on AA100?"}]
+    first = model.prompt_ids(messages, [tool])
+    assert first == model.encode(real(messages, [tool], True))
+    again = model.prompt_ids([dict(m) for m in messages], [json.loads(json.dumps(tool))])
+    assert again == first and len(renders) == 1
+    again.append(7)  # a caller's list is its own
+    assert model.prompt_ids(messages, [tool]) == first
+    reordered = {"function": tool["function"], "type": "function"}
+    other_tool = {**tool, "function": {**tool["function"], "name": "get_seat"}}
+    assert model.prompt_ids(messages, [other_tool]) != first
+    model.prompt_ids(messages, [reordered])
+    model.prompt_ids([{"role": "user", "content": "Seats on AA101?"}], [tool])
+    assert len(renders) == 4
+    for i in range(TokenChatModel.PROMPTS_KEPT + 5):  # bounded
+        model.prompt_ids([{"role": "user", "content": str(i)}], [])
+    assert len(model._prompts) == TokenChatModel.PROMPTS_KEPT
