@@ -16,9 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+from pydantic import ValidationError
 
+from clients.coalescing import ALONE, Coalescer
 from clients.toolbox import DiscoverCache
-from gym_server.models import Arena, ArenaSummary, EpisodeCreate, EpisodeCreated, EpisodeLog, RewardBreakdown, TurnAdvanced
+from gym_server.models import Arena, ArenaSummary, EpisodeBatchCreated, EpisodeBatchFinished, EpisodeCreate, EpisodeCreated, EpisodeFinish, EpisodeLog, RewardBreakdown, TurnAdvanced
 
 
 class GymError(RuntimeError):
@@ -73,7 +75,9 @@ class GymClient:
     `token` is the gym's bearer token (the operator's, or an agent token); it goes only to the REST paths.
     The MCP URL an episode's creation returns carries that episode's own key and needs no token."""
 
-    def __init__(self, urls: str | list[str], http: httpx2.AsyncClient, token: str | None = None, resolve: Resolver = resolve_all) -> None:
+    def __init__(
+        self, urls: str | list[str], http: httpx2.AsyncClient, token: str | None = None, resolve: Resolver = resolve_all, *, batch_window_s: float = 0.001
+    ) -> None:
         self.urls = expand_urls(urls, resolve)
         if not self.urls:
             raise ValueError("at least one gym URL is needed")
@@ -85,6 +89,12 @@ class GymClient:
         self._home: dict[str, str] = {}
         self.discovered = DiscoverCache()
         """The gyms' `server/discover` results, reused by every episode's MCP connection for as long as they allow."""
+        self._creations: Coalescer[EpisodeCreate, EpisodeCreated] = Coalescer(self._create_batch, self._create_alone, self._end_abandoned, window_s=batch_window_s)
+        self._finishes: Coalescer[EpisodeFinish, EpisodeLog] = Coalescer(self._finish_batch, self._finish_alone, window_s=batch_window_s)
+        """Creations and finishes made within `batch_window_s` of each other (a step's episodes) go to a gym as one
+        batch request each (`clients.coalescing`); a call made alone waits that long, then goes alone."""
+        self._no_batches: set[str] = set()
+        """Gyms that have no batch routes (an older gym): their calls go one by one."""
 
     def live(self) -> list[str]:
         return [u for u in self.urls if u not in self.lost]
@@ -132,13 +142,7 @@ class GymClient:
                 break
             await asyncio.sleep(delay)  # a quota refused this request before acting on it: safe to send again
             waited += delay
-        if response.status_code == 410:
-            raise EpisodeLost(f"{method} {url.split('?', 1)[0]}: 410: {_message(response)}")
-        if response.status_code in (401, 403):
-            hint = "no token was given (--token or ASTRA_GYM_TOKEN)" if not self.headers else "check --token / ASTRA_GYM_TOKEN"
-            raise GymError(f"{method} {url}: {response.status_code}: the gym refused this request's bearer token ({_message(response)}); {hint}")
-        if response.status_code >= 400:
-            raise GymError(f"{method} {url}: {response.status_code}: {_message(response)}")
+        raise_for_answer(method, url, response.status_code, _message(response), bool(self.headers))
         return response
 
     async def check_access(self) -> None:
@@ -174,7 +178,18 @@ class GymClient:
         return list(await asyncio.gather(*(spec(i) for i in ids)))
 
     async def create_episode(self, request: EpisodeCreate) -> EpisodeCreated:
-        """On the next live gym; a gym that cannot be reached is marked lost and the next one tried."""
+        """On the next live gym; a gym that cannot be reached is marked lost and the next one tried. Creations made
+        at once (a step's episodes) go to each gym as one batch request (`clients.coalescing`)."""
+        live = self.live()
+        if not live:
+            self._first_live()  # raises: every replica was lost
+        base = live[self._turn % len(live)]
+        if base in self._no_batches:
+            return await self._create_alone(request)
+        self._turn += 1
+        return await self._creations.submit(base, request)
+
+    async def _create_alone(self, request: EpisodeCreate) -> EpisodeCreated:
         body = request.model_dump(exclude_none=True, mode="json")
         while True:
             live = self.live()
@@ -191,6 +206,59 @@ class GymClient:
             created = EpisodeCreated.model_validate(response.json())
             self._home[created.episode_id] = base
             return created
+
+    async def _create_batch(self, base: Any, requests: list[EpisodeCreate]) -> list[Any]:
+        body = {"episodes": [r.model_dump(exclude_none=True, mode="json") for r in requests]}
+        answer = await self._batch(base, "/api/episode-batches", body, len(requests), lambda: ALONE)  # a lost gym: the next one
+        if isinstance(answer, list):
+            return answer
+        results = _batch_results(EpisodeBatchCreated, answer, len(requests))
+        if isinstance(results, GymError):  # what it did create is unknown: never create again what may exist
+            return [results] * len(requests)
+        outcomes: list[Any] = []
+        for item in results:
+            if item.created is not None:
+                self._home[item.created.episode_id] = base
+                outcomes.append(item.created)
+            else:
+                outcomes.append(self._item_outcome("POST", f"{base}/api/episodes", item.status, item.error))
+        return outcomes
+
+    async def _end_abandoned(self, created: EpisodeCreated) -> None:
+        await self.delete(created.episode_id)
+
+    async def _batch(self, base: str, path: str, body: dict[str, Any], n: int, down: Callable[[], Any]) -> Any:
+        """A batch route's JSON answer, or else the outcome of each of its `n` items, as their own requests would
+        have ended: `down()` each when the gym is gone (`_replica_down`), a `GymError` when it did not answer but
+        lives, `ALONE` (one by one) when it has no such route or refused the batch as a whole (their own requests
+        then meet the error, if it is theirs)."""
+        try:
+            response = await self.http.post(f"{base}{path}", headers=self.headers, json=body)
+        except httpx2.TransportError as exc:
+            if await self._replica_down(base, exc):
+                return [down() for _ in range(n)]
+            return [GymError(f"cannot reach the gym at {base}: {type(exc).__name__}: {exc}") for _ in range(n)]
+        except httpx2.HTTPError as exc:
+            return [GymError(f"cannot reach the gym at {base}: {type(exc).__name__}: {exc}") for _ in range(n)]
+        if response.status_code in (404, 405):
+            self._no_batches.add(base)
+        if response.status_code != 200:
+            return [ALONE] * n
+        try:
+            return response.json()
+        except ValueError:
+            return [ALONE] * n
+
+    def _item_outcome(self, method: str, url: str, status: int, error: str | None) -> Any:
+        """A batch item's failure as its own request would have raised it; a rate-limited item goes alone
+        (its own request waits for its turn)."""
+        if status == 429:
+            return ALONE
+        try:
+            raise_for_answer(method, url, status, error or "", bool(self.headers))
+        except GymError as exc:
+            return exc
+        return GymError(f"{method} {url}: {status}: {error}")
 
     def _base(self, episode_id: str) -> str:
         return self._home.get(episode_id, self.urls[0])
@@ -213,10 +281,58 @@ class GymClient:
             self._home.pop(episode_id, None)
 
     async def finish(self, episode_id: str, final_answer: Any = None) -> EpisodeLog:
-        """Score the episode and end it, getting its final log (`scored` set) in the same request (`POST .../finish`)."""
-        response = await self._episode_request("POST", episode_id, "/finish", json={"final_answer": final_answer})
-        self._home.pop(episode_id, None)  # only once it ended: a caller whose `finish` failed deletes at the same gym
+        """Score the episode and end it, getting its final log (`scored` set) in the same request (`POST .../finish`);
+        episodes finished at once go to their gym as one batch request."""
+        item = EpisodeFinish(episode_id=episode_id, final_answer=final_answer)
+        base = self._base(episode_id)
+        if base in self._no_batches or base in self.lost:
+            return await self._finish_alone(item)
+        return await self._finishes.submit(base, item)
+
+    async def _finish_alone(self, item: EpisodeFinish) -> EpisodeLog:
+        response = await self._episode_request("POST", item.episode_id, "/finish", json={"final_answer": item.final_answer})
+        self._home.pop(item.episode_id, None)  # only once it ended: a caller whose `finish` failed deletes at the same gym
         return EpisodeLog.model_validate(response.json())
+
+    async def _finish_batch(self, base: Any, items: list[EpisodeFinish]) -> list[Any]:
+        lost = lambda: EpisodeLost(f"episode was lost with the gym replica {base} ({self.lost.get(base)})")
+        answer = await self._batch(base, "/api/episode-batches/finish", {"episodes": [i.model_dump(mode="json") for i in items]}, len(items), lost)
+        if isinstance(answer, list):
+            return answer
+        results = _batch_results(EpisodeBatchFinished, answer, len(items))
+        if isinstance(results, GymError):
+            return [results] * len(items)
+        outcomes: list[Any] = []
+        for item, result in zip(items, results):
+            if result.log is not None:
+                self._home.pop(item.episode_id, None)
+                outcomes.append(result.log)
+            else:
+                outcomes.append(self._item_outcome("POST", f"{base}/api/episodes/{item.episode_id}/finish", result.status, result.error))
+        return outcomes
+
+
+def _batch_results(model: type[EpisodeBatchCreated] | type[EpisodeBatchFinished], answer: Any, n: int) -> Any:
+    """A batch answer's items, or a `GymError` when the gym answered something else than one item per request."""
+    try:
+        results = model.model_validate(answer).results
+    except ValidationError as exc:
+        return GymError(f"the gym answered a malformed batch: {exc.error_count()} error(s)")
+    if len(results) != n:
+        return GymError(f"the gym answered {len(results)} items for a batch of {n}")
+    return results
+
+
+def raise_for_answer(method: str, url: str, status: int, message: str, had_token: bool) -> None:
+    """The gym's error answer as the exception callers handle: 410 loses the episode, 401/403 are about the
+    token, any other 4xx/5xx is a `GymError` with the gym's own words."""
+    if status == 410:
+        raise EpisodeLost(f"{method} {url.split('?', 1)[0]}: 410: {message}")
+    if status in (401, 403):
+        hint = "no token was given (--token or ASTRA_GYM_TOKEN)" if not had_token else "check --token / ASTRA_GYM_TOKEN"
+        raise GymError(f"{method} {url}: {status}: the gym refused this request's bearer token ({message}); {hint}")
+    if status >= 400:
+        raise GymError(f"{method} {url}: {status}: {message}")
 
 def _message(response: httpx2.Response) -> str:
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -28,7 +29,8 @@ from gym_server.episodes import Episode, EpisodeManager, EpisodeNotFound, Episod
 from gym_server.json_limits import JSONLimitError, parse_json
 from gym_server.live import MAX_LISTED, ManagerLive, PagesFactory, ViewAccess
 from gym_server.mcp_endpoint import EpisodeMCPEndpoint, build_mcp_server
-from gym_server.models import EpisodeCreate, EpisodeCreated, RewardBreakdown, ScoreRequest, TurnRequest
+from gym_server.models import BatchItem, CreatedItem, EpisodeBatchCreate, EpisodeBatchCreated, EpisodeBatchFinish, EpisodeBatchFinished, FinishedItem
+from gym_server.models import EpisodeCreate, EpisodeCreated, EpisodeLog, RewardBreakdown, ScoreRequest, TurnRequest
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.quotas import QuotaExceeded, Quotas
 from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
@@ -66,7 +68,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return body
 
 
-async def _json_body(request: Request, limit: int) -> Any:
+async def json_body(request: Request, limit: int) -> Any:
     body = await read_limited(request, limit)
     if not body.strip():
         return {}
@@ -108,7 +110,7 @@ class HTTPError(Exception):
         self.status, self.message, self.detail = status, message, detail
 
 
-def _parse(model: type[BaseModel], data: Any) -> Any:
+def parse_body(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -163,40 +165,60 @@ def create_app(
         require_operator(request, "the arena spec (it holds the gold calls and answers)")
         return ok(store.get(path_id(request, "arena_id")))
 
-    def own_episode(request: Request, action: str) -> Any:
-        """The episode in the path, if the principal may act on it: the operator on any, an agent on its own
-        (another's is 404, as if it did not exist)."""
+    def own_episode(request: Request, action: str, episode_id: str | None = None) -> Any:
+        """The episode in the path (or `episode_id`, a batch item's), if the principal may act on it: the operator
+        on any, an agent on its own (another's is 404, as if it did not exist)."""
         principal: Principal = principal_of(request)  # type: ignore[assignment]
-        episode_id = path_id(request, "episode_id")
+        if episode_id is None:
+            episode_id = path_id(request, "episode_id")
+        elif not episode_id.isprintable():
+            raise HTTPError(400, "episode_id must be printable text of at most 256 characters")
         if principal.role is not Role.operator and not quotas.owns(principal, episode_id):
             raise EpisodeNotFound(episode_id)
         if action == "log" and principal.role is not Role.operator:
             raise Forbidden("an episode's call log needs the operator's token")
         return manager.get(episode_id)
 
-    async def create_episode(request: Request) -> Response:
-        principal: Principal = principal_of(request)  # type: ignore[assignment]
-        if process is not None:
-            process.check_front(request.headers)
-        body = _parse(EpisodeCreate, await _json_body(request, config.max_request_bytes))
+    async def create_one(request: Request, principal: Principal, body: EpisodeCreate) -> EpisodeCreated:
         if principal.role is Role.agent:
             _agent_may_create(body, config.agent_arenas)
         with quotas.creating(principal) as owned:
             episode = await manager.create(body)
             owned(episode.id)
         base = (config.public_url or str(request.base_url)).rstrip("/")
-        created = EpisodeCreated(
+        return EpisodeCreated(
             episode_id=episode.id,
             mcp_url=f"{base}/episodes/{episode.id}/mcp?key={episode.key}",
             prompt=episode.arena.turns[0].message if episode.arena.turns else episode.arena.question,
             tools=[t.definition() for t in episode.tools.values()],
             n_turns=episode.arena.n_turns,
         )
-        return ok(created, 201)
+
+    async def create_episode(request: Request) -> Response:
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
+        if process is not None:
+            process.check_front(request.headers)
+        body = parse_body(EpisodeCreate, await json_body(request, config.max_request_bytes))
+        return ok(await create_one(request, principal, body), 201)
+
+    async def create_batch(request: Request) -> Response:
+        """Each item created as `POST /api/episodes` creates it (same checks, same quota), in order; an item
+        that fails answers with the status and error its own request would have had, and the rest go on."""
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
+        if process is not None:
+            process.check_front(request.headers)
+        batch = parse_body(EpisodeBatchCreate, await json_body(request, config.max_request_bytes))
+        results = []
+        for body in batch.episodes:
+            try:
+                results.append(CreatedItem(status=201, created=await create_one(request, principal, body)))
+            except Exception as exc:
+                results.append(CreatedItem.model_validate((await item_error(request, exc)).model_dump()))
+        return ok(EpisodeBatchCreated(results=results))
 
     async def next_turn(request: Request) -> Response:
         episode = own_episode(request, "advance")
-        _parse(TurnRequest, await _json_body(request, config.max_request_bytes))  # scripted turns read no reply yet
+        parse_body(TurnRequest, await json_body(request, config.max_request_bytes))  # scripted turns read no reply yet
         return ok(await manager.advance(episode))
 
     async def episode_log(request: Request) -> Response:
@@ -224,21 +246,36 @@ def create_app(
 
     async def score(request: Request) -> Response:
         episode = own_episode(request, "score")
-        body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
+        body = parse_body(ScoreRequest, await json_body(request, config.max_request_bytes))
         async with episode.lock:
             return ok(await scored(episode, body))
 
-    async def finish(request: Request) -> Response:
-        """Score, then end the episode, answering with its final call log (`scored` set, state diffs in): what a
-        runner does last, in one request instead of three (score, log, delete). Operator only, as the log is."""
-        episode = own_episode(request, "log")
-        body = _parse(ScoreRequest, await _json_body(request, config.max_request_bytes))
+    async def finish_one(episode: Episode, body: ScoreRequest) -> EpisodeLog:
         async with episode.lock:  # no call is half-logged or starts in between
             await scored(episode, body)
             await episode.settled()
             log = episode.log()
             manager.delete(episode.id)
-        return ok(log)
+        return log
+
+    async def finish(request: Request) -> Response:
+        """Score, then end the episode, answering with its final call log (`scored` set, state diffs in): what a
+        runner does last, in one request instead of three (score, log, delete). Operator only, as the log is."""
+        episode = own_episode(request, "log")
+        body = parse_body(ScoreRequest, await json_body(request, config.max_request_bytes))
+        return ok(await finish_one(episode, body))
+
+    async def finish_batch(request: Request) -> Response:
+        """`finish` for each item, in order, each answered as its own request would have been."""
+        batch = parse_body(EpisodeBatchFinish, await json_body(request, config.max_request_bytes))
+        results = []
+        for item in batch.episodes:
+            try:
+                episode = own_episode(request, "log", item.episode_id)
+                results.append(FinishedItem(status=200, log=await finish_one(episode, ScoreRequest(final_answer=item.final_answer))))
+            except Exception as exc:
+                results.append(FinishedItem.model_validate((await item_error(request, exc)).model_dump()))
+        return ok(EpisodeBatchFinished(results=results))
 
     async def delete_episode(request: Request) -> Response:
         manager.delete(own_episode(request, "delete").id)
@@ -278,6 +315,8 @@ def create_app(
         Route("/api/episodes/{episode_id}/score", score, methods=["POST"]),
         Route("/api/episodes/{episode_id}/finish", finish, methods=["POST"]),
         Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
+        Route("/api/episode-batches", create_batch, methods=["POST"]),
+        Route("/api/episode-batches/finish", finish_batch, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
     if pages is not None:
@@ -340,6 +379,19 @@ EXCEPTION_HANDLERS = {
 }
 """The REST routes' domain errors as the contract's `{"error", "detail"}` bodies (Starlette's exception
 middleware maps them; no route catches its own)."""
+
+
+async def item_error(request: Request, exc: Exception) -> BatchItem:
+    """A batch item's failure, worded and coded exactly as the single route's exception handler answers it; an
+    unexpected error is one item's 500 (logged), never the loss of the batch's other items."""
+    handler = next((h for kind, h in EXCEPTION_HANDLERS.items() if isinstance(exc, kind)), None)
+    if handler is None:
+        logger.exception("a batch item failed", exc_info=exc)
+        return BatchItem(status=500, error=f"internal error: {type(exc).__name__}")
+    answer = await handler(request, exc)
+    body = json.loads(bytes(answer.body))
+    retry = answer.headers.get("retry-after")
+    return BatchItem(status=answer.status_code, error=body.get("error"), detail=body.get("detail"), retry_after_s=float(retry) if retry else None)
 
 
 def _agent_may_create(body: EpisodeCreate, exposed: list[str]) -> None:

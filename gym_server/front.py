@@ -16,20 +16,23 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
-from gym_server.app import EXCEPTION_HANDLERS, HTTPError, query_int, path_id, read_limited
+from gym_server.app import EXCEPTION_HANDLERS, HTTPError, json_body, parse_body, path_id, query_int, read_limited
 from gym_server.auth import VIEW_PATH, Authenticator, BearerAuth, Principal, Role, principal_of, require_operator
 from gym_server.config import ServeConfig
 from gym_server.live import MAX_LISTED, FrontLive, PagesFactory, ViewAccess
+from gym_server.models import CreatedItem, EpisodeBatchCreate, EpisodeBatchFinish, FinishedItem
 from gym_server.origin_guard import HostOriginGuard
 from gym_server.workers import FRONT_HEADER, BackendsFactory, GymProcess, GymProcesses
 
@@ -157,6 +160,92 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         created["mcp_url"] = public_base(request, gym) + mcp_url[mcp_url.find("/episodes/"):]
         return JSONResponse(created, 201)
 
+    def relayed_items(response: httpx2.Response, n: int) -> list[dict[str, Any]] | None:
+        """A process's batch answer, item by item; None when it answered the whole request with an error."""
+        try:
+            results = response.json()["results"] if response.status_code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            results = None
+        return results if isinstance(results, list) and len(results) == n else None
+
+    def failed_items(response: httpx2.Response | HTTPError, n: int) -> list[dict[str, Any]]:
+        """Every item of a sub-batch its process did not answer item by item: the status and error it answered."""
+        if isinstance(response, HTTPError):
+            status, message = response.status, response.message
+        else:
+            status, message = response.status_code, (response.text or "")[:500]
+            with contextlib.suppress(ValueError, AttributeError):
+                message = str(response.json().get("error", message))
+        return [{"status": status if status >= 400 else 502, "error": message} for _ in range(n)]
+
+    def checked_item(model: type[CreatedItem] | type[FinishedItem], item: Any) -> dict[str, Any]:
+        """An item as the contract shapes it; one a process answered malformed is that item's 502, not the batch's 500."""
+        try:
+            return model.model_validate(item).model_dump(mode="json")
+        except ValidationError:
+            return {"status": 502, "error": "the gym process answered this item with a malformed result"}
+
+    async def create_batch(request: Request) -> Response:
+        """The items spread over the processes as single creations are; each process gets its share as one
+        batch, and every created episode's `mcp_url` names its own process's port."""
+        principal: Principal = principal_of(request)  # type: ignore[assignment]
+        batch = parse_body(EpisodeBatchCreate, await json_body(request, config.max_request_bytes))
+        items = [item.model_dump(mode="json", exclude_none=True) for item in batch.episodes]
+        shares: dict[GymProcess, list[int]] = {}
+        for index in range(len(items)):
+            shares.setdefault(pick(principal), []).append(index)
+        results: list[dict[str, Any]] = [{} for _ in items]
+
+        async def create_share(gym: GymProcess, indices: list[int]) -> None:
+            body = json.dumps({"episodes": [items[i] for i in indices]}).encode()
+            try:
+                response: httpx2.Response | HTTPError = await forward(request, gym, body)
+            except HTTPError as exc:
+                response = exc
+                if not gym.alive and exc.status in (410, 503) and gyms.live():  # it died first: nothing was created there
+                    try:
+                        response = await forward(request, (gym := pick(principal)), body)
+                    except HTTPError as again:
+                        response = again
+            answered = relayed_items(response, len(indices)) if isinstance(response, httpx2.Response) else None
+            for i, item in zip(indices, answered or failed_items(response, len(indices))):
+                created = item.get("created")
+                if isinstance(created, dict):
+                    mcp_url = str(created.get("mcp_url", ""))
+                    created["mcp_url"] = public_base(request, gym) + mcp_url[mcp_url.find("/episodes/") :]
+                results[i] = checked_item(CreatedItem, item)
+
+        await asyncio.gather(*(create_share(gym, indices) for gym, indices in shares.items()))
+        return JSONResponse({"results": results})
+
+    async def finish_batch(request: Request) -> Response:
+        """Each item goes to the process that owns its episode (one batch per process); an episode whose process
+        is gone is 410, one no process owns 404, as their single requests would be."""
+        batch = parse_body(EpisodeBatchFinish, await json_body(request, config.max_request_bytes))
+        results: list[dict[str, Any]] = [{} for _ in batch.episodes]
+        shares: dict[GymProcess, list[int]] = {}
+        for index, item in enumerate(batch.episodes):
+            gym = gyms.owner(item.episode_id)
+            if gym is None:
+                results[index] = {"status": 404, "error": f"episode {item.episode_id[:64]!r} does not exist (ended or expired)"}
+            elif not gym.alive:
+                results[index] = {"status": 410, "error": f"episode {item.episode_id[:64]!r} was lost: the gym process that served it ({gym.name}) exited ({gym.ended})"}
+            else:
+                shares.setdefault(gym, []).append(index)
+
+        async def finish_share(gym: GymProcess, indices: list[int]) -> None:
+            body = json.dumps({"episodes": [batch.episodes[i].model_dump(mode="json") for i in indices]}).encode()
+            try:
+                response: httpx2.Response | HTTPError = await forward(request, gym, body)
+            except HTTPError as exc:  # its process died under it: its episodes are lost, not merely unanswered
+                response = exc if gym.alive else HTTPError(410, f"the gym process {gym.name} exited ({gym.ended}) while finishing these episodes")
+            answered = relayed_items(response, len(indices)) if isinstance(response, httpx2.Response) else None
+            for i, item in zip(indices, answered or failed_items(response, len(indices))):
+                results[i] = item
+
+        await asyncio.gather(*(finish_share(gym, indices) for gym, indices in shares.items()))
+        return JSONResponse({"results": [checked_item(FinishedItem, r) for r in results]})
+
     live = FrontLive(gyms, http, config.token)
 
     async def live_episodes(request: Request) -> Response:
@@ -196,6 +285,8 @@ def create_front(config: ServeConfig, processes: int, backends: BackendsFactory 
         Route("/api/episodes/{episode_id}/score", episode_route, methods=["POST"]),
         Route("/api/episodes/{episode_id}/finish", episode_route, methods=["POST"]),
         Route("/api/episodes/{episode_id}/turns", episode_route, methods=["POST"]),
+        Route("/api/episode-batches", create_batch, methods=["POST"]),
+        Route("/api/episode-batches/finish", finish_batch, methods=["POST"]),
         Route("/episodes/{episode_id}/mcp", mcp_elsewhere, methods=["GET", "POST", "DELETE"]),
     ]
     authenticator = Authenticator(config.token, config.agent_tokens)

@@ -387,6 +387,61 @@ class ScoreRequest(BaseModel):
     final_answer: JSONValue = None
 
 
+MAX_BATCH = 256
+"""Episodes one batch request may create or finish."""
+
+
+class EpisodeBatchCreate(BaseModel):
+    """Body of `POST /api/episode-batches`: several creations in one request (a GRPO step's, an eval's wave).
+    Each item is created exactly as `POST /api/episodes` would create it, in order, each with its own answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: list[EpisodeCreate] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EpisodeFinish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    episode_id: str = Field(min_length=1, max_length=256)
+    final_answer: JSONValue = None
+
+
+class EpisodeBatchFinish(BaseModel):
+    """Body of `POST /api/episode-batches/finish`: `POST /api/episodes/{id}/finish` for several episodes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: list[EpisodeFinish] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    """One item's answer in a batch: the HTTP status its own request would have had, and its body (`created`
+    or `log` when it succeeded, the contract's `error`/`detail` when not)."""
+
+    status: int
+    error: str | None = None
+    detail: JSONValue = None
+    retry_after_s: float | None = None
+    """Set on 429: when to ask again (the Retry-After of a single request)."""
+
+
+class CreatedItem(BatchItem):
+    created: EpisodeCreated | None = None
+
+
+class FinishedItem(BatchItem):
+    log: EpisodeLog | None = None
+
+
+class EpisodeBatchCreated(BaseModel):
+    results: list[CreatedItem]
+
+
+class EpisodeBatchFinished(BaseModel):
+    results: list[FinishedItem]
+
+
 class RewardBreakdown(BaseModel):
     """ASTRA's F1 trajectory reward and its parts."""
 

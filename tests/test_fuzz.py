@@ -58,9 +58,15 @@ _paging_keys = st.sampled_from(["offset", "limit", "domain", "scenario_type", "p
 _paging_values = (
     st.integers(-(2**70), 2**70).map(str) | st.sampled_from(["9223372036854775808", "9" * 5_000, "-0", "1e3", " 5"]) | st.text(max_size=10)
 )
-_rest_kinds = st.sampled_from(["list", "arena", "create", "log", "score", "delete", "raw"])
+_rest_kinds = st.sampled_from(["list", "arena", "create", "batch", "log", "score", "finish_batch", "delete", "raw"])
 _score_bodies = raw_object(["final_answer"]) | raw_values
-_raw_rest = st.tuples(st.sampled_from(["POST", "PUT", "PATCH", "GET"]), st.sampled_from(["/api/episodes", "/api/arenas", "/healthz"]))
+_raw_rest = st.tuples(
+    st.sampled_from(["POST", "PUT", "PATCH", "GET"]), st.sampled_from(["/api/episodes", "/api/arenas", "/healthz", "/api/episode-batches", "/api/episode-batches/finish"])
+)
+_batch_bodies = st.lists(episode_body, max_size=3).map(lambda items: '{"episodes": [' + ",".join(items) + "]}") | raw_object(["episodes"])
+_finish_items = raw_object(["episode_id", "final_answer"]) | st.fixed_dictionaries(
+    {"episode_id": st.text(max_size=12) | st.sampled_from(["\x00", "a" * 300, "p0.x"])}, optional={"final_answer": json_values}
+).map(json.dumps)
 
 _mcp_methods = st.sampled_from(["tools/call", "tools/list", "ping", "initialize", "notifications/cancelled", "notifications/initialized"]) | st.text(max_size=12)
 _mcp_params = st.dictionaries(st.sampled_from(["cursor", "name", "arguments", "requestId", "protocolVersion"]), json_values, max_size=3)
@@ -86,6 +92,11 @@ def rest_request(draw: Any, episode_id: str) -> dict[str, Any]:
         return {"method": "GET", "url": f"/api/arenas/{draw(path_text)}"}
     if kind == "create":
         return {"method": "POST", "url": "/api/episodes", "content": draw(episode_body)}
+    if kind == "batch":
+        return {"method": "POST", "url": "/api/episode-batches", "content": draw(_batch_bodies)}
+    if kind == "finish_batch":
+        items = draw(st.lists(_finish_items, max_size=3))
+        return {"method": "POST", "url": "/api/episode-batches/finish", "content": '{"episodes": [' + ",".join(items) + "]}"}
     target = episode_id if draw(st.booleans()) else draw(path_text)
     if kind == "log":
         return {"method": "GET", "url": f"/api/episodes/{target}"}
@@ -142,6 +153,8 @@ def test_generated_requests_never_get_a_5xx(gym):
                 response = http.request(**request)
                 sent.append(response.status_code)
                 assert response.status_code < 500, (request["method"], request["url"], str(request.get("content"))[:300], response.text[:500])
+                if "episode-batches" in request["url"] and response.status_code == 200:  # nor any item of a batch
+                    assert all(item["status"] < 500 for item in response.json()["results"]), response.text[:500]
 
         probe()
         assert len(sent) >= 3_000

@@ -74,6 +74,33 @@ async def test_episodes_spread_over_processes_and_mcp_goes_to_the_owner(gyms: Ap
     assert (await http.get(f"{gyms.url}/api/episodes/{episode['episode_id']}", headers=OP)).status_code == 404
 
 
+async def test_batches_spread_over_processes_and_finish_at_each_owner(gyms: AppThread, http: httpx2.AsyncClient):
+    items = [{"arena_id": ARENA}, {"arena_id": "no-such-arena"}, *[{"arena_id": ARENA}] * 3]
+    answer = await http.post(f"{gyms.url}/api/episode-batches", json={"episodes": items}, headers=OP)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [201, 404, 201, 201, 201] and "no-such-arena" in results[1]["error"]
+    made = [r["created"] for r in results if r["created"]]
+    assert {e["episode_id"].split(".")[0] for e in made} == {"p0", "p1"}
+    for episode in made:  # each mcp_url names its owner's own port, and works there
+        owner = gyms.app.state.processes.by_name[episode["episode_id"].split(".")[0]]
+        assert port_of(episode["mcp_url"]) == owner.port
+    async with mcp_session(http, made[-1]["mcp_url"]) as client:
+        assert result_json(await client.call_tool("get_order", {"order_id": "O-1001"}))["customer_id"] == "C1"
+    finish = [{"episode_id": e["episode_id"], "final_answer": None} for e in made] + [{"episode_id": "nosuch.x"}, {"episode_id": "p0"}]
+    finished = await http.post(f"{gyms.url}/api/episode-batches/finish", json={"episodes": finish}, headers=OP)
+    statuses = [r["status"] for r in finished.json()["results"]]
+    assert statuses == [200] * len(made) + [404, 404], finished.text
+    assert finished.json()["results"][len(made) - 1]["log"]["scored"]["tool_calls"] == 1
+    for episode in made:
+        assert (await http.get(f"{gyms.url}/api/episodes/{episode['episode_id']}", headers=OP)).status_code == 404
+    assert (await http.post(f"{gyms.url}/api/episode-batches", json={"episodes": [{"arena_id": ARENA}]})).status_code == 401
+    assert (await http.post(f"{gyms.url}/api/episode-batches", json={"episodes": []}, headers=OP)).status_code == 422
+    process = made[0]["mcp_url"].split("/episodes/")[0]  # a process's own port: no batch dodges the front either
+    direct = await http.post(f"{process}/api/episode-batches", json={"episodes": [{"arena_id": ARENA}]}, headers={**OP, "x-astra-front": "guess"})
+    assert direct.status_code == 403
+
+
 async def test_healthz_reports_every_process(gyms: AppThread, http: httpx2.AsyncClient):
     public = (await http.get(f"{gyms.url}/healthz")).json()
     assert public["status"] == "ok" and [p["status"] for p in public["processes"]] == ["ok", "ok"]
@@ -128,6 +155,10 @@ async def test_a_dead_process_loses_only_its_episodes_and_is_replaced(http: http
         for e in lost:  # a clear infrastructure error, never a score
             gone = await http.post(f"{gyms.url}/api/episodes/{e['episode_id']}/score", json={}, headers=OP)
             assert gone.status_code == 410 and "p1" in gone.json()["error"] and "exited" in gone.json()["error"]
+        finishing = [{"episode_id": e["episode_id"]} for e in [*lost, kept[0]]]  # in a batch too: lost, not unanswered
+        results = (await http.post(f"{gyms.url}/api/episode-batches/finish", json={"episodes": finishing}, headers=OP)).json()["results"]
+        assert [r["status"] for r in results] == [410] * len(lost) + [200]
+        kept = kept[1:]
         with pytest.raises(httpx2.ConnectError):
             await http.post(lost[0]["mcp_url"], json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         async with mcp_session(http, kept[0]["mcp_url"]) as client:  # the other process serves on

@@ -155,6 +155,28 @@ async def test_one_token_exhausting_its_quota_leaves_the_others_served(locked, c
         assert (await client.delete(f"/api/episodes/{episode['episode_id']}", headers=bearer(token))).status_code == 204
 
 
+async def test_a_batch_holds_an_agent_to_what_its_single_requests_may_do(locked, client):
+    """A batch is no way around a rule: an agent's items outside its arenas, with its own seed, or past its quota
+    are refused item by item as their single requests are, and it cannot finish (nor see the log of) any
+    episode, its own included."""
+    items = [{"arena_id": ARENA}, {"arena_id": "clinic-refills-rx12"}, {"arena_id": ARENA, "seed": 3}, *[{"arena_id": ARENA}] * 4]
+    answer = await client.post("/api/episode-batches", json={"episodes": items}, headers=bearer(AGENT_A))
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [201, 403, 403, 201, 201, 429, 429]  # the quota holds 3 live episodes
+    assert all(r["retry_after_s"] >= 1 for r in results[5:]) and "quota" in results[5]["error"]
+    mine = [r["created"]["episode_id"] for r in results if r["status"] == 201]
+    theirs = await create(client, AGENT_B)
+    finish = [{"episode_id": mine[0]}, {"episode_id": theirs["episode_id"]}]
+    refused = (await client.post("/api/episode-batches/finish", json={"episodes": finish}, headers=bearer(AGENT_A))).json()["results"]
+    assert [r["status"] for r in refused] == [403, 404] and all(r["log"] is None for r in refused)
+    unauthenticated = await client.post("/api/episode-batches", json={"episodes": [{"arena_id": ARENA}]})
+    assert unauthenticated.status_code == 401
+    for eid in mine:  # nothing was finished: still live, then ended by their owner
+        assert (await client.delete(f"/api/episodes/{eid}", headers=bearer(AGENT_A))).status_code == 204
+    assert (await client.delete(f"/api/episodes/{theirs['episode_id']}", headers=bearer(AGENT_B))).status_code == 204
+
+
 async def test_creation_rate_is_limited_per_token():
     config = ServeConfig(
         port=0, token=OPERATOR, agent_tokens=[AGENT_A], sandbox=SandboxConfig(workers=1),
