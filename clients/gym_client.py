@@ -76,7 +76,7 @@ class GymClient:
     The MCP URL an episode's creation returns carries that episode's own key and needs no token."""
 
     def __init__(
-        self, urls: str | list[str], http: httpx2.AsyncClient, token: str | None = None, resolve: Resolver = resolve_all, *, batch_window_s: float = 0.001
+        self, urls: str | list[str], http: httpx2.AsyncClient, token: str | None = None, resolve: Resolver = resolve_all, *, batch_window_s: float | None = 0.001
     ) -> None:
         self.urls = expand_urls(urls, resolve)
         if not self.urls:
@@ -89,10 +89,14 @@ class GymClient:
         self._home: dict[str, str] = {}
         self.discovered = DiscoverCache()
         """The gyms' `server/discover` results, reused by every episode's MCP connection for as long as they allow."""
-        self._creations: Coalescer[EpisodeCreate, EpisodeCreated] = Coalescer(self._create_batch, self._create_alone, self._end_abandoned, window_s=batch_window_s)
-        self._finishes: Coalescer[EpisodeFinish, EpisodeLog] = Coalescer(self._finish_batch, self._finish_alone, window_s=batch_window_s)
+        self._creations: Coalescer[EpisodeCreate, EpisodeCreated] | None = None
+        self._finishes: Coalescer[EpisodeFinish, EpisodeLog] | None = None
+        if batch_window_s is not None:
+            self._creations = Coalescer(self._create_batch, self._create_alone, self._end_abandoned, window_s=batch_window_s)
+            self._finishes = Coalescer(self._finish_batch, self._finish_alone, window_s=batch_window_s)
         """Creations and finishes made within `batch_window_s` of each other (a step's episodes) go to a gym as one
-        batch request each (`clients.coalescing`); a call made alone waits that long, then goes alone."""
+        batch request each (`clients.coalescing`); a call made alone waits that long, then goes alone. None: every
+        call goes alone at once."""
         self._no_batches: set[str] = set()
         """Gyms that have no batch routes (an older gym): their calls go one by one."""
 
@@ -184,7 +188,7 @@ class GymClient:
         if not live:
             self._first_live()  # raises: every replica was lost
         base = live[self._turn % len(live)]
-        if base in self._no_batches:
+        if self._creations is None or base in self._no_batches:
             return await self._create_alone(request)
         self._turn += 1
         return await self._creations.submit(base, request)
@@ -285,7 +289,7 @@ class GymClient:
         episodes finished at once go to their gym as one batch request."""
         item = EpisodeFinish(episode_id=episode_id, final_answer=final_answer)
         base = self._base(episode_id)
-        if base in self._no_batches or base in self.lost:
+        if self._finishes is None or base in self._no_batches or base in self.lost:
             return await self._finish_alone(item)
         return await self._finishes.submit(base, item)
 
