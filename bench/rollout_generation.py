@@ -57,7 +57,8 @@ def main() -> None:
     prompts = [[{"role": "user", "content": "q", "arena_id": arenas[(i // args.group) % len(arenas)].id}] for i in range(args.episodes)]
     generate = hf_batch_generate(model, tokenizer, 1.0)
     padded = hf_batch_generate(model, tokenizer, 1.0, prefill="padded")  # the batched call's prefill before rows
-    figures: dict[str, list[float]] = {"rollout": [], "batched": [], "padded": [], "sequential": [], "sequential_generate": []}
+    unshared = hf_batch_generate(model, tokenizer, 1.0, share_prefixes=False)  # rows, each prompt prefilled whole
+    figures: dict[str, list[float]] = {"rollout": [], "batched": [], "unshared": [], "padded": [], "sequential": [], "sequential_generate": []}
     batch_sizes = []
     with GymThread.private(ServeConfig(port=0)) as gym, GymSession(gym.url, gym.config.token) as session:
 
@@ -79,6 +80,9 @@ def main() -> None:
             turns = generate(contexts, budgets)
             figures["batched"].append(sum(len(t) for t, _ in turns) / (time.perf_counter() - t0))
             t0 = time.perf_counter()
+            turns = unshared(contexts, budgets)
+            figures["unshared"].append(sum(len(t) for t, _ in turns) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
             turns = padded(contexts, budgets)
             figures["padded"].append(sum(len(t) for t, _ in turns) / (time.perf_counter() - t0))
             figures["sequential"].append(rollout(1)[0])
@@ -89,7 +93,8 @@ def main() -> None:
     vs_batched, vs_sequential = med["rollout"] / med["batched"], med["rollout"] / med["sequential"]
     print(f"{args.episodes} episodes, budget {args.budget}, tiny Qwen3 ({args.layers} layers, hidden {args.hidden}), "
           f"{torch.get_num_threads()} torch threads, median of {args.repeats}:")  # fmt: skip
-    for key, label in (("rollout", "rollout with batched turns"), ("batched", "one batched generate"), ("padded", "one batched generate, padded prefill"),
+    for key, label in (("rollout", "rollout with batched turns"), ("batched", "one batched generate"), ("unshared", "the same, no prefix sharing"),
+                       ("padded", "one batched generate, padded prefill"),
                        ("sequential", "rollout, sequential turns (before)"), ("sequential_generate", "sequential generate calls")):  # fmt: skip
         print(f"  {label:>36}: {med[key]:8.1f} tokens/s  (runs: {', '.join(f'{x:.0f}' for x in figures[key])})")
     print(f"  rollout / batched generate = {vs_batched:.2f} (goal >= 0.8); rollout / sequential rollout = {vs_sequential:.1f}x (goal >= 4x)")
@@ -109,6 +114,7 @@ def main() -> None:
             "| generation | tokens/s | vs this rollout |", "| --- | --- | --- |",
             f"| rollout, turns batched across episodes (`BatchedSampler`) | {med['rollout']:.0f} | 1.00 |",
             f"| one batched `generate`, same prompts and budgets | {med['batched']:.0f} | rollout = **{vs_batched:.2f}x** of it (goal >= 0.8) |",
+            f"| the same call without prefix sharing (each prompt prefilled whole) | {med['unshared']:.0f} | |",
             f"| the same call as it was before (a left-padded prefill, generation's own cache) | {med['padded']:.0f} | |",
             f"| rollout, turns one at a time at batch 1 (before) | {med['sequential']:.0f} | rollout = **{vs_sequential:.1f}x** of it (goal >= 4x) |",
             f"| sequential `generate` calls, no gym | {med['sequential_generate']:.0f} | |", "",

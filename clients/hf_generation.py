@@ -24,6 +24,8 @@ from typing import Any, Literal
 from clients.batching import BatchGenerate, Turn
 
 Prefill = Literal["auto", "rows", "padded"]
+MIN_SHARED = 16
+"""Shared leading tokens below which a prompt is prefilled whole (a cache of a few tokens saves nothing)."""
 
 
 def rows_prefill_fits(model: Any) -> bool:
@@ -97,19 +99,54 @@ def reserved_layer(keys: Any, values: Any, capacity: int) -> Any:
     return ReservedLayer()
 
 
-def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int) -> Any:
+def _shared_head(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prefix_layers(model: Any, prefix: tuple[int, ...], head: list[tuple[Any, Any]] | None = None, shared: int = 0) -> list[tuple[Any, Any]]:
+    """Every layer's keys and values for `prefix`. With `head` (another prefix's layers) and the number of leading
+    tokens the two share, only the rest runs: with causal attention a position's keys and values depend on the
+    tokens up to it alone, so the shared ones are the same (to float rounding: about 1e-6 here)."""
+    import torch
+    from transformers import DynamicCache
+
+    if head is None or shared <= 0:
+        out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
+    if shared >= len(prefix):
+        return [(k[:, :, : len(prefix)], v[:, :, : len(prefix)]) for k, v in head]
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(head):
+        cache.update(keys[:, :, :shared], values[:, :, :shared], i)  # appended as copies: `head` stays as it was
+    out = model(input_ids=torch.tensor([prefix[shared:]], device=model.device), cache=cache, use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in out.cache.layers]
+
+
+def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int, share: bool = True) -> Any:
     """A left-padded `DynamicCache` holding every context but its last token, each prefilled alone (identical
     contexts once), with `room` positions reserved for the turn (`reserved_layer`). Padding slots hold zeros,
-    which the attention mask hides, as it hid the pad tokens' keys."""
+    which the attention mask hides, as it hid the pad tokens' keys.
+
+    Contexts that begin alike (the system prompt; the tools of arenas of one domain) share that beginning's
+    forward pass: taken in sorted order, each context's longest shared beginning with any earlier one is with the
+    one just before it, and only the rest of it runs (`prefix_layers`). For 8 episodes on 8 arenas that is a
+    quarter of the prompt tokens (docs/benchmarks.md)."""
     import torch
     from transformers import DynamicCache
 
     prefixes = [tuple(context[:-1]) for context in contexts]
     done: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
-    for prefix in prefixes:
-        if prefix and prefix not in done:
-            out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
-            done[prefix] = [(layer.keys, layer.values) for layer in out.cache.layers]
+    previous: tuple[int, ...] = ()
+    for prefix in sorted({p for p in prefixes if p}):
+        shared = _shared_head(prefix, previous)
+        done[prefix] = prefix_layers(model, prefix, done.get(previous), shared if share and shared >= MIN_SHARED else 0)
+        previous = prefix
     like = next(iter(done.values()))
     cache = DynamicCache()
     layers = []
@@ -126,7 +163,7 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int
 
 
 def hf_batch_generate(
-    model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True, prefill: Prefill = "auto"
+    model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True, prefill: Prefill = "auto", share_prefixes: bool = True
 ) -> BatchGenerate:
     import torch
 
@@ -179,7 +216,7 @@ def hf_batch_generate(
             processors.append(recorder)
         with torch.no_grad():
             # Rows prefilled alone into a cache with room for the turn; generate then runs only the last tokens.
-            cache = prefilled_cache(model, contexts, width, max(budgets)) if rows and width > 1 else None
+            cache = prefilled_cache(model, contexts, width, max(budgets), share_prefixes) if rows and width > 1 else None
             sequences = model.generate(
                 ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=sampling,
                 # generation adds no warper after ours: the recorded scores are the ones sampled from

@@ -72,6 +72,40 @@ def test_identical_prompts_are_prefilled_once_and_decoded_as_rows_of_one_batch(t
         hf_batch_generate(model, tokenizer, 0.0, prefill="sideways")  # type: ignore[arg-type]
 
 
+def test_prompts_that_begin_alike_share_that_beginnings_prefill_and_decode_as_alone(tiny):
+    """Episodes on arenas of one domain open with the same system prompt and tools: only the first prompt is
+    prefilled whole, each other one from where it parts from the one before it (sorted), and every row still gets
+    what it gets alone."""
+    from clients.hf_generation import MIN_SHARED, hf_batch_generate
+
+    model, tokenizer = tiny
+    head = tokenizer("You are a careful assistant. Use the tools to answer; answer with the final value. " * 3, add_special_tokens=False)["input_ids"]
+    assert len(head) > MIN_SHARED
+    group = [head + c for c in contexts(tokenizer)] + [contexts(tokenizer)[2]]  # and one that shares nothing
+    widths: list[int] = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        together = hf_batch_generate(model, tokenizer, 0.0, prefill="rows")(group, [5] * len(group))
+    finally:
+        hook.remove()
+    prefills = sorted(w for w in widths if w > 1)
+    texts = contexts(tokenizer)
+    assert len(texts[2]) == 1  # "hi": head + "hi" is prefilled as the head alone, and "hi" alone needs no prefill
+    assert prefills == sorted([len(head)] + [len(texts[i]) - 1 for i in (0, 1, 3)])  # the head ran once; the others past it
+    alone = hf_batch_generate(model, tokenizer, 0.0, prefill="padded")
+    for (ids, logprobs), context in zip(together, group):
+        ids_alone, logprobs_alone = alone([context], [5])[0]
+        assert ids == ids_alone
+        assert torch.allclose(torch.tensor(logprobs), torch.tensor(logprobs_alone), atol=1e-4)
+    widths.clear()
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        hf_batch_generate(model, tokenizer, 0.0, prefill="rows", share_prefixes=False)(group, [1] * len(group))
+    finally:
+        hook.remove()
+    assert sorted(w for w in widths if w > 1) == sorted(len(c) - 1 for c in group[:4])  # switched off: each one whole
+
+
 def test_a_reserved_cache_layer_appends_in_place_and_answers_as_a_growing_one():
     from transformers.cache_utils import DynamicLayer
 
