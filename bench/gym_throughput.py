@@ -285,13 +285,17 @@ HEADING = "## Gym throughput by client era"
 
 
 def update_section(path: Path, heading: str, text: str) -> None:
+    """Put `text` (a section starting with `heading`) in place of the section with that heading line, or at the
+    end when there is none. The section ends at the next `##` or `###` heading: notes written under a table (a
+    `###` subsection) stay where they are."""
     old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `bench/` scripts; each compares against a baseline measured in the same run.\n\n"
-    if heading in old:
-        start = old.index(heading)
-        nxt = old.find("\n## ", start + len(heading))
-        old = old[:start] + old[nxt + 1 if nxt != -1 else len(old):]
-    path.write_text(old.rstrip() + "\n\n" + text)
-
+    lines = old.split("\n")
+    if heading not in lines:
+        path.write_text(old.rstrip() + "\n\n" + text.rstrip("\n") + "\n")
+        return
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "### "))), len(lines))
+    path.write_text("\n".join([*lines[:start], *text.rstrip("\n").split("\n"), "", *lines[end:]]).rstrip("\n") + "\n")
 
 if __name__ == "__main__":
     asyncio.run(main())
