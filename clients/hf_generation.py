@@ -3,25 +3,30 @@ stopping at its own EOS or token budget, with the log-probability of every sampl
 distribution it was drawn from.
 
 That distribution is the model's logits after generation's processors and the temperature (top-k and top-p
-are off, as GRPO's loss assumes); greedy decoding (temperature 0) reports the plain log-softmax. The
-log-probabilities are read by a logits processor that runs after the temperature, one step behind the
-sampling (a step's scores are kept until the next step shows which token was drawn), so memory stays at one
-batch-by-vocabulary tensor instead of the whole generation's scores.
+are off, as GRPO's loss assumes); greedy decoding (temperature 0) reports the plain log-softmax. A logits
+processor that runs last draws each row's token itself (`draw_rows`, by the inverse of the cumulative
+distribution) and records its log-probability, then hands generation a score row on which only that token
+can win, so generation's greedy pick takes it: `torch.multinomial` draws an exponential variate per vocabulary
+entry, about 0.2 ms of a 3 ms decode step at batch 8 on CPU, where the cumulative sum and one uniform variate
+per row take 0.03 ms. Only the drawn tokens' log-probabilities are kept, one small tensor per step.
 
 On CPU the prompts are prefilled one at a time (`prefill="rows"`; identical prompts, such as a GRPO group's first
 turns, once) and only the decoding is batched: a left-padded prefill needs an attention mask, and with one
 PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix: for 8 prompts of
 ~800 tokens it took about twice the attention time of 8 prefills alone (docs/benchmarks.md, "Rollout
 generation"). The prefilled cache reserves room for the turn, so decoding appends each token in place instead of
-copying the cache (`reserved_layer`). On a GPU the padded prefill is one efficient kernel, so `auto` keeps
-generation's own path there.
+copying the cache (`reserved_layer`). Decode steps over that cache attend through `clients/decode_attention.py` (keys stored
+transposed, one batched product per step instead of a kernel per row and head). On a GPU the padded prefill is
+one efficient kernel, so `auto` keeps generation's own path there.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from clients.batching import BatchGenerate, Turn
+from clients.decode_attention import decoding_rows
 
 Prefill = Literal["auto", "rows", "padded"]
 MIN_SHARED = 16
@@ -47,31 +52,33 @@ def reserved_layer(keys: Any, values: Any, capacity: int) -> Any:
     """A `DynamicLayer` holding `keys`/`values` in buffers with room for `capacity` positions: each decoding step
     writes its token in place and attends to a view, where `DynamicLayer` copies the whole cache (`torch.cat`) to
     append one token, a copy that grows with batch and context (about a tenth of a decode step at batch 8 on CPU).
-    Past `capacity`, or after any reshaping generation asks for, it appends by copying as `DynamicLayer` does."""
+    The keys are stored transposed (their view has the usual shape), so a decode step's scores are products over
+    contiguous rows (`clients/decode_attention.py`). Past `capacity`, or after any reshaping generation asks for,
+    it appends by copying as `DynamicLayer` does."""
     import torch
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):
         def __init__(self) -> None:
             super().__init__()
-            batch, heads, n, _ = keys.shape
-            self._keys = keys.new_zeros(batch, heads, max(capacity, n), keys.shape[-1])
+            batch, heads, n, dim = keys.shape
+            self._keys_t = keys.new_zeros(batch, heads, dim, max(capacity, n))
             self._values = values.new_zeros(batch, heads, max(capacity, n), values.shape[-1])
-            self._keys[:, :, :n], self._values[:, :, :n] = keys, values
+            self._keys_t[..., :n], self._values[:, :, :n] = keys.transpose(-1, -2), values
             self.device, self.is_initialized = keys.device, True
             self._fill(n)
 
         def _fill(self, n: int) -> None:
             self._n = n
-            self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+            self.keys, self.values = self._keys_t[..., :n].transpose(-1, -2), self._values[:, :, :n]
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             n = self._n + key_states.shape[-2]
-            if n > self._keys.shape[-2]:
-                self._keys = torch.cat([self.keys, key_states], dim=-2)
+            if n > self._values.shape[-2]:
+                self._keys_t = torch.cat([self._keys_t[..., : self._n], key_states.transpose(-1, -2)], dim=-1)
                 self._values = torch.cat([self.values, value_states], dim=-2)
             else:
-                self._keys[:, :, self._n : n], self._values[:, :, self._n : n] = key_states, value_states
+                self._keys_t[..., self._n : n], self._values[:, :, self._n : n] = key_states.transpose(-1, -2), value_states
             self._fill(n)
             return self.keys, self.values
 
@@ -81,7 +88,7 @@ def reserved_layer(keys: Any, values: Any, capacity: int) -> Any:
         def _after(self, method: str, *args: Any) -> None:
             getattr(super(), method)(*args)  # reshaped views become the buffers; the next append copies
             if self.keys is not None:
-                self._keys, self._values = self.keys, self.values
+                self._keys_t, self._values = self.keys.transpose(-1, -2), self.values
                 self._fill(self.keys.shape[-2])
 
         def crop(self, tokens_to_remove: int) -> None:
@@ -162,6 +169,21 @@ def prefilled_cache(model: Any, contexts: list[list[int]], width: int, room: int
     return cache
 
 
+def draw_rows(logprobs: Any) -> Any:
+    """One token per row of `logprobs` (batch, vocab), row i drawn with probability exp(logprobs[i]): a uniform
+    variate scaled to the row's total mass, located in its cumulative sum. Tokens of zero probability cannot be
+    drawn (their cumulative sum is flat, and the search takes the first position past the variate); the total
+    is the cumulative sum's own last entry, so float rounding in the sum never draws past the row's last token of
+    nonzero probability."""
+    import torch
+
+    cdf = logprobs.exp().cumsum(-1)
+    total = cdf[:, -1:].contiguous()
+    point = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total
+    last = torch.searchsorted(cdf, total)  # the last token with mass: a variate rounded up to the total lands there
+    return torch.minimum(torch.searchsorted(cdf, point, right=True), last)
+
+
 def hf_batch_generate(
     model: Any, tokenizer: Any, temperature: float = 0.0, *, with_logprobs: bool = True, prefill: Prefill = "auto", share_prefixes: bool = True
 ) -> BatchGenerate:
@@ -173,26 +195,26 @@ def hf_batch_generate(
     rows = rows and rows_prefill_fits(model)
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper
 
+    sampling = temperature > 0
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
     class SampledLogprobs(LogitsProcessor):
-        """Log-softmax of each step's final scores, gathered at the token drawn from them."""
+        """Runs last: draws each row's token (greedy: the argmax) from the final scores, keeps its log-softmax,
+        and returns scores on which only that token is finite, so generation's greedy pick is the drawn token."""
 
         def __init__(self) -> None:
-            self.previous: Any = None
             self.steps: list[Any] = []
 
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            if self.previous is not None:
-                self.steps.append(self.previous.gather(-1, input_ids[:, -1:])[:, 0])
-            self.previous = torch.log_softmax(scores.float(), -1)
-            return scores
+            logprobs = torch.log_softmax(scores.float(), -1)
+            drawn = draw_rows(logprobs) if sampling else scores.argmax(-1, keepdim=True)
+            if with_logprobs:
+                self.steps.append(logprobs.gather(-1, drawn)[:, 0])
+            return torch.full_like(scores, -torch.inf).scatter_(-1, drawn, 0.0)
 
-        def finish(self, sequences: Any, new: int) -> Any:
-            """(batch, new) log-probabilities; the last step's token is only known once generation ended."""
-            if len(self.steps) < new:
-                self.steps.append(self.previous.gather(-1, sequences[:, -1:])[:, 0])
+        def finish(self, new: int) -> Any:
+            """(batch, new) log-probabilities (generation may run a step past the end and undo it)."""
             return torch.stack(self.steps[:new], dim=1)
 
     class Budgets(StoppingCriteria):
@@ -209,24 +231,23 @@ def hf_batch_generate(
         width = max(len(c) for c in contexts)
         ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=model.device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=model.device)
-        sampling = temperature > 0
-        processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if sampling and temperature != 1.0 else [])
         recorder = SampledLogprobs()
-        if with_logprobs:
-            processors.append(recorder)
+        processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if sampling and temperature != 1.0 else [])
+        processors.append(recorder)
         with torch.no_grad():
             # Rows prefilled alone into a cache with room for the turn; generate then runs only the last tokens.
             cache = prefilled_cache(model, contexts, width, max(budgets), share_prefixes) if rows and width > 1 else None
-            sequences = model.generate(
-                ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=sampling,
-                # generation adds no warper after ours: the recorded scores are the ones sampled from
-                temperature=1.0 if sampling else None, top_k=0 if sampling else None, top_p=1.0 if sampling else None,
-                min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, renormalize_logits=False,
-                logits_processor=processors, stopping_criteria=StoppingCriteriaList([Budgets(budgets, width)]),
-                pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=False,
-            )  # fmt: skip
+            with decoding_rows(model) if cache is not None else nullcontext():
+                sequences = model.generate(
+                    # greedy: generation takes the token `recorder` drew; it adds no warper of its own
+                    ids, attention_mask=mask, cache=cache, max_new_tokens=max(budgets), do_sample=False,
+                    temperature=None, top_k=None, top_p=None,
+                    min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, renormalize_logits=False,
+                    logits_processor=processors, stopping_criteria=StoppingCriteriaList([Budgets(budgets, width)]),
+                    pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=False,
+                )  # fmt: skip
             new = sequences.shape[1] - width
-            logprobs = recorder.finish(sequences, new).tolist() if with_logprobs and new else None
+            logprobs = recorder.finish(new).tolist() if with_logprobs and new else None
         turns: list[Turn] = []
         for row, budget in enumerate(budgets):
             tokens = sequences[row, width : width + budget].tolist()

@@ -115,13 +115,13 @@ def test_a_reserved_cache_layer_appends_in_place_and_answers_as_a_growing_one():
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
     reserved, plain = reserved_layer(keys, values, capacity=7), DynamicLayer()
     plain.update(keys, values)
-    buffer = reserved.keys.data_ptr()
+    buffer = reserved.keys  # held, so its memory cannot be reused by a later copy and pass for it
     for step in range(4):  # two appends fit, the third and fourth copy as DynamicLayer does
         k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
         got, want = reserved.update(k, v), plain.update(k, v)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         assert reserved.get_seq_length() == plain.get_seq_length() == 6 + step
-        assert (reserved.keys.data_ptr() == buffer) == (step < 2)
+        assert (reserved.keys.data_ptr() == buffer.data_ptr()) == (step < 2)
     reserved.crop(-3)
     plain.crop(-3)
     k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
@@ -250,3 +250,22 @@ def test_a_steps_episodes_share_batches_through_the_real_gym(gym, tiny):
     turns = sum(e.turns for e in episodes)
     assert stats.turns == turns and stats.largest == 6  # the first turns of all six episodes in one generate
     assert stats.batches < turns
+
+
+def test_rows_are_drawn_from_their_own_distribution_and_never_a_token_without_mass():
+    from clients.hf_generation import draw_rows
+
+    torch.manual_seed(0)
+    probabilities = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.1, 0.1, 0.1, 0.1, 0.6]])
+    logprobs = probabilities.log().repeat(4000, 1)
+    drawn = draw_rows(logprobs)[:, 0].view(4000, 3)
+    for row, expected in enumerate(probabilities):
+        counts = torch.bincount(drawn[:, row], minlength=5).float()
+        assert torch.all(counts[expected == 0] == 0)
+        # 4,000 draws: a count's standard deviation is at most 32, so 5 of them is a failure, not noise
+        assert torch.all((counts - 4000 * expected).abs() < 160), (row, counts)
+    # a variate that rounds up to the total still lands on the last token with mass, not on the zeros after it
+    from unittest import mock
+
+    with mock.patch("torch.rand", lambda shape, **kw: torch.full(shape, 1.0)):
+        assert draw_rows(probabilities.log()).flatten().tolist() == [3, 4, 4]

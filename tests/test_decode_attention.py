@@ -1,0 +1,109 @@
+"""The decode-step attention of rows prefilled on CPU (clients/decode_attention.py): it answers as transformers'
+SDPA path does, it runs for every decode step of our generate and for nothing else, and the model leaves
+`generate` on the attention it came with."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from trainer.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer("tiny")
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_one_query_per_row_over_transposed_keys_answers_as_sdpa(padded):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from clients.decode_attention import _decode_attention, _decode_mask
+    from clients.hf_generation import reserved_layer
+
+    torch.manual_seed(0)
+    batch, heads, groups, length, dim = 3, 8, 2, 37, 16
+    module = SimpleNamespace(num_key_value_groups=heads // groups, is_causal=True, training=False)
+    keys, values = torch.randn(batch, groups, length - 1, dim), torch.randn(batch, groups, length - 1, dim)
+    layer = reserved_layer(keys, values, capacity=length + 4)
+    key, value = layer.update(torch.randn(batch, groups, 1, dim), torch.randn(batch, groups, 1, dim))
+    assert key.stride(-2) == 1  # the layout the fast path is for
+    query = torch.randn(batch, heads, 1, dim)
+    padding = torch.ones(batch, length, dtype=torch.bool)
+    if padded:
+        padding[0, :5], padding[2, :30] = False, False
+    mask = _decode_mask(batch, 1, length, q_offset=length - 1, attention_mask=padding)
+    assert mask.data_ptr() == padding.data_ptr()  # a view of the padding mask, nothing built
+    got, _ = _decode_attention(module, query, key, value, mask, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, query, key.contiguous(), value, padding[:, None, None, :], scaling=0.3)
+    assert got.shape == want.shape == (batch, 1, heads, dim)
+    assert torch.allclose(got, want, atol=1e-5)
+    if padded:  # the padded keys count for nothing: changing them changes no answer
+        layer._keys_t[0, :, :, :5] = 1e4
+        assert torch.allclose(_decode_attention(module, query, key, value, mask, scaling=0.3)[0], got, atol=1e-5)
+
+
+def test_every_other_shape_goes_to_transformers_own_mask_and_attention():
+    from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask
+
+    from clients.decode_attention import _decode_attention, _decode_mask
+
+    padding = torch.tensor([[False, True, True, True, True], [True] * 5])
+    for kwargs in ({"q_length": 5, "q_offset": 0}, {"q_length": 1, "q_offset": 2}, {"q_length": 1, "q_offset": 4, "kv_offset": 1},
+                   {"q_length": 1, "q_offset": 4, "mask_function": and_masks(causal_mask_function, lambda b, h, q, k: k > 1)}):  # fmt: skip
+        kwargs.setdefault("mask_function", causal_mask_function)
+        assert torch.equal(_decode_mask(2, kv_length=5, attention_mask=padding, **kwargs), sdpa_mask(2, kv_length=5, attention_mask=padding, **kwargs))
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    query, key, value = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    with mock.patch("transformers.integrations.sdpa_attention.sdpa_attention_forward", return_value=("sdpa", None)) as sdpa:
+        assert _decode_attention(module, query, key, value, None)[0] == "sdpa"  # a prompt's forward
+        assert _decode_attention(module, query[:, :, :1], key, value, None)[0] == "sdpa"  # keys in the usual layout
+        transposed = key.transpose(-1, -2).contiguous().transpose(-1, -2)
+        additive = torch.zeros(1, 1, 1, 3)
+        assert _decode_attention(module, query[:, :, :1], transposed, value, additive)[0] == "sdpa"  # a caller's float mask
+    assert sdpa.call_count == 3
+
+
+def test_generate_decodes_through_it_and_gives_the_model_back_as_it_was(tiny):
+    from clients.hf_generation import hf_batch_generate
+
+    model, tokenizer = tiny
+    contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("How many seats are free?", "hi there", "order O-1002")]
+    generate = hf_batch_generate(model, tokenizer, 1.0, prefill="rows")
+    from transformers import AttentionInterface
+
+    calls = []
+    real = AttentionInterface._global_mapping["sdpa"]
+
+    def counted(module, query, *args, **kwargs):
+        calls.append(query.shape[2])  # the forward's positions
+        return real(module, query, *args, **kwargs)
+
+    with mock.patch.dict(AttentionInterface._global_mapping, {"sdpa": counted}):
+        torch.manual_seed(0)
+        turns = generate(contexts, [6, 6, 6])
+    assert calls and all(n > 1 for n in calls)  # the prompts' prefills alone: no decode step went through SDPA
+    assert sum(len(ids) for ids, _ in turns) > len(contexts)  # decode steps ran
+    assert model.config._attn_implementation == "sdpa"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stop")
+
+    with mock.patch("transformers.generation.utils.GenerationMixin._sample", broken), pytest.raises(RuntimeError):
+        generate(contexts, [6, 6, 6])
+    assert model.config._attn_implementation == "sdpa"  # restored on the way out of a failure too
+
+
+def test_a_model_on_another_attention_is_left_alone():
+    from clients.decode_attention import decoding_rows
+
+    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="eager"))
+    with decoding_rows(model):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "eager"
