@@ -285,15 +285,20 @@ HEADING = "## Gym throughput by client era"
 
 
 def update_section(path: Path, heading: str, text: str) -> None:
-    """Put `text` (a section starting with `heading`) in place of the section with that heading line, or at the
-    end when there is none. The section ends at the next `##` or `###` heading: notes written under a table (a
-    `###` subsection) stay where they are."""
+    """Put `text` (a section whose first line is its heading, which starts with `heading`) in place of the section
+    with that heading line (or, failing one, with the line `heading`), or at the end when there is none. The
+    section ends at the next `##` or `###` heading: notes written under a table (a `###` subsection) stay where
+    they are."""
     old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from `bench/` scripts; each compares against a baseline measured in the same run.\n\n"
     lines = old.split("\n")
-    if heading not in lines:
+    written = text.split("\n", 1)[0]
+    if not written.startswith(heading):
+        raise ValueError(f"section text begins {written!r}, not with its heading {heading!r}")
+    found = next((line for line in (written, heading) if line in lines), None)
+    if found is None:
         path.write_text(old.rstrip() + "\n\n" + text.rstrip("\n") + "\n")
         return
-    start = lines.index(heading)
+    start = lines.index(found)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "### "))), len(lines))
     path.write_text("\n".join([*lines[:start], *text.rstrip("\n").split("\n"), "", *lines[end:]]).rstrip("\n") + "\n")
 

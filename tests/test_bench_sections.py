@@ -39,3 +39,12 @@ def test_a_section_is_replaced_in_place_and_its_notes_stay(tmp_path: Path) -> No
     assert positions == sorted(positions)
     update_section(doc, "## C", "## C\n\ntable of C\n")  # a new section goes at the end
     assert doc.read_text().rstrip().endswith("## C\n\ntable of C")
+
+
+def test_a_script_naming_its_section_by_the_heading_s_beginning_replaces_it_too(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(DOC)
+    update_section(doc, "## A", "## A (bench/a.py), groups of 4\n\nnew table of A4\n")  # the heading its text writes
+    text = doc.read_text()
+    assert "old table of A4" not in text and "old table of A\n" in text and text.count("## A (bench/a.py), groups of 4") == 1
+    assert text.index("new table of A4") < text.index("## B")
