@@ -77,8 +77,8 @@ def decoding_rows(model: Any) -> Iterator[None]:
         yield
         return
     _register()
-    config._attn_implementation = NAME
+    config._attn_implementation = {"": NAME}  # this config's alone: a sub-config (a vision tower's) keeps its own
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = {"": "sdpa"}

@@ -107,3 +107,22 @@ def test_a_model_on_another_attention_is_left_alone():
     with decoding_rows(model):
         assert model.config._attn_implementation == "eager"
     assert model.config._attn_implementation == "eager"
+
+
+def test_only_the_model_s_own_config_switches_not_its_sub_configs():
+    from transformers import PretrainedConfig
+
+    from clients.decode_attention import NAME, decoding_rows
+
+    class Tower(PretrainedConfig):
+        model_type = "tower"
+
+    class Composite(PretrainedConfig):
+        model_type = "composite"
+        sub_configs = {"vision_config": Tower}
+
+    config = Composite(vision_config=Tower())
+    config._attn_implementation, config.vision_config._attn_implementation = "sdpa", "eager"
+    with decoding_rows(SimpleNamespace(config=config)):
+        assert (config._attn_implementation, config.vision_config._attn_implementation) == (NAME, "eager")
+    assert (config._attn_implementation, config.vision_config._attn_implementation) == ("sdpa", "eager")
