@@ -14,7 +14,10 @@ measures the servers rather than the clients (the SDK's clients spend several ti
 at that concurrency). Every soak is closed-loop (each agent calls again as soon as it has its answer), so its
 latency is queueing: by Little's law p50 is about episodes / calls-per-second, for any server. `--think-ms`
 adds a paced lean soak in which each agent pauses (exponential, that mean) before each call, as an LLM agent
-does between its turns; its p99 is the latency an agent sees at that offered load.
+does between its turns; its p99 is the latency an agent sees at that offered load. A soak starts once the gym
+holds a bound process for each of its episodes (/healthz) and the server's tree is idle, so it measures calls,
+not the forks and binds its 1,000 creations set off; a last lean soak starts right as the creations answer
+(a burst of agents that create and call at once) and shows that cost.
 
 Where the machine lets us (root and a cgroup hierarchy with CPU accounting), each server runs in a cgroup of
 its own, and the CPU its whole process tree spent per call is printed too (the gym's includes the sandbox's
@@ -151,16 +154,29 @@ async def main() -> None:
                 created = await asyncio.gather(*(http.post(f"{base}/api/episodes", json={"arena_id": "bench-counter"}) for _ in range(n)))
                 return [r.json()["mcp_url"] for r in created]
 
-            async def settle(meter: CpuMeter, n: int) -> None:
-                """Wait until the server's tree is idle: what an episode's creation or end set off in the background
-                (its process forked and bound, or exiting) is then counted where it belongs."""
+            async def bound(base: str, n: int) -> None:
+                """Wait (up to 2 minutes) until the gym holds a bound process for at least `n` episodes, as its
+                /healthz counts them: 1,000 creations set off about 4 s of forks and binds on 2 cores."""
+                deadline = time.perf_counter() + 120
+                while time.perf_counter() < deadline:
+                    report = (await http.get(f"{base}/healthz")).json()
+                    held = sum(r.get("sandbox", {}).get("episode_processes", 0) for r in report.get("processes", [report]))
+                    if held >= n:
+                        return
+                    await asyncio.sleep(0.1)
+
+            async def settle(meter: CpuMeter, n: int, quiet: int = 5) -> None:
+                """Wait until the server's tree is idle (`quiet` windows of 20 ms in a row, up to 60 s): what an
+                episode's creation or end set off in the background (its process forked and bound, or exiting) is
+                then counted where it belongs, and a soak does not start while it still runs."""
                 if meter.usage is None:
                     return await asyncio.sleep(0.05 * n**0.5)
-                last = meter.seconds()
-                for _ in range(100):
+                last, still = meter.seconds(), 0
+                for _ in range(3000):
                     await asyncio.sleep(0.02)
                     now = meter.seconds()
-                    if now - last < 0.001:
+                    still = still + 1 if now - last < 0.001 else 0
+                    if still >= quiet:
                         return
                     last = now
 
@@ -226,24 +242,35 @@ async def main() -> None:
             if args.big:
                 for era in args.eras:
                     urls = await gym_urls(args.big, url["gym"])
+                    await bound(url["gym"], args.big)
                     await settle(meters["gym"], args.big)
                     lat, err, wall = await soak(urls, args.soak_procs, era=era)
                     big = summary(lat, wall)
                     soaks.append({"kind": f"{era} SDK client", "server": "gym", "calls": len(lat), "errors": err, **big})
                     print(f"episodes={args.big} {era}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)
                     await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
-                for think in [0.0] + ([args.think_ms / 1000] if args.think_ms else []):
-                    for server in ("bare", "gym"):
-                        urls = [url["bare"] + "/mcp"] * args.big if server == "bare" else await gym_urls(args.big, url["gym"])
-                        await settle(meters[server], args.big)
-                        lat, err, wall = await lean_soak(urls, "echo" if server == "bare" else "bump", think_s=think)
-                        big = summary(lat, wall)
-                        kind = "lean client" + (f", {think * 1000:.0f} ms mean pause before each call" if think else ", closed loop")
-                        soaks.append({"kind": kind, "server": server, "calls": len(lat), "errors": err, **big})
-                        print(f"episodes={args.big} {kind}, {server}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, "
-                              f"p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)  # fmt: skip
+                    await settle(meters["gym"], args.big)  # its processes exit before the next soak, whichever server it measures
+                # The last soak starts as soon as its 1,000 episodes are created, while the gym still forks and binds
+                # their processes (about 4 s of CPU here): what a burst of agents that create and call at once sees.
+                soak_plan = [(0.0, "bare", False), (0.0, "gym", False)] + [(args.think_ms / 1000, server, False) for server in ("bare", "gym") if args.think_ms]
+                # Last, a soak that starts as soon as its 1,000 episodes are created, while the gym still forks and binds
+                # their processes (about 4 s of CPU here): what a burst of agents that create and call at once sees.
+                for think, server, burst in [*soak_plan, (0.0, "gym", True)]:
+                    urls = [url["bare"] + "/mcp"] * args.big if server == "bare" else await gym_urls(args.big, url["gym"])
+                    if not burst:
                         if server == "gym":
-                            await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
+                            await bound(url["gym"], args.big)
+                        await settle(meters[server], args.big)
+                    lat, err, wall = await lean_soak(urls, "echo" if server == "bare" else "bump", think_s=think)
+                    big = summary(lat, wall)
+                    kind = "lean client" + (f", {think * 1000:.0f} ms mean pause before each call" if think else ", closed loop")
+                    kind += ", calls right after creation" if burst else ""
+                    soaks.append({"kind": kind, "server": server, "calls": len(lat), "errors": err, **big})
+                    print(f"episodes={args.big} {kind}, {server}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, "
+                          f"p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)  # fmt: skip
+                    if server == "gym":
+                        await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
+                        await settle(meters["gym"], args.big)
     finally:
         for p in procs:
             p.terminate()
@@ -273,7 +300,8 @@ def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[
         lines.append(f"| {r['episodes']} | {r['era']} | {r['a']['calls_s']:.0f} | {r['b']['calls_s']:.0f} | {r['b']['p50_ms']:.1f} / {r['b']['p99_ms']:.1f} | "
                      f"{r['ratio']:.2f} | {' '.join(f'{x:.2f}' for x in r['ratios'])} | {r['cpu_a']:.2f} / {r['cpu_b']:.2f} | {stub} | {r['errors']} |")  # fmt: skip
     if soaks:
-        lines += ["", f"{args.big} concurrent episodes, 3 calls each in a row:", "",
+        lines += ["", f"{args.big} concurrent episodes, 3 calls each in a row; each soak starts once the gym holds a bound process for every "
+                  "episode and its processes are idle, but the one right after creation, which starts as the creations answer:", "",
                   "| load | server | calls | calls/s | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for s in soaks:
             lines.append(f"| {s['kind']} | {s['server']} | {s['calls']} | {s['calls_s']:.0f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['errors']} |")
