@@ -20,15 +20,16 @@ def tiny():
     return model.eval(), tokenizer
 
 
+@pytest.mark.parametrize("heads, groups, dim", [(8, 2, 16), (4, 4, 8), (6, 1, 32)])
 @pytest.mark.parametrize("padded", [True, False])
-def test_one_query_per_row_over_transposed_keys_answers_as_sdpa(padded):
+def test_one_query_per_row_over_transposed_keys_answers_as_sdpa(padded, heads, groups, dim):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from clients.decode_attention import _decode_attention, _decode_mask
     from clients.hf_generation import reserved_layer
 
     torch.manual_seed(0)
-    batch, heads, groups, length, dim = 3, 8, 2, 37, 16
+    batch, length = 3, 37
     module = SimpleNamespace(num_key_value_groups=heads // groups, is_causal=True, training=False)
     keys, values = torch.randn(batch, groups, length - 1, dim), torch.randn(batch, groups, length - 1, dim)
     layer = reserved_layer(keys, values, capacity=length + 4)
@@ -126,3 +127,32 @@ def test_only_the_model_s_own_config_switches_not_its_sub_configs():
     with decoding_rows(SimpleNamespace(config=config)):
         assert (config._attn_implementation, config.vision_config._attn_implementation) == (NAME, "eager")
     assert (config._attn_implementation, config.vision_config._attn_implementation) == ("sdpa", "eager")
+
+
+def test_another_architecture_decodes_its_rows_as_alone_and_reports_its_sampling_distribution():
+    """A Llama-shaped model (as many key-value heads as query heads, its own head size) through the same path:
+    batched rows get what each gets alone, and sampled log-probabilities are the model's own."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from clients.hf_generation import hf_batch_generate
+    from trainer.tiny import train_tokenizer
+
+    tokenizer = train_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    assert model.config._attn_implementation == "sdpa"
+    contexts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("How many seats are still free?", "hi", "Which drug is RX12?")]
+    greedy = hf_batch_generate(model, tokenizer, 0.0, prefill="rows")
+    together = greedy(contexts, [6, 6, 6])
+    for context, (ids, logprobs) in zip(contexts, together):
+        ids_alone, logprobs_alone = hf_batch_generate(model, tokenizer, 0.0, prefill="padded")([context], [6])[0]
+        assert ids == ids_alone and torch.allclose(torch.tensor(logprobs), torch.tensor(logprobs_alone), atol=1e-5)
+    torch.manual_seed(1)
+    for context, (ids, logprobs) in zip(contexts, hf_batch_generate(model, tokenizer, 0.8, prefill="rows")(contexts, [6, 6, 6])):
+        with torch.no_grad():
+            logits = model(torch.tensor([context + ids])).logits[0, len(context) - 1 : -1].float() / 0.8
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(logprobs), expected, atol=1e-4)
+    assert model.config._attn_implementation == "sdpa"
