@@ -15,9 +15,9 @@ turns, once) and only the decoding is batched: a left-padded prefill needs an at
 PyTorch's CPU attention takes its reference path, which builds every row's whole score matrix: for 8 prompts of
 ~800 tokens it took about twice the attention time of 8 prefills alone (docs/benchmarks.md, "Rollout
 generation"). The prefilled cache reserves room for the turn, so decoding appends each token in place instead of
-copying the cache (`reserved_layer`). Decode steps over that cache attend through `clients/decode_attention.py` (keys stored
-transposed, one batched product per step instead of a kernel per row and head). On a GPU the padded prefill is
-one efficient kernel, so `auto` keeps generation's own path there.
+copying the cache (`reserved_layer`). Decode steps over that cache attend through `clients/decode_attention.py`
+(keys stored transposed, one batched product per step instead of a kernel per row and head). On a GPU the padded
+prefill is one efficient kernel, so `auto` keeps generation's own path there.
 """
 
 from __future__ import annotations
@@ -233,7 +233,8 @@ def hf_batch_generate(
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=model.device)
         recorder = SampledLogprobs()
         processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if sampling and temperature != 1.0 else [])
-        processors.append(recorder)
+        if sampling or with_logprobs:  # greedy without scores: generation's own argmax, nothing computed for us
+            processors.append(recorder)
         with torch.no_grad():
             # Rows prefilled alone into a cache with room for the turn; generate then runs only the last tokens.
             cache = prefilled_cache(model, contexts, width, max(budgets), share_prefixes) if rows and width > 1 else None
