@@ -250,8 +250,6 @@ async def main() -> None:
                     print(f"episodes={args.big} {era}: {len(lat)} calls in {wall:.1f} s ({big['calls_s']:.1f} calls/s, p50 {big['p50_ms']:.0f} ms, p99 {big['p99_ms']:.0f} ms), errors={err}", flush=True)
                     await asyncio.gather(*(http.delete(url["gym"] + "/api/episodes/" + u.split("/episodes/")[1].split("/")[0]) for u in urls))
                     await settle(meters["gym"], args.big)  # its processes exit before the next soak, whichever server it measures
-                # The last soak starts as soon as its 1,000 episodes are created, while the gym still forks and binds
-                # their processes (about 4 s of CPU here): what a burst of agents that create and call at once sees.
                 soak_plan = [(0.0, "bare", False), (0.0, "gym", False)] + [(args.think_ms / 1000, server, False) for server in ("bare", "gym") if args.think_ms]
                 # Last, a soak that starts as soon as its 1,000 episodes are created, while the gym still forks and binds
                 # their processes (about 4 s of CPU here): what a burst of agents that create and call at once sees.
