@@ -305,6 +305,8 @@ def create_app(
             await pool.close()
 
     routes = [
+        # First: the router tries routes in order, and an agent's tool calls are nearly all of a gym's requests.
+        Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/arenas", list_arenas, methods=["GET"]),
         Route("/api/arenas/{arena_id:path}", show_arena, methods=["GET"]),
@@ -317,7 +319,6 @@ def create_app(
         Route("/api/episodes/{episode_id}/turns", next_turn, methods=["POST"]),
         Route("/api/episode-batches", create_batch, methods=["POST"]),
         Route("/api/episode-batches/finish", finish_batch, methods=["POST"]),
-        Route("/episodes/{episode_id}/mcp", EpisodeMCPEndpoint(manager, sessions), methods=["GET", "POST", "DELETE"]),
     ]
     if pages is not None:
         routes.append(Mount(VIEW_PATH, pages(live, ViewAccess.of(authenticator, config.public_url))))

@@ -247,3 +247,24 @@ async def test_the_lane_stays_off_where_the_sdk_would_do_more(lane_gym):
     assert lane(bare, json_response=False).enabled is False
     assert lane(bare, stateless=False).enabled is False
     assert lane(Server("s")).enabled is False  # no tools/call handler
+
+
+async def test_a_tool_call_is_routed_by_the_first_route_the_router_tries(lane_gym, http, monkeypatch):
+    """Starlette tries routes in order: an agent's calls, nearly all of a gym's requests, must not first be
+    matched against every REST route (a regular expression each)."""
+    from starlette.routing import Route
+
+    tried: list[str] = []
+    real = Route.matches
+
+    def spy(self: Route, scope: Any) -> Any:
+        tried.append(self.path)
+        return real(self, scope)
+
+    monkeypatch.setattr(Route, "matches", spy)
+    episode = (await http.post(f"{lane_gym.url}/api/episodes", json={"arena_id": "lane-notes"})).json()
+    tried.clear()
+    body, headers = call("listing", {})
+    response = await http.post(episode["mcp_url"], json=body, headers=headers)
+    assert response.status_code == 200 and response.json()["result"]["isError"] is False, response.text
+    assert tried == ["/episodes/{episode_id}/mcp"]
