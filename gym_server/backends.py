@@ -9,7 +9,7 @@ package above it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -29,7 +29,7 @@ class ToolAnswer:
     error: str | None = None
     rendered: str | None = None
     """The call as the backend's own harness writes it (BFCL: its call string), for the call log."""
-    diff: Awaitable[StateDiff] | None = None
+    diff: asyncio.Future[StateDiff] | None = None
     """What the call changed in the episode's state (the sandbox backend, for a writing call): it comes after the
     answer, and the call log's entry is completed when it does (`EpisodeManager.call_tool`)."""
 

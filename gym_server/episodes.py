@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +132,7 @@ class Episode:
     events: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     """The episode's change events (its tool list grew); only its own `subscriptions/listen` streams hear them."""
     listener: ListenHandler = field(init=False)
-    pending_diffs: set[asyncio.Task[None]] = field(default_factory=set)
+    pending_diffs: set[asyncio.Future[StateDiff]] = field(default_factory=set)
     """Calls whose state diff is still on its way (it follows the call's answer); `settled` waits for them."""
 
     def __post_init__(self) -> None:
@@ -328,7 +328,7 @@ class EpisodeManager:
             if served is None and episode.arena.hidden_tools_callable:
                 served = episode.hidden.get(name)
             rendered: str | None = None
-            diff: Awaitable[StateDiff] | None = None
+            diff: asyncio.Future[StateDiff] | None = None
             try:
                 status, result, error, injected, rendered, diff = await self._execute(episode, served, name, arguments, index)
             except asyncio.CancelledError:
@@ -352,7 +352,7 @@ class EpisodeManager:
 
     async def _execute(
         self, episode: Episode, served: ServedTool | None, name: str, arguments: Any, index: int
-    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None, Awaitable[StateDiff] | None]:
+    ) -> tuple[CallStatus, Any, str | None, FailureKind | None, str | None, asyncio.Future[StateDiff] | None]:
         if served is None:
             available = ", ".join(sorted(episode.tools))
             return CallStatus.unknown_tool, None, f"unknown tool {name!r}; this episode's tools are: {available}", None, None, None
@@ -381,15 +381,18 @@ class EpisodeManager:
         return answer.status, answer.result, answer.error, None, answer.rendered, answer.diff
 
 
-def _complete_later(episode: Episode, entry: CallLogEntry, diff: Awaitable[StateDiff]) -> None:
-    """The entry's state diff, once it came (after the call was answered: it is off the call's path)."""
+def _complete_later(episode: Episode, entry: CallLogEntry, diff: asyncio.Future[StateDiff]) -> None:
+    """The entry's state diff, once it came (after the call was answered: it is off the call's path). A callback,
+    not a task of its own: this runs for every writing call."""
 
-    async def complete() -> None:
-        try:
-            entry.diff = await diff
-        except asyncio.CancelledError:  # the gym is closing
+    def complete(done: asyncio.Future[StateDiff]) -> None:
+        episode.pending_diffs.discard(done)
+        if done.cancelled():  # the gym is closing
             entry.diff = StateDiff(truncated=True, error="the gym stopped before the state diff came")
+        elif done.exception() is not None:
+            entry.diff = StateDiff(truncated=True, error="the state diff was lost with the sandbox process")
+        else:
+            entry.diff = done.result()
 
-    task = asyncio.get_running_loop().create_task(complete())
-    episode.pending_diffs.add(task)
-    task.add_done_callback(episode.pending_diffs.discard)
+    episode.pending_diffs.add(diff)
+    diff.add_done_callback(complete)

@@ -74,10 +74,19 @@ class InFlightCalls:
         return len(found)
 
 
+WATCH_AFTER_S = 0.05
+"""How long a request runs before its connection is watched: most tool calls are answered sooner, and a watcher
+is a task of its own (created, stepped, cancelled) on every one of them. A disconnect is noticed at the latest
+this long after the request came; a call answered before then was answered, whoever was still listening."""
+
+
 async def serve_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send, inflight: InFlight) -> None:
-    """Run `app` on an already read body while watching the connection: a disconnect cancels `inflight`."""
+    """Run `app` on an already read body while watching the connection (from `WATCH_AFTER_S` on): a disconnect
+    cancels `inflight`."""
     disconnected = asyncio.Event()
     delivered = False
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
 
     async def replay() -> Message:
         nonlocal delivered
@@ -93,11 +102,17 @@ async def serve_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receiv
         disconnected.set()
         inflight.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    later = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         await app(scope, replay, send)
     finally:
-        watcher.cancel()
+        later.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 _running: set[asyncio.Task[Any]] = set()

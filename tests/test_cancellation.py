@@ -90,3 +90,34 @@ async def test_notifications_cancelled_names_one_request_of_this_episode(gym, ht
     assert answer.json()["error"]["code"] == -32800 and answer.json()["id"] == 7
     log = (await http.get(f"{gym.url}/api/episodes/{episode['episode_id']}")).json()
     assert [c["status"] for c in log["calls"]] == ["cancelled"]
+
+
+async def test_a_request_is_watched_for_a_disconnect_only_once_it_runs_long():
+    """The connection watcher is a task of its own: a call answered within `WATCH_AFTER_S` never starts one (its
+    `receive` is never read), and one that runs longer is cancelled by the disconnect all the same."""
+    from gym_server.mcp_cancel import WATCH_AFTER_S, InFlight, serve_until_disconnect
+
+    reads: list[float] = []
+
+    async def disconnecting_receive() -> dict:
+        reads.append(time.perf_counter())
+        return {"type": "http.disconnect"}
+
+    async def quick(scope, receive, send) -> None:
+        assert (await receive())["body"] == b"{}"  # the body read before the call is replayed
+
+    inflight = InFlight()
+    await serve_until_disconnect(quick, {}, b"{}", disconnecting_receive, None, inflight)
+    await asyncio.sleep(WATCH_AFTER_S * 2)
+    assert reads == [] and not inflight.cancelled.is_set()
+
+    async def slow(scope, receive, send) -> None:
+        await receive()
+        await asyncio.sleep(WATCH_AFTER_S * 20)
+
+    inflight = InFlight()
+    started = time.perf_counter()
+    call = asyncio.ensure_future(serve_until_disconnect(slow, {}, b"{}", disconnecting_receive, None, inflight))
+    await asyncio.wait_for(inflight.cancelled.wait(), WATCH_AFTER_S * 10)
+    assert len(reads) == 1 and WATCH_AFTER_S * 0.9 <= reads[0] - started < WATCH_AFTER_S * 10
+    call.cancel()

@@ -181,7 +181,10 @@ kv = image("CREATE TABLE kv (k TEXT PRIMARY KEY, v)", "INSERT INTO kv VALUES ('a
 kv2 = image("CREATE TABLE kv (k TEXT PRIMARY KEY, v)", "INSERT INTO kv VALUES ('a', 2)", "INSERT INTO kv VALUES ('b', 3)")
 other = image("CREATE TABLE other (x INTEGER)", "INSERT INTO other VALUES (7)")
 odd = image('CREATE TABLE "we""ird" (a, b, c, PRIMARY KEY (c, a))', 'INSERT INTO "we""ird" VALUES (1, 2, 3)')
-images = [b"", b"not a database at all", kv, kv2, other, odd]
+# the same table name under other CREATE statements: a differ that kept columns by name alone would misread them
+kv_wide = image("CREATE TABLE kv (k TEXT PRIMARY KEY, v, w)", "INSERT INTO kv VALUES ('a', 1, 'x')")
+kv_rekeyed = image("CREATE TABLE kv (k TEXT, v INTEGER PRIMARY KEY)", "INSERT INTO kv VALUES ('a', 1)")
+images = [b"", b"not a database at all", kv, kv2, other, odd, kv_wide, kv_rekeyed]
 encode = lambda value: json.dumps(value).encode()
 kept, rng = StateDiffer(connect, encode), random.Random(7)
 for _ in range(3000):
@@ -191,6 +194,8 @@ assert set(kept.diff(kv2, other, lambda _: None)["tables"]) == {"kv", "other"}
 assert kept.diff(b"not a database at all", kv, lambda _: None)["error"]
 assert kept.diff(kv, kv2, lambda _: None)["tables"]["kv"]["n_changed"] == 1
 assert kept.diff(kv, odd, lambda _: None)["tables"]['we"ird']["added"] == [{"a": 1, "b": 2, "c": 3}]
+assert kept.diff(kv, kv_wide, lambda _: None)["tables"]["kv"]["changed"] == [{"key": {"k": "a"}, "columns": {"w": [None, "x"]}}]
+assert kept.diff(kv_wide, kv_wide, lambda _: None) == {"tables": {}, "truncated": False}
 print("ok")
 """
 

@@ -23,6 +23,12 @@ from typing import Any
 DIFF_CPU_S = 0.5
 """CPU seconds a diff may take (its own budget, so a call that used most of its own still gets one)."""
 
+Schema = tuple[tuple[Any, ...], ...]
+"""An image's `sqlite_master` rows: (type, name, tbl_name, rootpage, sql)."""
+
+SCHEMAS_KEPT = 16
+"""Schemas (their tables' CREATE statements) whose columns and keys a differ keeps; past that it starts over."""
+
 
 class StateDiffer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], encode: Callable[[Any], bytes], *,
@@ -36,9 +42,14 @@ class StateDiffer:
         self._bytes, self._scalars, self._tuple = bytes, (str, int, float, type(None)), tuple
         self._dict, self._any, self._enumerate, self._float = dict, any, enumerate, float
         self._process_time = time.process_time
-        self._error = sqlite3.Error
+        self._error = (sqlite3.Error, TypeError, ValueError, AttributeError)
+        """What a diff can meet on an image arena code wrote (a `sqlite_master` name that is no text, say)."""
         self._conn: sqlite3.Connection | None = None
         self._empty: bytes | None = None
+        self._seen: tuple[Schema, Schema, bytes, bytes] | None = None
+        """The `sqlite_master` rows and text encodings of the images the kept handle holds (`_open`)."""
+        self._schemas: dict[tuple[tuple[str, str], ...], dict[str, tuple[list[str], list[str]]]] = {}
+        """Columns and keys by the tables' (name, CREATE statement) pairs (`_tables`)."""
 
     def diff(self, before: bytes, after: bytes, set_deadline: Callable[[float], None]) -> dict[str, Any]:
         """`{"tables": {name: {"added", "changed", "removed", "n_added", "n_changed", "n_removed", "truncated"}},
@@ -46,8 +57,8 @@ class StateDiffer:
         handler of the handle this opens with this diff's own CPU budget."""
         set_deadline(self._process_time() + DIFF_CPU_S)
         try:
-            conn = self._open(before, after)
-            old_tables, new_tables = self._tables(conn, "old"), self._tables(conn, "main")
+            conn, old_schema, new_schema = self._open(before, after)
+            old_tables, new_tables = self._tables(conn, "old", old_schema), self._tables(conn, "main", new_schema)
             tables: dict[str, Any] = {}
             for name in self._sorted({**old_tables, **new_tables}):
                 table = self._table(conn, name, old_tables.get(name), new_tables.get(name))
@@ -58,26 +69,46 @@ class StateDiffer:
             self.close()  # a handle an error left in doubt is not used again
             return {"tables": {}, "truncated": True, "error": f"the diff could not be computed: {self._str(exc)[:200]}"}
 
-    def _open(self, before: bytes, after: bytes) -> sqlite3.Connection:
+    def _open(self, before: bytes, after: bytes) -> tuple[sqlite3.Connection, Schema, Schema]:
         """This process's differ handle, the after image loaded as `main` and the before image as `old`, so that
-        SQLite itself finds the rows that differ (EXCEPT) and unchanged rows never reach Python. The handle is
-        opened on the first diff and kept (arena code never sees it): its prepared statements survive, which
-        halves a diff's CPU on small states (bench/state_diff_cost.py)."""
-        conn = self._conn
-        if conn is None:
-            conn = self._connect()
-            conn.row_factory = None
-            conn.set_authorizer(None)  # our own handle: attach and deserialize (which attaches internally)
-            conn.execute("ATTACH ':memory:' AS old")
-            self._conn = conn
-        conn.deserialize(after or self._empty_image())
-        conn.deserialize(before or self._empty_image(), name="old")
+        SQLite itself finds the rows that differ (EXCEPT) and unchanged rows never reach Python, with what each
+        image's `sqlite_master` holds. The handle is kept between diffs (arena code never sees it): its prepared
+        statements survive, which halves a diff's CPU on small states (bench/state_diff_cost.py). But a prepared
+        statement (and the schema SQLite parsed) belongs to the schemas the handle held when it was prepared,
+        and SQLite tells a new schema only by its cookie, which two images can share with different tables
+        (arena code can even set it): a `PRAGMA table_info` then answered the last image's columns. So the
+        handle serves only images whose `sqlite_master` (and text encoding) match those it last held; any other
+        pair gets a fresh handle."""
+        empty = self._empty_image()
+        after, before = after or empty, before or empty
+        conn = self._conn or self._fresh()
+        conn.deserialize(after)
+        conn.deserialize(before, name="old")
+        seen = (self._schema(conn, "old"), self._schema(conn, "main"), before[56:60], after[56:60])
+        if self._seen is not None and seen != self._seen:
+            self.close()
+            conn = self._fresh()
+            conn.deserialize(after)
+            conn.deserialize(before, name="old")
+        self._seen = seen
+        return conn, seen[0], seen[1]
+
+    def _fresh(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.row_factory = None
+        conn.set_authorizer(None)  # our own handle: attach and deserialize (which attaches internally)
+        conn.execute("ATTACH ':memory:' AS old")
+        self._conn = conn
         return conn
+
+    def _schema(self, conn: sqlite3.Connection, schema: str) -> Schema:
+        """Every row of the image's `sqlite_master`, read as data (page 1), which no stale statement misreads."""
+        return self._tuple(conn.execute(f"SELECT type, name, tbl_name, rootpage, sql FROM {schema}.sqlite_master ORDER BY rowid").fetchall())
 
     def close(self) -> None:
         """Close the kept handle: the template calls it after its warm-up, so that no process forked from it
         inherits an open SQLite handle (SQLite's state must not cross a fork)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._seen = self._conn, None, None
         if conn is not None:
             conn.close()
 
@@ -94,19 +125,28 @@ class StateDiffer:
                 conn.close()
         return self._empty
 
-    def _tables(self, conn: sqlite3.Connection, schema: str) -> dict[str, tuple[list[str], list[str]]]:
-        """Table name -> (its columns, its key columns: the primary key in key order, or [] for rowid). One PRAGMA
-        per table, not the `pragma_table_info` table-valued function: on a handle whose databases were replaced
-        (`deserialize`, as this kept handle's are for every diff) a cached plan of that function read freed
-        schema memory and crashed the process (SQLite 3.x, reproduced in tests/test_state_diffs.py)."""
+    def _tables(self, conn: sqlite3.Connection, schema: str, rows: Schema) -> dict[str, tuple[list[str], list[str]]]:
+        """Table name -> (its columns, its key columns: the primary key in key order, or [] for rowid). A table's
+        columns and key follow from its name and CREATE statement alone, so they are read once per set of
+        statements (one PRAGMA per table) and kept: an episode's calls seldom change its schema, and reading it
+        for every diff cost as much as the rest of a small one. One PRAGMA per table, not the `pragma_table_info`
+        table-valued function: on a handle whose databases were replaced (`deserialize`, as this kept handle's
+        are for every diff) a cached plan of that function read freed schema memory and crashed the process
+        (SQLite 3.x, reproduced in tests/test_state_diffs.py)."""
+        statements = self._tuple(self._sorted(
+            (name, sql) for kind, name, _, _, sql in rows if kind == "table" and name[:7].lower() != "sqlite_"
+        ))  # fmt: skip
+        known = self._schemas.get(statements)
+        if known is not None:
+            return known
         tables: dict[str, tuple[list[str], list[str]]] = {}
-        names = [row[0] for row in conn.execute(
-            f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-        )]  # fmt: skip
-        for name in names:
+        for name, _ in statements:
             quoted = '"' + name.replace('"', '""') + '"'
             info = conn.execute(f"PRAGMA {schema}.table_info({quoted})").fetchall()
             tables[name] = ([row[1] for row in info], [column for _, column in self._sorted((row[5], row[1]) for row in info if row[5])])
+        if self._len(self._schemas) >= SCHEMAS_KEPT:
+            self._schemas.clear()
+        self._schemas[statements] = tables
         return tables
 
     def _only_in(self, conn: sqlite3.Connection, name: str, schema: str, other: str | None, key: list[str]) -> tuple[list[str], dict[Any, tuple[Any, ...]], bool]:
