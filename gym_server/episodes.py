@@ -335,7 +335,7 @@ class EpisodeManager:
                 status, result, error, injected = CallStatus.cancelled, None, CANCELLED_MESSAGE, None
             if status is CallStatus.ok and len(_measure_arguments(result)) > self.pool.config.max_result_bytes:
                 status, result, error = CallStatus.tool_error, None, f"the tool's result is over {self.pool.config.max_result_bytes} bytes of JSON"
-            entry = CallLogEntry(
+            entry = CallLogEntry.model_construct(  # every field is built here with its type: nothing to validate
                 index=index, tool=name, arguments=arguments, status=status, result=result,
                 error=error[:_MAX_ERROR_CHARS] if error else error, injected=injected,
                 source_arena=served.runtime.arena.id if served and served.distractor else None,

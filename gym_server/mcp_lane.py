@@ -30,6 +30,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PARAM_HEADER_PREFIX,
+    X_MCP_HEADER_KEY,
     InboundModernRoute,
     classify_inbound_request,
     find_duplicated_routing_header,
@@ -44,6 +45,9 @@ from starlette.types import Receive, Scope, Send
 LANE_METHOD = "tools/call"
 _ENVELOPE_KEYS = frozenset({"jsonrpc", "id", "method", "params"})
 _PARAM_HEADER_PREFIX = MCP_PARAM_HEADER_PREFIX.lower()
+_PLAIN_PARAMS = frozenset({"name", "arguments", "_meta"})
+_KEPT = 1024
+"""Schemas and `_meta` values the lane remembers (`_annotated`, `_params_valid`); past that it starts over."""
 
 Answer = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 """The tool-call handler for the lane: (tool name, arguments) -> the result's wire dict, or `MCPError`."""
@@ -71,6 +75,8 @@ class ToolCallLane:
         )  # fmt: skip
         self._input_schema = server.get_tool_input_schema
         self._server_info = server.server_info_stamp  # written into each reply's JSON, never shared as an object
+        self._schemas: dict[int, tuple[Any, bool]] = {}
+        self._valid: set[tuple[str, str]] = set()
 
     def takes(self, scope: Scope, message: Mapping[str, Any]) -> bool:
         """A cheap first look: the full ladder runs in `serve`, which can still hand the request to the SDK."""
@@ -127,13 +133,41 @@ class ToolCallLane:
                 schema = self._input_schema(params["name"])
             except Exception:
                 return None
-            if schema is not None and validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
+            if schema is not None and self._annotated(schema) and validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
                 return None
-        try:
-            wire_methods.validate_client_request(LANE_METHOD, verdict.protocol_version, params)
-        except Exception:
+        if not self._params_valid(verdict.protocol_version, params):
             return None
         return verdict
+
+
+    def _annotated(self, schema: Any) -> bool:
+        """Whether a tool's input schema can carry `x-mcp-header` annotations at all: one that never names the
+        keyword has no annotated position, and `validate_mcp_param_headers` would find nothing to compare."""
+        kept = self._schemas.get(id(schema))
+        if kept is None or kept[0] is not schema:
+            if len(self._schemas) >= _KEPT:
+                self._schemas.clear()
+            kept = self._schemas[id(schema)] = (schema, X_MCP_HEADER_KEY in json.dumps(schema))  # held: its id stays its own
+        return kept[1]
+
+    def _params_valid(self, version: str, params: Mapping[str, Any]) -> bool:
+        """`validate_client_request` for these params, remembered by their `_meta` when that is all that can
+        differ: with nothing but a string `name`, an object of `arguments` (both checked in `_admitted`) and
+        `_meta`, whether the params validate depends on the version and `_meta` alone. Only successes are kept."""
+        key = None
+        if params.keys() <= _PLAIN_PARAMS:
+            key = (version, json.dumps(params.get("_meta"), sort_keys=True, separators=(",", ":")))
+            if key in self._valid:
+                return True
+        try:
+            wire_methods.validate_client_request(LANE_METHOD, version, params)
+        except Exception:
+            return False
+        if key is not None:
+            if len(self._valid) >= _KEPT:
+                self._valid.clear()
+            self._valid.add(key)
+        return True
 
 
 def _modern_header(scope: Scope) -> str | None:

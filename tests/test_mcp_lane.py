@@ -188,6 +188,8 @@ REFUSED = [  # (what is odd, how, whether the SDK still runs the call)
     ("an SSE-only client", lambda b, h: (b, {**h, "Accept": "text/event-stream"}), False),
     ("a duplicated routing header", lambda b, h: (b, [*h.items(), ("Mcp-Method", "tools/call")]), False),
     ("an extra envelope member (the SDK ignores it)", lambda b, h: ({**b, "extra": 1}, h), True),
+    # the same _meta as every admitted call (the lane remembers it valid), beside a param of the wrong type
+    ("inputResponses not an object", lambda b, h: ({**b, "params": {**b["params"], "inputResponses": 5}}, h), False),
 ]
 
 

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import itertools
 import secrets
 import socket
 from collections import OrderedDict, deque
@@ -65,6 +66,7 @@ class SandboxPool:
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
         self._closed = False
+        self._seqs = itertools.count(secrets.randbits(48))
         self.replaced = 0
         """Calls whose process the gym had to kill (wall clock, cancellation)."""
         self.restarts = 0
@@ -167,7 +169,7 @@ class SandboxPool:
         """One request and its reply on a process's socket. Anything going wrong kills the process and closes
         its socket; after a good reply the caller decides whether the process serves again."""
         loop = asyncio.get_running_loop()
-        seq = secrets.randbits(63)
+        seq = next(self._seqs)  # it pairs a reply with its request: nothing is kept secret by it
         exits = process.template.exits
         exits[process.id] = process.exit = loop.create_future()
         try:
@@ -201,7 +203,10 @@ class SandboxPool:
             else:
                 self._opening.pop(owner).cancel()  # still queued: the call takes a process as usual, sooner
         try:
-            async with asyncio.timeout(self.config.queue_timeout_s):
+            if self._slots.locked():  # a free slot is taken at once, without arming a timer
+                async with asyncio.timeout(self.config.queue_timeout_s):
+                    await self._slots.acquire()
+            else:
                 await self._slots.acquire()
         except asyncio.TimeoutError:
             raise SandboxUnavailable(f"the sandbox is busy: no process came free within {self.config.queue_timeout_s:g} s") from None
