@@ -126,3 +126,19 @@ async def test_the_next_call_goes_out_before_the_last_diff_is_in_and_survives_a_
         third = await pool.call(arena.implementation, "get_flight", {"flight_id": "B6400"}, second.state, owner=owner)
         assert third.ok and third.result["seats_left"] == 3, third
         assert pool._owned[owner].id != served  # a fresh process took the call
+
+
+async def test_an_episode_ended_right_after_a_writing_call_keeps_that_calls_diff():
+    """The process computes its diff after a short grace; an episode released (or an idle process evicted) within
+    it is closed once the diff is in, not before: closing it at once lost the diff with the process."""
+    arena = next(a for a in builtin_arenas() if a.id == BOOKING)
+    async with SandboxPool(SandboxConfig(workers=1)) as pool:
+        state = await pool.build_state(arena.initial_state)
+        diffs = []
+        for n in range(3):
+            owner = f"episode-{n}/" + arena.id
+            outcome = await pool.call(arena.implementation, "book_flight", {"flight_id": "B6400", "passenger_id": "P001"}, state, owner=owner)
+            assert outcome.ok and outcome.diff is not None and not outcome.diff.done()
+            pool.release(f"episode-{n}")  # at once: its diff is still being computed
+            diffs.append(await outcome.diff)
+        assert all(d.error is None and d.tables["bookings"].n_added == 1 for d in diffs), diffs

@@ -258,7 +258,7 @@ class SandboxPool:
                 process.held = new_state if new_state is not None else state  # what the process now holds loaded
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
-                    self._owned.popitem(last=False)[1].close()  # it reads end-of-file and exits
+                    self._owned.popitem(last=False)[1].close_when_settled()  # it reads end-of-file and exits
             elif diff is not None:
                 diff.add_done_callback(lambda _: process.close())  # it retires once its diff is read
             else:
@@ -273,7 +273,7 @@ class SandboxPool:
         for owner in [o for o in self._opening if o.startswith(prefix)]:
             self._opening.pop(owner).cancel()  # its exchange kills the process
         for owner in [o for o in self._owned if o.startswith(prefix)]:
-            self._owned.pop(owner).close()
+            self._owned.pop(owner).close_when_settled()
 
     def open(self, source: str, state: bytes, owner: str) -> None:
         """Fork and bind `owner`'s process before its first call: the call then finds the code compiled and

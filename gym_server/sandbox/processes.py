@@ -138,6 +138,15 @@ class SandboxProcess:
     broken: bool = False
     """What followed its last reply never came whole: the process serves no further request."""
 
+    def close_when_settled(self) -> None:
+        """Close once the state diff that follows its last reply is in (the process computes it after a short grace),
+        so that closing an idle process (its episode ended, or it was the least recently used) loses no call's diff."""
+        follows = self.follows
+        if follows is not None and not follows.done():
+            follows.add_done_callback(lambda _: self.close())
+        else:
+            self.close()
+
     def close(self) -> None:
         """Close our end: a waiting process reads end-of-file and exits."""
         if self.channel is not None and self.channel.transport is not None:
