@@ -3,8 +3,9 @@
 The endpoint runs statelessly, so the SDK never connects a 2025-era `notifications/cancelled` (its own
 POST) to the request it names, and in JSON-response mode nothing watches the connection of a 2026-era
 request, whose cancellation *is* closing it. Both end here: every POST that carries a request is
-tracked per episode as an `InFlight` while it is served, its connection is watched, and a disconnect or
-a matching `notifications/cancelled` from the same episode URL sets its `cancelled` event.
+tracked per episode as an `InFlight` while it is served, its connection is watched once it has run
+`WATCH_AFTER_S`, and a disconnect or a matching `notifications/cancelled` from the same episode URL sets
+its `cancelled` event.
 `run_cancellable` then cancels the tool call: the episode manager logs it as `cancelled` and releases
 the episode's lock, and the sandbox pool kills the worker that was running it.
 """
