@@ -139,7 +139,6 @@ class ToolCallLane:
             return None
         return verdict
 
-
     def _annotated(self, schema: Any) -> bool:
         """Whether a tool's input schema can carry `x-mcp-header` annotations at all: one that never names the
         keyword has no annotated position, and `validate_mcp_param_headers` would find nothing to compare."""
