@@ -146,7 +146,11 @@ class ToolCallLane:
         if kept is None or kept[0] is not schema:
             if len(self._schemas) >= _KEPT:
                 self._schemas.clear()
-            kept = self._schemas[id(schema)] = (schema, X_MCP_HEADER_KEY in json.dumps(schema))  # held: its id stays its own
+            try:
+                annotated = X_MCP_HEADER_KEY in json.dumps(schema)
+            except (TypeError, ValueError, RecursionError):
+                annotated = True  # not plain JSON: let the SDK's own check look at it
+            kept = self._schemas[id(schema)] = (schema, annotated)  # held: its id stays its own
         return kept[1]
 
     def _params_valid(self, version: str, params: Mapping[str, Any]) -> bool:
