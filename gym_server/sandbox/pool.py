@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import logging
 import itertools
+import logging
 import secrets
 import socket
 from collections import OrderedDict, deque
@@ -259,10 +259,8 @@ class SandboxPool:
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
                     self._owned.popitem(last=False)[1].close_when_settled()  # it reads end-of-file and exits
-            elif diff is not None:
-                diff.add_done_callback(lambda _: process.close())  # it retires once its diff is read
             else:
-                process.close()
+                process.close_when_settled()  # a retiring process goes once its diff is read
             return reply, out, new_state, diff
         finally:
             self._slots.release()
