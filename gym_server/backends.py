@@ -31,7 +31,8 @@ class ToolAnswer:
     """The call as the backend's own harness writes it (BFCL: its call string), for the call log."""
     diff: asyncio.Future[StateDiff] | None = None
     """What the call changed in the episode's state (the sandbox backend, for a writing call): it comes after the
-    answer, and the call log's entry is completed when it does (`EpisodeManager.call_tool`)."""
+    answer, when asked for through `Episode.diff_sources`, and the call log's entry is completed when it does
+    (`EpisodeManager.call_tool`)."""
 
     @classmethod
     def ok(cls, result: Any) -> ToolAnswer:
@@ -91,6 +92,8 @@ class SandboxBackend:
             return ToolAnswer(CallStatus.tool_error if outcome.kind == "tool_error" else CallStatus.sandbox_error, error=outcome.error)
         if outcome.state is not None:
             episode.states[arena.id] = outcome.state
+        if outcome.diff is not None:
+            episode.diff_sources.add(self.pool.settle)
         return ToolAnswer(CallStatus.ok, outcome.result, diff=outcome.diff)
 
     def begin(self, episode: Episode) -> None:

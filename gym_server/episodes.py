@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,14 +133,20 @@ class Episode:
     """The episode's change events (its tool list grew); only its own `subscriptions/listen` streams hear them."""
     listener: ListenHandler = field(init=False)
     pending_diffs: set[asyncio.Future[StateDiff]] = field(default_factory=set)
-    """Calls whose state diff is still on its way (it follows the call's answer); `settled` waits for them."""
+    """Calls whose state diff is not in the log yet; `settled` asks for them and waits."""
+    diff_sources: set[Callable[[str], None]] = field(default_factory=set)
+    """How to ask for them (`SandboxPool.settle`, given the episode's id): the sandbox computes diffs only when
+    asked, so that no call waits for or pays beside it for one."""
 
     def __post_init__(self) -> None:
         self.listener = ListenHandler(self.events, max_subscriptions=MAX_LISTEN_STREAMS, max_buffered_events=64)
 
     async def settled(self) -> None:
-        """Once every diff of the calls made so far is in the log (each is bounded by the sandbox's call timeout)."""
+        """Once every diff of the calls made so far is in the log (each batch is bounded by the sandbox's call
+        timeout)."""
         while self.pending_diffs:
+            for ask in list(self.diff_sources):
+                ask(self.id)
             await asyncio.wait(set(self.pending_diffs))
 
     def log(self, since: int = 0) -> EpisodeLog:
@@ -382,8 +388,8 @@ class EpisodeManager:
 
 
 def _complete_later(episode: Episode, entry: CallLogEntry, diff: asyncio.Future[StateDiff]) -> None:
-    """The entry's state diff, once it came (after the call was answered: it is off the call's path). A callback,
-    not a task of its own: this runs for every writing call."""
+    """The entry's state diff, once it came (asked for when the log is read: it is off the call's path). A
+    callback, not a task of its own: this runs for every writing call."""
 
     def complete(done: asyncio.Future[StateDiff]) -> None:
         episode.pending_diffs.discard(done)

@@ -131,7 +131,8 @@ def mcp_request(draw: Any, url: str) -> dict[str, Any]:
     headers = {"Accept": draw(_accepts), "Content-Type": draw(_content_types)}
     if modern:
         headers["MCP-Protocol-Version"] = draw(_protocol_versions)
-        headers["Mcp-Method"] = method if method.isascii() and method.isprintable() else "x"
+        valid_value = method.isascii() and method.isprintable() and method.strip() == method  # what HTTP lets a client send
+        headers["Mcp-Method"] = method if valid_value else "x"
     if draw(st.integers(0, 9)) == 0:
         headers["Origin"] = draw(_origins)
     return {"method": draw(_verbs), "url": url, "content": content.encode("utf-8", "surrogatepass"), "headers": headers}

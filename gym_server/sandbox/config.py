@@ -43,8 +43,14 @@ class SandboxConfig(BaseModel):
     state_diffs: bool = Field(
         default=True,
         description="Record in the call log what each writing call changed in the state (rows added, changed, removed; "
-        "for `astra-gym view`). Computed by the sandbox process after it sent the call's reply, so the call does not "
-        "wait for it (about 0.5 ms of sandbox CPU per writing call, off its path).",
+        "for `astra-gym view`). The sandbox process keeps each writing call's images and computes the diffs when the "
+        "episode's log is read or the episode ends, in one batch, so no call waits for or pays beside it for one "
+        "(about 0.1-1 ms of sandbox CPU per writing call). Diffs still owed by a process that dies are lost with it.",
+    )
+    max_owed_diff_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024,
+        description="State images one sandbox process keeps for diffs not asked for yet; past this it computes the "
+        "oldest between calls and keeps their results (each at most 16 KiB) instead.",
     )
     audit_hook: bool = Field(
         default=True,
@@ -75,5 +81,6 @@ class SandboxOutcome:
     error: str | None = None
     state: bytes | None = None
     """The new SQLite image when the call changed the state, else None."""
-    diff: asyncio.Task[StateDiff] | None = None
-    """What the call changed in the state, when it changed it: it follows the reply (gym_server.sandbox.diffs)."""
+    diff: asyncio.Future[StateDiff] | None = None
+    """What the call changed in the state, when it changed it: the process owes it until the gym asks
+    (`SandboxPool.settle`, gym_server.sandbox.diffs)."""

@@ -30,7 +30,7 @@ from gym_server.models import InitialState, StateDiff
 from gym_server.sandbox import launch as launching
 from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
-from gym_server.sandbox.diffs import follow
+from gym_server.sandbox.diffs import settle
 from gym_server.sandbox.replies import checked_outcome
 from gym_server.sandbox.isolation import NAMESPACES, own_namespaces
 from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
@@ -60,8 +60,10 @@ class SandboxPool:
         """Owners whose process is to be forked and bound ahead of their first call (`open`)..."""
         self._binding: set[str] = set()
         """... and those of them whose binding has begun."""
-        self._following: set[asyncio.Task[StateDiff]] = set()
-        """Reading the state diffs that follow calls' replies (gym_server.sandbox.diffs)."""
+        self._following: set[asyncio.Task[None]] = set()
+        """Reading batches of state diffs (gym_server.sandbox.diffs)."""
+        self._owing: dict[str, set[SandboxProcess]] = {}
+        """By episode id: the processes that owe diffs of its calls (`settle`)."""
         self._bind_slots: asyncio.Semaphore | None = None
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
@@ -187,13 +189,13 @@ class SandboxPool:
 
     async def _run(
         self, header: dict[str, Any], state: bytes = b"", source: bytes = b"", owner: str | None = None
-    ) -> tuple[dict[str, Any], bytes, bytes | None, asyncio.Task[StateDiff] | None]:
+    ) -> tuple[dict[str, Any], bytes, bytes | None, asyncio.Future[StateDiff] | None]:
         """Run one request; every failure of the arena's process becomes a sandbox_error header, while a busy or
         dead sandbox raises `SandboxUnavailable`. With an `owner` (an episode's arena) the process that served
         the owner's last call serves this one too, and when it already holds `state` (the image its last call left,
         as the same object) the image is not sent again; any other request gets a process of its own. Returns the
-        reply, its blob, when the call changed the state the new image (split off the blob), and when a diff of
-        that change follows the reply, the task that reads it (gym_server.sandbox.diffs)."""
+        reply, its blob, when the call changed the state the new image (split off the blob), and when the process
+        owes a diff of that change, the future that gets it (gym_server.sandbox.diffs)."""
         if self._closed or self._slots is None:
             raise SandboxUnavailable("the sandbox is closed")
         opening = self._opening.get(owner) if owner is not None else None
@@ -210,20 +212,22 @@ class SandboxPool:
                 await self._slots.acquire()
         except asyncio.TimeoutError:
             raise SandboxUnavailable(f"the sandbox is busy: no process came free within {self.config.queue_timeout_s:g} s") from None
+        process: SandboxProcess | None = None
         try:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
             for attempt in (1, 2):
                 if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
-                    process.close()
+                    self._retire(process)
                     process = None
                 if process is None:
                     process = await self._checkout()
+                process.busy = True
                 send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
                 same = process.held is not None and state is process.held
                 request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0, "same_state": same}
                 try:
-                    # A process whose last call's diff is still coming takes the request at once (SandboxProcess.request)
+                    # A process whose batch of diffs is still coming takes the request at once (SandboxProcess.request)
                     reply, out = await self._exchange(process, request, (source if send else b"") + (b"" if same else state))
                     if reply.get("kind") == "need_state":
                         reply, out = await self._exchange(process, {**request, "same_state": False}, state)
@@ -234,13 +238,13 @@ class SandboxPool:
                         break
                     if attempt == 2:
                         return {"ok": False, "kind": "sandbox_error", "error": "the sandbox process broke its protocol"}, b"", None, None
-                    # What followed its last reply was broken: whatever it answered since is dropped, and a fresh
-                    # process runs the call again from the gym's own state.
+                    # Its batch of diffs was broken: whatever it answered since is dropped, and a fresh process runs
+                    # the call again from the gym's own state.
                 except asyncio.TimeoutError:
                     return {"ok": False, "kind": "sandbox_error", "error": f"wall-clock limit exceeded ({self.config.call_timeout_s:g} s); the call was killed"}, b"", None, None
                 except (EOFError, ConnectionError, FrameError) as exc:
                     if process.broken and attempt == 1:
-                        continue  # what followed its last reply was broken, so the process was closed before it ran this call: take a fresh one
+                        continue  # its batch of diffs was broken (or it retired after one) before it ran this call: take a fresh one
                     why = await process.death() if not isinstance(exc, FrameError) else f"it sent a malformed reply ({exc})"
                     if process.template.dead is not None:
                         raise SandboxUnavailable(f"the sandbox template died ({process.template.dead}); the call did not run to its end") from None
@@ -249,21 +253,84 @@ class SandboxPool:
             n = reply.get("result_bytes")
             if reply.get("ok") and reply.get("changed") is True and type(n) is int and 0 <= n <= len(out):
                 out, new_state = out[:n], out[n:]
-            if new_state is not None and reply.get("diff_follows") is True and header.get("diff") is not False and self.config.state_diffs:
-                diff = process.follows = asyncio.get_running_loop().create_task(follow(process, reply.get("seq"), self.config.call_timeout_s, self._kill))
-                self._following.add(diff)
-                diff.add_done_callback(self._following.discard)
+            if new_state is not None and reply.get("diff_owed") is True and header.get("diff") is not False and self.config.state_diffs:
+                diff = process.owed[reply["seq"]] = asyncio.get_running_loop().create_future()
+                if owner is not None:
+                    self._owing.setdefault(owner.partition("/")[0], set()).add(process)
+            if reply.get("diffs_follow") is True:  # it retires, and sends what it owes first
+                self._read_batch(process, reply.get("seq"), ask=False)
             if owner is not None and reply.get("retire") is False:
                 process.code_id = code_id
                 process.held = new_state if new_state is not None else state  # what the process now holds loaded
+                previous = self._owned.pop(owner, None)
+                if previous is not None:  # a call beside this one took a process of its own: one is kept
+                    self._retire(previous)
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
-                    self._owned.popitem(last=False)[1].close_when_settled()  # it reads end-of-file and exits
+                    self._retire(self._owned.popitem(last=False)[1])  # it reads end-of-file and exits
             else:
-                process.close_when_settled()  # a retiring process goes once its diff is read
+                process.close_when_settled()  # a retiring process goes once its batch is read
             return reply, out, new_state, diff
         finally:
             self._slots.release()
+            if process is not None:
+                process.busy = False
+                if process.ask_again:
+                    self._ask(process)
+
+    # -- state diffs (gym_server.sandbox.diffs) -----------------------------------------------------------------
+    def settle(self, episode_id: str) -> None:
+        """Ask every process that owes diffs of the episode's calls for them (its log is being read); each owed
+        diff's future resolves once its batch is in. Never blocks; asking again while a batch is on its way is free."""
+        for process in list(self._owing.get(episode_id, ())):
+            if process.owed:
+                self._ask(process)
+            else:
+                self._owing[episode_id].discard(process)
+        if not self._owing.get(episode_id, True):
+            del self._owing[episode_id]
+
+    def _ask(self, process: SandboxProcess) -> None:
+        if not process.owed:
+            return
+        follows = process.follows
+        if process.busy or (follows is not None and not follows.done()):
+            process.ask_again = True  # after the call under way (or the batch on its way): `_run` / `_read_batch`
+            return
+        if process.broken or process.channel is None or process.template.dead is not None:
+            process.close()  # it can answer nothing more: what it owes is lost with it
+            return
+        self._read_batch(process, next(self._seqs), ask=True)
+
+    def _read_batch(self, process: SandboxProcess, seq: Any, *, ask: bool) -> None:
+        """Read a batch of the diffs `process` owes: with `ask`, the `diffs` request is written here and now, so
+        that it comes before any request written later (a call's, which then waits for the batch)."""
+        owed, process.owed = process.owed, {}
+        process.ask_again = False
+        if ask:
+            try:
+                assert process.channel is not None  # it served a call
+                process.channel.send(encode_frame({"op": "diffs", "seq": seq}))
+            except EOFError:
+                process.owed = owed
+                process.close()  # closing already: what it owes is lost with it
+                return
+        task = process.follows = asyncio.get_running_loop().create_task(
+            settle(process, owed, seq, self.config.call_timeout_s, self._kill, ask=ask)
+        )
+        self._following.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._following.discard(task)
+            if process.ask_again and not process.busy:
+                self._ask(process)
+
+        task.add_done_callback(done)
+
+    def _retire(self, process: SandboxProcess) -> None:
+        """Close an idle process once it has sent the diffs it owes."""
+        self._ask(process)
+        process.close_when_settled()
 
     def release(self, episode_id: str) -> None:
         """The episode ended: close the processes that served its arenas (or were being bound for them)."""
@@ -271,7 +338,10 @@ class SandboxPool:
         for owner in [o for o in self._opening if o.startswith(prefix)]:
             self._opening.pop(owner).cancel()  # its exchange kills the process
         for owner in [o for o in self._owned if o.startswith(prefix)]:
-            self._owned.pop(owner).close_when_settled()
+            self._retire(self._owned.pop(owner))
+        for process in self._owing.pop(episode_id, ()):
+            if not process.busy:
+                self._ask(process)  # one that is not the episode's idle process any more (replaced, say) still owes
 
     def open(self, source: str, state: bytes, owner: str) -> None:
         """Fork and bind `owner`'s process before its first call: the call then finds the code compiled and

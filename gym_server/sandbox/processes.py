@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gym_server.models import StateDiff
 from gym_server.sandbox import launch as launching
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
 from gym_server.sandbox.protocol import (
@@ -134,13 +135,18 @@ class SandboxProcess:
     held: bytes | None = None
     """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
     follows: asyncio.Task[Any] | None = None
-    """Reading the frame that follows its last reply (the call's state diff): its next request waits for it."""
+    """Reading a batch of the state diffs it owes (`diffs.settle`): its next request waits for it."""
     broken: bool = False
-    """What followed its last reply never came whole: the process serves no further request."""
+    """It serves no further request: a batch of diffs never came whole, or it retired after one."""
+    owed: dict[int, asyncio.Future[StateDiff]] = field(default_factory=dict)
+    """The diffs of its writing calls (by their seqs) that the gym has not asked for yet."""
+    busy: bool = False
+    """A call is under way on it: a batch is asked for after that call (`ask_again`), never beside it."""
+    ask_again: bool = False
 
     def close_when_settled(self) -> None:
-        """Close once the state diff that follows its last reply is in (the process computes it after a short grace),
-        so that closing an idle process (its episode ended, or it was the least recently used) loses no call's diff."""
+        """Close once the batch of diffs being read is in, so that closing an idle process (its episode ended, or
+        it was the least recently used) loses no call's diff; the caller asked for what it owes first."""
         follows = self.follows
         if follows is not None and not follows.done():
             follows.add_done_callback(lambda _: self.close())
@@ -148,7 +154,11 @@ class SandboxProcess:
             self.close()
 
     def close(self) -> None:
-        """Close our end: a waiting process reads end-of-file and exits."""
+        """Close our end: a waiting process reads end-of-file and exits. Diffs it still owes are lost with it."""
+        owed, self.owed = self.owed, {}
+        for future in owed.values():
+            if not future.done():
+                future.set_result(StateDiff(truncated=True, error="the state diff was lost with the sandbox process"))
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.close()
         else:

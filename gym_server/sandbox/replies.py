@@ -23,7 +23,7 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def checked_outcome(config: SandboxConfig, reply: dict[str, Any], blob: bytes, state: bytes | None, diff: asyncio.Task[StateDiff] | None, expected: bool) -> SandboxOutcome:
+def checked_outcome(config: SandboxConfig, reply: dict[str, Any], blob: bytes, state: bytes | None, diff: asyncio.Future[StateDiff] | None, expected: bool) -> SandboxOutcome:
     """A call's reply as the untrusted bytes it is: its sizes, its JSON, its depth; `expected`: a state diff was asked for."""
     limit = config.max_result_bytes
     n = reply.get("result_bytes")

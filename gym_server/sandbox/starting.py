@@ -83,7 +83,7 @@ async def _launch(config: SandboxConfig, probe: Probe, launch: launching.Launch,
             settings = {"cpu_s": c.cpu_s, "memory_mb": c.memory_mb, "max_result_bytes": c.max_result_bytes,
                         "max_state_bytes": c.max_state_bytes, "keep_rss_mb": c.keep_rss_mb,
                         "max_result_depth": c.max_result_depth, "audit_hook": c.audit_hook, "packages": c.packages,
-                        "state_diffs": c.state_diffs}  # fmt: skip
+                        "state_diffs": c.state_diffs, "max_owed_diff_bytes": c.max_owed_diff_bytes}  # fmt: skip
             template.send({"op": "init", "settings": settings, "base_bpf_bytes": len(base)}, base + call)
             message = await loop.sock_recv(ctl, MAX_CONTROL_BYTES)
             if not message:

@@ -89,7 +89,8 @@ class Executor:
     """The references one request needs after arena code has run, captured before it runs."""
 
     def __init__(self, guard: Guard, builtins_: dict[str, Any], code_cache: dict[str, Any], *, cpu_s: float,
-                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int, state_diffs: bool = False) -> None:  # fmt: skip
+                 memory_mb: int, max_result_bytes: int, max_result_depth: int, max_state_bytes: int, state_diffs: bool = False,
+                 max_owed_bytes: int = 8 * 1024 * 1024) -> None:  # fmt: skip
         self.guard, self.builtins, self.code_cache = guard, builtins_, code_cache
         self.cpu_s, self.memory_mb = cpu_s, memory_mb
         self.max_result_bytes, self.max_result_depth, self.max_state_bytes = max_result_bytes, max_result_depth, max_state_bytes
@@ -116,10 +117,14 @@ class Executor:
         """The state image this process's episode holds after its last call."""
         self.prepared = False
         self.differ = StateDiffer(self._new_connection, self.encode_json)
-        self.state_diffs = state_diffs
-        self.diff_due: tuple[bytes, bytes] | None = None
-        """The before and after images of the last call's change, when its diff is still to be sent (it follows
-        the reply: `diff_after_reply`)."""
+        self.state_diffs, self.max_owed_bytes = state_diffs, max_owed_bytes
+        self.owed: list[tuple[Any, bytes, bytes]] = []
+        """(seq, before, after) of each writing call whose diff the gym has not asked for yet (`owed_diffs`): a
+        diff is computed when the log is read, not beside every call. Consecutive calls share their images."""
+        self.owed_bytes = 0
+        """The bytes of the images kept for owed diffs (an image two diffs share counts once)."""
+        self.ready: list[tuple[Any, dict[str, Any]]] = []
+        """Diffs computed ahead of being asked for, because the images kept for them grew past `max_owed_bytes`."""
 
     # -- framing (the layout of `frames`, on captured callables) ------------------------------------------------
     def read_exact(self, fd: int, n: int) -> bytes:
@@ -210,7 +215,8 @@ class Executor:
             value = namespace["touch"](scratch, "k", 1.5)
             self.check_result(value)
             self._scan(self.encode_json({"ok": True, "arguments": {"k": [1, "v"]}, "seq": 1}).decode(), 0)
-            self.state_diff(b"", scratch.serialize())
+            self.owe(1, b"", scratch.serialize())
+            self.owed_diffs()
             self.differ.close()
             self.cpu_deadline = 0.0
         finally:
@@ -276,18 +282,36 @@ class Executor:
         except (MemoryError, RecursionError, self._violation, self._cpu_limit):
             return {"tables": {}, "truncated": True, "error": "the diff could not be computed within the sandbox's limits"}
 
-    def diff_after_reply(self) -> dict[str, Any]:
-        """The diff of the call just answered, computed once its reply is on its way (off the call's path)."""
-        before, after = self.diff_due or (b"", b"")
-        self.diff_due = None
-        return self.state_diff(before, after)
+    def owe(self, seq: Any, before: bytes, after: bytes) -> None:
+        owed = self.owed
+        shared = owed and before is owed[-1][2]  # the call started from the last one's image: it is kept once
+        self.owed_bytes += self._len(after) + (0 if shared else self._len(before))
+        owed.append((seq, before, after))
+
+    def keep_owed_within_bound(self) -> None:
+        """Between calls: past `max_owed_bytes` of kept images, compute the oldest owed diffs now and keep the
+        results (bounded in size), so that a long episode's process does not grow with its calls."""
+        owed = self.owed
+        while owed and self.owed_bytes > self.max_owed_bytes:
+            seq, before, after = owed.pop(0)
+            still_kept = owed and owed[0][1] is after  # the next diff's before image
+            self.owed_bytes -= self._len(before) + (0 if still_kept else self._len(after))
+            self.ready.append((seq, self.state_diff(before, after)))
+
+    def owed_diffs(self) -> bytes:
+        """Every owed diff as JSON `[[seq, diff], ...]`, oldest first; nothing is owed afterwards."""
+        done, self.ready = self.ready, []
+        owed, self.owed, self.owed_bytes = self.owed, [], 0
+        for seq, before, after in owed:
+            done.append((seq, self.state_diff(before, after)))
+        return self.encode_json([[seq, diff] for seq, diff in done])
 
     def _set_deadline(self, deadline: float) -> None:
         self.cpu_deadline = deadline
 
     def call(self, req: dict[str, Any], code: Any, image: bytes) -> tuple[dict[str, Any], bytes]:
         """Runs with the guard armed (the caller arms it after `load`). `image` is the state the call starts
-        from; a call that changed it answers with the new image, and its diff follows the reply (`diff_follows`)."""
+        from; a call that changed it answers with the new image, and owes its diff (`diff_owed`)."""
         conn, guard, run, before = self.conn, self.guard, self._exec, image
         namespace: dict[str, Any] = {"__builtins__": self._dict(self.builtins), "__name__": "arena"}
         name, arguments = req["function"], req["arguments"]
@@ -309,8 +333,8 @@ class Executor:
                 return {"ok": False, "kind": "tool_error", "error": f"the call grew the state to {self._len(image)} bytes; the limit is {self.max_state_bytes}"}, b""
             header = {"ok": True, "result_bytes": self._len(text), "changed": changed}
             if changed and self.state_diffs and req.get("diff") is not False:
-                header["diff_follows"] = True
-                self.diff_due = (before, image)
+                header["diff_owed"] = True  # computed when the gym asks for it (`owed_diffs`), not now
+                self.owe(req.get("seq"), before, image)
             return header, text + image
         except self._rejected as exc:
             return {"ok": False, "kind": "tool_error", "error": f"tool returned a value the gym does not pass on: {exc}"}, b""

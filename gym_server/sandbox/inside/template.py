@@ -147,6 +147,7 @@ class Template:
             self.guard, self.builtins, self.code_cache, cpu_s=float(s["cpu_s"]), memory_mb=int(s["memory_mb"]),
             max_result_bytes=int(s["max_result_bytes"]), max_result_depth=int(s["max_result_depth"]),
             max_state_bytes=int(s["max_state_bytes"]), state_diffs=bool(s.get("state_diffs", False)),
+            max_owed_bytes=int(s.get("max_owed_diff_bytes", 8 * 1024 * 1024)),
         )  # fmt: skip
         self.executor.warm_up()
         gc.collect()
@@ -282,6 +283,9 @@ class Template:
                         self.code is None or not req.get("keep") or header.get("kind") == "need_fresh"
                         or process_time() > cpu_s or executor.grown(keep_kb)
                     )  # fmt: skip
+            elif op == "diffs":  # the gym reads the log: every diff owed so far, in one reply
+                header, out = {"ok": True}, executor.owed_diffs()
+                header["retire"] = process_time() > cpu_s or executor.grown(keep_kb)
             elif op == "bind" and self.code is None:
                 header, out = self.bind(executor, req, blob), b""
                 header["retire"] = header.get("kind") != "need_source" and not header.get("ok")
@@ -295,25 +299,21 @@ class Template:
             else:
                 header, out = {"ok": False, "kind": "sandbox_error", "error": f"unexpected op {op!r}", "retire": True}, b""
             header["seq"] = req.get("seq")
+            owed = header["retire"] and bool(executor.owed or executor.ready)
+            if owed:
+                header["diffs_follow"] = True  # retiring: what it owes goes now, in a frame after the reply
             executor.write_reply(CALL_FD, header, out)
-            waited = False
-            if op == "call" and header.get("diff_follows"):
-                # The state diff is for the call log, not for the agent: it is computed once the reply is on its
-                # way and sent as a frame of its own (same seq). The gym reads it before this process's next request.
-                wait([CALL_FD], [], [], IDLE_GRACE_S)  # let the gym pass the reply on first (see below)
-                waited = True
-                executor.write_reply(CALL_FD, {"seq": req.get("seq"), "diff": executor.diff_after_reply()})
+            if owed:
+                executor.write_reply(CALL_FD, {"seq": req.get("seq")}, executor.owed_diffs())
             if header["retire"]:
                 return
-            if op == "bind":
-                continue  # bound and prepared: the episode's first call follows
             if op == "call" and self.code is not None:
                 # Let the gym run first: a unix-socket write wakes the reader with a hint that the writer is about
                 # to sleep, so the gym is often queued on this CPU; preparing right away made it wait (measured
                 # in session 3: 0.5 ms of a 1.2 ms round trip). Wait up to IDLE_GRACE_S or the next request.
-                if not waited:
-                    wait([CALL_FD], [], [], IDLE_GRACE_S)
+                wait([CALL_FD], [], [], IDLE_GRACE_S)
                 executor.prepare()
+                executor.keep_owed_within_bound()
 
     def bind(self, executor: Executor, req: dict[str, Any], blob: bytes) -> dict[str, Any]:
         """Before an episode's first call (the gym forks its process when the episode is created): take the arena's
