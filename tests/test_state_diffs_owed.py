@@ -215,6 +215,7 @@ async def settled(sent: bytes | None) -> tuple[FakeProcess, list[StateDiff], lis
     (frame({"seq": 7}, batch([11])), "malformed batch"),
     (frame({"seq": 7}, batch(["11", GOOD])), "malformed batch"),
     (frame({"seq": 7}, b"[" * 100_000), "malformed batch"),
+    (frame({"seq": 7}, b"[" + b" " * (2 * 17 * 1024) + b"]"), "malformed batch"),  # longer than two diffs can be: never parsed
 ])  # fmt: skip
 async def test_a_batch_that_is_not_one_breaks_the_process_and_resolves_every_diff_in_it(sent, why):
     process, diffs, killed = await settled(sent)

@@ -16,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from gym_server.models import StateDiff
+from gym_server.models import MAX_DIFF_BYTES, StateDiff
 from gym_server.sandbox.processes import SandboxProcess
 from gym_server.sandbox.protocol import FrameError, decode_header
 from gym_server.statediff import checked_diff
@@ -26,9 +26,12 @@ def unusable(why: str) -> StateDiff:
     return StateDiff(truncated=True, error=why)
 
 
-def _parsed(blob: bytes) -> dict[int, StateDiff]:
+def _parsed(blob: bytes, owed: int) -> dict[int, StateDiff]:
     """`[[seq, diff], ...]` with each diff checked; raises ValueError if the batch itself is not of that shape
-    (a single malformed diff only becomes an unusable one)."""
+    (a single malformed diff only becomes an unusable one) or longer than `owed` diffs can be, which is checked
+    before anything is parsed."""
+    if len(blob) > 2 + owed * (MAX_DIFF_BYTES + 32):
+        raise ValueError("the batch is longer than the diffs owed can be")
     pairs = json.loads(blob)
     if not isinstance(pairs, list):
         raise ValueError("the diffs are not a list")
@@ -56,7 +59,7 @@ async def settle(
             header = decode_header(body[:head_len])
             if header.get("seq") != seq or (ask and header.get("ok") is not True):
                 raise FrameError("the frame is not the batch of diffs asked for")
-            diffs = _parsed(body[head_len:])
+            diffs = _parsed(body[head_len:], len(owed))
         except asyncio.TimeoutError:
             why = "did not send the state diffs in time"
         except (EOFError, ConnectionError):
