@@ -202,6 +202,8 @@ async def test_model_arguments_are_data_and_the_backend_is_contained(gym: GymCli
             assert not fine.is_error
         log = await gym.log(created.episode_id)
         assert [c.rendered for c in log.calls if c.status == "ok"] == ["mkdir(dir_name='after')"]
+        made = next(c for c in log.calls if c.status == "ok")
+        assert made.diff is not None and made.diff.error is None and made.diff.tables  # the backend's state changed
     finally:
         await gym.delete(created.episode_id)
 

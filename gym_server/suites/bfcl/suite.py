@@ -5,6 +5,7 @@ the sandbox (`sources.CHECKER`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import keyword
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,7 @@ class BfclSuite(SandboxBackend):
         if keys := bad_keys(arguments):
             return ToolAnswer(CallStatus.invalid_arguments, error=f"argument names must be Python identifiers: {', '.join(map(repr, keys))[:300]}")
         answer = await super().call(episode, arena, tool, arguments)
-        return ToolAnswer(answer.status, answer.result, answer.error, rendered=render_call(tool.name, arguments))
+        return dataclasses.replace(answer, rendered=render_call(tool.name, arguments))  # its state diff kept
 
     async def score(self, episode: Episode) -> RewardBreakdown:
         arena = episode.arena
