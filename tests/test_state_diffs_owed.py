@@ -272,3 +272,17 @@ def test_a_process_keeps_at_most_its_bound_of_images_and_computes_the_oldest_dif
     assert [seq for seq, _ in answered] == [1, 2, 3, 4, 5]
     assert [diff["tables"]["t"]["added"] for _, diff in answered] == [[{"k": n}] for n in range(5)]
     assert executor.owed == [] and executor.ready == [] and executor.owed_bytes == 0
+
+
+def test_images_two_diffs_do_not_share_count_twice_and_leave_the_count_whole():
+    """A call that started from an image other than the last call's (the gym sent the state again) keeps both."""
+    a, b, c, d = image(), image(1), image(1, 2), image(1, 2, 3)
+    executor = Executor(NoGuard(), {}, {}, cpu_s=5, memory_mb=512, max_result_bytes=1 << 20, max_result_depth=64,  # type: ignore[arg-type]
+                        max_state_bytes=1 << 24, state_diffs=True, max_owed_bytes=1 << 30)  # fmt: skip
+    executor.owe(1, a, b)
+    executor.owe(2, c, d)  # not from b
+    assert executor.owed_bytes == len(a) + len(b) + len(c) + len(d)
+    executor.max_owed_bytes = len(c) + len(d)
+    executor.keep_owed_within_bound()
+    assert [seq for seq, _ in executor.ready] == [1] and executor.owed_bytes == len(c) + len(d)
+    assert [seq for seq, _ in json.loads(executor.owed_diffs())] == [1, 2]
