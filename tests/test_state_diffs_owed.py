@@ -61,13 +61,13 @@ async def test_an_episodes_owed_diffs_come_in_one_batch_in_order():
             assert outcome.ok and outcome.diff is not None
             state, diffs = outcome.state, [*diffs, outcome.diff]
         batches = []
-        read_batch = pool._read_batch
+        read_batch = pool.diffs.read_batch
 
         def counted(process: SandboxProcess, seq: object, *, ask: bool) -> None:
             batches.append((len(process.owed), ask))
             read_batch(process, seq, ask=ask)
 
-        pool._read_batch = counted  # type: ignore[method-assign]
+        pool.diffs.read_batch = counted  # type: ignore[method-assign]
         pool.settle("episode-2")
         pool.settle("episode-2")  # asked twice while the batch is on its way: still one batch
         done = await asyncio.wait_for(asyncio.gather(*diffs), 5)

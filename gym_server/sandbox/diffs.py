@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from gym_server.models import MAX_DIFF_BYTES, StateDiff
 from gym_server.sandbox.processes import SandboxProcess
-from gym_server.sandbox.protocol import FrameError, decode_header
+from gym_server.sandbox.protocol import FrameError, decode_header, encode_frame
 from gym_server.statediff import checked_diff
 
 
@@ -84,3 +85,84 @@ async def settle(
         for future in owed.values():
             if not future.done():
                 future.set_result(unusable("the gym stopped before the state diff came"))
+
+
+class OwedDiffs:
+    """The diffs the pool's processes owe, by episode: a future per writing call (`owe`), and one batch per process
+    when they are asked for (`settle`, `retire`, `release`). A batch is never asked for beside a call on the same
+    process: a busy process is asked once its call is done (`SandboxProcess.ask_again`)."""
+
+    def __init__(self, seqs: Iterator[int], timeout_s: float, kill: Callable[[SandboxProcess], None]) -> None:
+        self.seqs, self.timeout_s, self.kill = seqs, timeout_s, kill
+        self.owing: dict[str, set[SandboxProcess]] = {}
+        """By episode id: the processes that owe diffs of its calls."""
+        self.reading: set[asyncio.Task[None]] = set()
+
+    def owe(self, process: SandboxProcess, seq: int, owner: str | None) -> asyncio.Future[StateDiff]:
+        future = process.owed[seq] = asyncio.get_running_loop().create_future()
+        if owner is not None:
+            self.owing.setdefault(owner.partition("/")[0], set()).add(process)
+        return future
+
+    def settle(self, episode_id: str) -> None:
+        """Ask every process that owes diffs of the episode's calls for them. Never blocks; asking again while a
+        batch is on its way is free."""
+        for process in list(self.owing.get(episode_id, ())):
+            if process.owed:
+                self.ask(process)
+            else:
+                self.owing[episode_id].discard(process)
+        if not self.owing.get(episode_id, True):
+            del self.owing[episode_id]
+
+    def release(self, episode_id: str) -> None:
+        """The episode ended: ask what its processes still owe (one that is not its idle process any more, replaced
+        say, still owes) and forget them."""
+        for process in self.owing.pop(episode_id, ()):
+            if not process.busy:
+                self.ask(process)
+
+    def retire(self, process: SandboxProcess) -> None:
+        """Close an idle process once it has sent the diffs it owes."""
+        self.ask(process)
+        process.close_when_settled()
+
+    def ask(self, process: SandboxProcess) -> None:
+        if not process.owed:
+            return
+        follows = process.follows
+        if process.busy or (follows is not None and not follows.done()):
+            process.ask_again = True  # after the call under way (the pool's `_run`) or the batch on its way
+            return
+        if process.broken or process.channel is None or process.template.dead is not None:
+            process.close()  # it can answer nothing more: what it owes is lost with it
+            return
+        self.read_batch(process, next(self.seqs), ask=True)
+
+    def read_batch(self, process: SandboxProcess, seq: Any, *, ask: bool) -> None:
+        """Read a batch of the diffs `process` owes: with `ask`, the `diffs` request is written here and now, so
+        that it comes before any request written later (a call's, which then waits for the batch)."""
+        owed, process.owed = process.owed, {}
+        process.ask_again = False
+        if ask:
+            try:
+                assert process.channel is not None  # it served a call
+                process.channel.send(encode_frame({"op": "diffs", "seq": seq}))
+            except EOFError:
+                process.owed = owed
+                process.close()  # closing already: what it owes is lost with it
+                return
+        task = process.follows = asyncio.get_running_loop().create_task(settle(process, owed, seq, self.timeout_s, self.kill, ask=ask))
+        self.reading.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self.reading.discard(task)
+            if process.ask_again and not process.busy:
+                self.ask(process)
+
+        task.add_done_callback(done)
+
+    def close(self) -> None:
+        """The pool is closing: batches on their way resolve their diffs as the gym's stopping."""
+        for task in self.reading:
+            task.cancel()

@@ -30,7 +30,7 @@ from gym_server.models import InitialState, StateDiff
 from gym_server.sandbox import launch as launching
 from gym_server.sandbox.config import SandboxConfig, SandboxOutcome, SandboxUnavailable
 from gym_server.sandbox.inside.frames import MAX_CONTROL_BYTES
-from gym_server.sandbox.diffs import settle
+from gym_server.sandbox.diffs import OwedDiffs
 from gym_server.sandbox.replies import checked_outcome
 from gym_server.sandbox.isolation import NAMESPACES, own_namespaces
 from gym_server.sandbox.processes import SandboxProcess, TemplateHandle
@@ -60,15 +60,13 @@ class SandboxPool:
         """Owners whose process is to be forked and bound ahead of their first call (`open`)..."""
         self._binding: set[str] = set()
         """... and those of them whose binding has begun."""
-        self._following: set[asyncio.Task[None]] = set()
-        """Reading batches of state diffs (gym_server.sandbox.diffs)."""
-        self._owing: dict[str, set[SandboxProcess]] = {}
-        """By episode id: the processes that owe diffs of its calls (`settle`)."""
+        self._seqs = itertools.count(secrets.randbits(48))
+        self.diffs = OwedDiffs(self._seqs, self.config.call_timeout_s, self._kill)
+        """The state diffs processes owe (gym_server.sandbox.diffs)."""
         self._bind_slots: asyncio.Semaphore | None = None
         self._slots: asyncio.Semaphore | None = None
         self._restart_lock: asyncio.Lock | None = None
         self._closed = False
-        self._seqs = itertools.count(secrets.randbits(48))
         self.replaced = 0
         """Calls whose process the gym had to kill (wall clock, cancellation)."""
         self.restarts = 0
@@ -86,8 +84,9 @@ class SandboxPool:
 
     async def close(self) -> None:
         self._closed = True
-        for task in [*self._opening.values(), *self._following]:
+        for task in self._opening.values():
             task.cancel()
+        self.diffs.close()
         while self._spares:
             self._spares.popleft().close()
         while self._owned:
@@ -218,7 +217,7 @@ class SandboxPool:
             process = self._owned.pop(owner, None) if owner is not None else None
             for attempt in (1, 2):
                 if process is not None and (process.template.dead is not None or process.code_id != code_id or process.broken):
-                    self._retire(process)
+                    self.diffs.retire(process)
                     process = None
                 if process is None:
                     process = await self._checkout()
@@ -254,20 +253,18 @@ class SandboxPool:
             if reply.get("ok") and reply.get("changed") is True and type(n) is int and 0 <= n <= len(out):
                 out, new_state = out[:n], out[n:]
             if new_state is not None and reply.get("diff_owed") is True and header.get("diff") is not False and self.config.state_diffs:
-                diff = process.owed[reply["seq"]] = asyncio.get_running_loop().create_future()
-                if owner is not None:
-                    self._owing.setdefault(owner.partition("/")[0], set()).add(process)
+                diff = self.diffs.owe(process, reply["seq"], owner)
             if reply.get("diffs_follow") is True:  # it retires, and sends what it owes first
-                self._read_batch(process, reply.get("seq"), ask=False)
+                self.diffs.read_batch(process, reply.get("seq"), ask=False)
             if owner is not None and reply.get("retire") is False:
                 process.code_id = code_id
                 process.held = new_state if new_state is not None else state  # what the process now holds loaded
                 previous = self._owned.pop(owner, None)
                 if previous is not None:  # a call beside this one took a process of its own: one is kept
-                    self._retire(previous)
+                    self.diffs.retire(previous)
                 self._owned[owner] = process
                 while len(self._owned) > self.config.max_idle_processes:
-                    self._retire(self._owned.popitem(last=False)[1])  # it reads end-of-file and exits
+                    self.diffs.retire(self._owned.popitem(last=False)[1])  # it reads end-of-file and exits
             else:
                 process.close_when_settled()  # a retiring process goes once its batch is read
             return reply, out, new_state, diff
@@ -276,61 +273,12 @@ class SandboxPool:
             if process is not None:
                 process.busy = False
                 if process.ask_again:
-                    self._ask(process)
+                    self.diffs.ask(process)
 
-    # -- state diffs (gym_server.sandbox.diffs) -----------------------------------------------------------------
     def settle(self, episode_id: str) -> None:
         """Ask every process that owes diffs of the episode's calls for them (its log is being read); each owed
-        diff's future resolves once its batch is in. Never blocks; asking again while a batch is on its way is free."""
-        for process in list(self._owing.get(episode_id, ())):
-            if process.owed:
-                self._ask(process)
-            else:
-                self._owing[episode_id].discard(process)
-        if not self._owing.get(episode_id, True):
-            del self._owing[episode_id]
-
-    def _ask(self, process: SandboxProcess) -> None:
-        if not process.owed:
-            return
-        follows = process.follows
-        if process.busy or (follows is not None and not follows.done()):
-            process.ask_again = True  # after the call under way (or the batch on its way): `_run` / `_read_batch`
-            return
-        if process.broken or process.channel is None or process.template.dead is not None:
-            process.close()  # it can answer nothing more: what it owes is lost with it
-            return
-        self._read_batch(process, next(self._seqs), ask=True)
-
-    def _read_batch(self, process: SandboxProcess, seq: Any, *, ask: bool) -> None:
-        """Read a batch of the diffs `process` owes: with `ask`, the `diffs` request is written here and now, so
-        that it comes before any request written later (a call's, which then waits for the batch)."""
-        owed, process.owed = process.owed, {}
-        process.ask_again = False
-        if ask:
-            try:
-                assert process.channel is not None  # it served a call
-                process.channel.send(encode_frame({"op": "diffs", "seq": seq}))
-            except EOFError:
-                process.owed = owed
-                process.close()  # closing already: what it owes is lost with it
-                return
-        task = process.follows = asyncio.get_running_loop().create_task(
-            settle(process, owed, seq, self.config.call_timeout_s, self._kill, ask=ask)
-        )
-        self._following.add(task)
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._following.discard(task)
-            if process.ask_again and not process.busy:
-                self._ask(process)
-
-        task.add_done_callback(done)
-
-    def _retire(self, process: SandboxProcess) -> None:
-        """Close an idle process once it has sent the diffs it owes."""
-        self._ask(process)
-        process.close_when_settled()
+        diff's future resolves once its batch is in. Never blocks."""
+        self.diffs.settle(episode_id)
 
     def release(self, episode_id: str) -> None:
         """The episode ended: close the processes that served its arenas (or were being bound for them)."""
@@ -338,10 +286,8 @@ class SandboxPool:
         for owner in [o for o in self._opening if o.startswith(prefix)]:
             self._opening.pop(owner).cancel()  # its exchange kills the process
         for owner in [o for o in self._owned if o.startswith(prefix)]:
-            self._retire(self._owned.pop(owner))
-        for process in self._owing.pop(episode_id, ()):
-            if not process.busy:
-                self._ask(process)  # one that is not the episode's idle process any more (replaced, say) still owes
+            self.diffs.retire(self._owned.pop(owner))
+        self.diffs.release(episode_id)
 
     def open(self, source: str, state: bytes, owner: str) -> None:
         """Fork and bind `owner`'s process before its first call: the call then finds the code compiled and
