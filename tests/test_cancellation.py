@@ -1,7 +1,7 @@
 """A call the client gives up on is stopped: state unchanged, logged as cancelled, the episode free at once.
 
-`slow_write` (tests/fixtures/hostile_tools.py) writes, then sleeps 1.5 s. Were it not stopped, the write
-would land when it finished and the next call would wait for it.
+`slow_write` (tests/fixtures/hostile_tools.py) writes, then sleeps 2.5 s (under the test gym's 3 s wall-clock
+limit). Were it not stopped, the write would land when it finished and the next call would wait for it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import MCP_HEADERS, mcp_session, new_episode, result_json
 
-SLOW_S = 1.5
+SLOW_S = 2.5
+STARTED_S = 0.8
+"""How long the tests give the slow call to start before they give up on it: long enough for a loaded machine (at
+0.3 s, a full suite's run once cancelled the call before it reached the gym, which then rightly logged nothing)."""
 
 
 def _call(request_id: int, name: str, arguments: dict) -> dict:
@@ -43,7 +46,7 @@ async def test_sdk_client_timeout_cancels_the_call_legacy(gym, http):
     started = time.perf_counter()
     async with mcp_session(http, episode["mcp_url"], mode="legacy") as client:
         with pytest.raises(MCPError):
-            await client.call_tool("slow_write", {"value": "changed"}, read_timeout_seconds=0.3)
+            await client.call_tool("slow_write", {"value": "changed"}, read_timeout_seconds=STARTED_S)
     await _assert_stopped(gym, http, episode, started)
 
 
@@ -53,7 +56,7 @@ async def test_sdk_client_cancellation_cancels_the_call_2026(gym, http):
     started = time.perf_counter()
     async with mcp_session(http, episode["mcp_url"], mode="2026-07-28") as client:
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.3):
+            async with asyncio.timeout(STARTED_S):
                 await client.call_tool("slow_write", {"value": "changed"})
     await _assert_stopped(gym, http, episode, started)
 
@@ -64,7 +67,7 @@ async def test_dropped_connection_cancels_the_call(gym):
         episode = await new_episode(episode_http, gym, "hostile")
         started = time.perf_counter()
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.3):  # the request is abandoned and its connection closed
+            async with asyncio.timeout(STARTED_S):  # the request is abandoned and its connection closed
                 await episode_http.post(episode["mcp_url"], json=_call(1, "slow_write", {"value": "changed"}), headers=MCP_HEADERS)
         await _assert_stopped(gym, episode_http, episode, started)
 
@@ -73,7 +76,7 @@ async def test_notifications_cancelled_names_one_request_of_this_episode(gym, ht
     episode, other = await new_episode(http, gym, "hostile"), await new_episode(http, gym, "hostile")
     url = episode["mcp_url"]
     slow = asyncio.ensure_future(http.post(url, json=_call(7, "slow_write", {"value": "changed"}), headers=MCP_HEADERS))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(STARTED_S)
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "enough"}}
     for wrong in ({"requestId": "7"}, {"requestId": 8}):  # other ids name nothing
         assert (await http.post(url, json={**cancel, "params": wrong}, headers=MCP_HEADERS)).status_code == 202
