@@ -68,8 +68,8 @@ def browser() -> Iterator[object]:
 
 
 def follow(browser, element) -> None:
-    """Click what leads to another page and wait until the old one is gone: reading before that could find the
-    old page's elements (stale a moment later) on a loaded machine."""
+    """Click what leads to another page and wait until the old one is gone and the new one loaded: reading before
+    that could find the old page's elements (stale a moment later) on a loaded machine."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -77,6 +77,9 @@ def follow(browser, element) -> None:
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
     WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+    # and until the new one has loaded: an element found while it still loads could belong to a document Chrome
+    # then replaces ("Node with given id does not belong to the document" on a loaded machine)
+    WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def cells(browser, css: str) -> list[str]:
