@@ -70,13 +70,26 @@ def browser() -> Iterator[object]:
 def follow(browser, element) -> None:
     """Click what leads to another page and wait until the old one is gone and the new one loaded: reading before
     that could find the old page's elements (stale a moment later) on a loaded machine."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+
+    def gone(_: object) -> bool:
+        """`staleness_of`, also for the way this Chrome reports an element of a replaced document (not as stale)."""
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+            return True
+        return False
+
+    WebDriverWait(browser, 20).until(gone)
     # and until the new one has loaded: an element found while it still loads could belong to a document Chrome
     # then replaces ("Node with given id does not belong to the document" on a loaded machine)
     WebDriverWait(browser, 20).until(lambda b: b.execute_script("return document.readyState") == "complete")
