@@ -15,7 +15,7 @@ import pytest
 from gym_server.builtin import builtin_arenas
 from gym_server.models import StateDiff
 from gym_server.sandbox.config import SandboxConfig
-from gym_server.sandbox.diffs import settle
+from gym_server.sandbox.diffs import resolve_batch
 from gym_server.sandbox.inside.execute import Executor
 from gym_server.sandbox.pool import SandboxPool
 from gym_server.sandbox.processes import SandboxProcess
@@ -103,7 +103,7 @@ async def test_a_call_goes_out_while_a_batch_is_on_its_way_and_survives_a_broken
         process = pool._owned[owner]
         served = process.id
 
-        async def broken() -> None:  # what `settle` does with a malformed batch
+        async def broken() -> None:  # what `resolve_batch` does with a malformed batch
             await asyncio.sleep(0.05)
             process.broken = True
             pool._kill(process)
@@ -167,7 +167,7 @@ async def test_a_process_retiring_on_its_cpu_budget_sends_what_it_owes_and_one_k
 
 
 class FakeProcess:
-    """What `settle` uses of a sandbox process when a retiring one sends its batch unasked."""
+    """What `resolve_batch` uses of a sandbox process when a retiring one sends its batch unasked."""
 
     def __init__(self, frame: bytes | None) -> None:
         self.frame, self.closed, self.broken, self.owed = frame, False, False, {}
@@ -200,7 +200,7 @@ async def settled(sent: bytes | None) -> tuple[FakeProcess, list[StateDiff], lis
     process, killed = FakeProcess(sent), []
     loop = asyncio.get_running_loop()
     owed = {11: loop.create_future(), 12: loop.create_future()}
-    await settle(process, owed, 7, 0.2, killed.append, ask=False)  # type: ignore[arg-type]
+    await resolve_batch(process, owed, 7, 0.2, killed.append, ask=False)  # type: ignore[arg-type]
     return process, [owed[11].result(), owed[12].result()], killed
 
 
@@ -235,7 +235,7 @@ async def test_a_good_batch_resolves_its_diffs_and_one_bad_or_missing_diff_spoil
 async def test_a_cancelled_batch_leaves_no_diff_unresolved():
     process, killed = FakeProcess(b"never"), []
     owed = {11: asyncio.get_running_loop().create_future()}
-    task = asyncio.create_task(settle(process, owed, 7, 60, killed.append, ask=False))  # type: ignore[arg-type]
+    task = asyncio.create_task(resolve_batch(process, owed, 7, 60, killed.append, ask=False))  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

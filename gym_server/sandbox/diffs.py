@@ -2,7 +2,7 @@
 
 A writing call's reply goes to the agent with its result and new image and says `diff_owed`; the process keeps the
 images and computes what each call changed (`inside/statediff.py`) only when the gym asks, with one `diffs`
-request for all it owes (`settle`): when the episode's log is read or the episode ends, when an idle process is
+request for all it owes (`OwedDiffs.settle`): when the episode's log is read or the episode ends, when an idle process is
 evicted, or (unasked, in a frame after its last reply) when the process retires. So an episode's calls carry no
 diff work at all, and reading its log costs one exchange per process instead of a frame per call. The batch is
 untrusted JSON: each diff is checked as such (`gym_server.statediff`); a batch that does not come, or comes
@@ -44,7 +44,7 @@ def _parsed(blob: bytes, owed: int) -> dict[int, StateDiff]:
     return diffs
 
 
-async def settle(
+async def resolve_batch(
     process: SandboxProcess, owed: dict[int, asyncio.Future[StateDiff]], seq: int, timeout_s: float,
     kill: Callable[[SandboxProcess], None], *, ask: bool,
 ) -> None:  # fmt: skip
@@ -152,7 +152,7 @@ class OwedDiffs:
                 process.owed = owed
                 process.close()  # closing already: what it owes is lost with it
                 return
-        task = process.follows = asyncio.get_running_loop().create_task(settle(process, owed, seq, self.timeout_s, self.kill, ask=ask))
+        task = process.follows = asyncio.get_running_loop().create_task(resolve_batch(process, owed, seq, self.timeout_s, self.kill, ask=ask))
         self.reading.add(task)
 
         def done(_: asyncio.Task[None]) -> None:

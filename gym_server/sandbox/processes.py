@@ -135,7 +135,7 @@ class SandboxProcess:
     held: bytes | None = None
     """The state image the process holds loaded for its episode's next call (as the gym's own object), if any."""
     follows: asyncio.Task[Any] | None = None
-    """Reading a batch of the state diffs it owes (`diffs.settle`): its next request waits for it."""
+    """Reading a batch of the state diffs it owes (`diffs.resolve_batch`): its next request waits for it."""
     broken: bool = False
     """It serves no further request: a batch of diffs never came whole, or it retired after one."""
     owed: dict[int, asyncio.Future[StateDiff]] = field(default_factory=dict)
