@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 64
@@ -52,6 +53,22 @@ def _check_text(text: str) -> None:
         raise JSONLimitError("a string holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); strings must be valid Unicode") from None
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A `\\uD800`-`\\uDFFF` escape: in text decoded from strict UTF-8 the only way a lone surrogate gets in."""
+
+
+def _may_break_limits(text: str, from_utf8: bool) -> bool:
+    """Whether `check_tree` could refuse what `text` decodes to, by two C scans of the text instead of a walk
+    of the value: nesting needs an opening bracket per level, and a lone surrogate needs either an escape or
+    (in text that did not come from UTF-8) a non-ASCII character. Both overcount (brackets in strings, an
+    escaped backslash before `u`), which only means the walk runs."""
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        return True
+    if not from_utf8 and not text.isascii():
+        return True
+    return _SURROGATE_ESCAPE.search(text) is not None
+
+
 def check_tree(value: Any, max_depth: int = MAX_DEPTH) -> None:
     """Depth and text checks over an already decoded value, iteratively (a deep value must not recurse)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -84,5 +101,6 @@ def parse_json(body: bytes | str) -> Any:
         raise JSONLimitError(f"the JSON value is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and int() refusing a literal past the interpreter's limit
         raise JSONLimitError(f"request body is not valid JSON: {exc}") from None
-    check_tree(value)
+    if _may_break_limits(text, isinstance(body, bytes)):  # every tool call comes through here: most need no walk
+        check_tree(value)
     return value

@@ -92,10 +92,14 @@ async def answer_tool_call(manager: EpisodeManager, episode: Episode, name: str,
     return tool_result(entry)
 
 
+_result_text = json.JSONEncoder(ensure_ascii=False).encode
+"""`json.dumps(result, ensure_ascii=False)`, its encoder built once (every call's answer goes through it)."""
+
+
 def tool_result(entry: CallLogEntry) -> dict[str, Any]:
     """A logged call as its `CallToolResult` wire dict: built directly, since this is every call's answer."""
     if entry.status is CallStatus.ok:
-        result = _text_result(json.dumps(entry.result, ensure_ascii=False), is_error=False)
+        result = _text_result(_result_text(entry.result), is_error=False)
         result["structuredContent"] = entry.result if isinstance(entry.result, dict) else {"result": entry.result}
         return result
     return _text_result(f"{_ERROR_PREFIX[entry.status]}: {entry.error}", is_error=True)

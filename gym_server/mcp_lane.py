@@ -53,9 +53,14 @@ Answer = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 """The tool-call handler for the lane: (tool name, arguments) -> the result's wire dict, or `MCPError`."""
 
 
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+_meta_key_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+"""Built once: `json.dumps` with options builds a new encoder per call, and these run on every tool call."""
+
+
 def _json_response(body: dict[str, Any], status: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two ASGI messages of the response Starlette's `Response` sends for the SDK's `_write`."""
-    content = json.dumps(body, separators=(",", ":")).encode()
+    content = _compact_json(body).encode()
     start = {
         "type": "http.response.start", "status": status,
         "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
@@ -115,11 +120,15 @@ class ToolCallLane:
 
     def _admitted(self, message: Mapping[str, Any], request: Request) -> InboundModernRoute | None:
         """The route when every rung the SDK runs before dispatch passes this request; None sends it to the SDK."""
-        headers = request.headers
+        # Each header decoded once: `dict(request.headers)` scans and decodes every line once per name
+        items = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]]
         has_json, _ = check_accept_headers(request)
-        if not has_json or find_duplicated_routing_header(headers.items()) is not None:
+        if not has_json or find_duplicated_routing_header(items) is not None:
             return None
-        verdict = classify_inbound_request(message, headers=dict(headers))
+        folded: dict[str, str] = {}
+        for name, value in items:
+            folded.setdefault(name, value)  # the first line of a name, as `Headers` reads it
+        verdict = classify_inbound_request(message, headers=folded)
         if not isinstance(verdict, InboundModernRoute):
             return None
         params = message.get("params")
@@ -128,12 +137,12 @@ class ToolCallLane:
         arguments = params.get("arguments")
         if arguments is not None and not isinstance(arguments, Mapping):
             return None
-        if (arguments or any(name.startswith(_PARAM_HEADER_PREFIX) for name in headers)) and self._input_schema is not None:
+        if (arguments or any(name.startswith(_PARAM_HEADER_PREFIX) for name in folded)) and self._input_schema is not None:
             try:
                 schema = self._input_schema(params["name"])
             except Exception:
                 return None
-            if schema is not None and self._annotated(schema) and validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
+            if schema is not None and self._annotated(schema) and validate_mcp_param_headers(schema, arguments or {}, request.headers) is not None:
                 return None
         if not self._params_valid(verdict.protocol_version, params):
             return None
@@ -159,7 +168,7 @@ class ToolCallLane:
         `_meta`, whether the params validate depends on the version and `_meta` alone. Only successes are kept."""
         key = None
         if params.keys() <= _PLAIN_PARAMS:
-            key = (version, json.dumps(params.get("_meta"), sort_keys=True, separators=(",", ":")))
+            key = (version, _meta_key_json(params.get("_meta")))
             if key in self._valid:
                 return True
         try:

@@ -6,7 +6,10 @@ Each case was first written as a request to a real gym on loopback and watched f
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gym_server import json_limits
 from gym_server.answers import answers_equal, normalize
 from gym_server.json_limits import MAX_DEPTH, MAX_INT_DIGITS, JSONLimitError, parse_json
 from tests.conftest import new_episode
@@ -84,6 +87,39 @@ def test_parser_limits_are_what_they_say():
     with pytest.raises(JSONLimitError, match="surrogate"):
         parse_json(b'{"\\ud800": 1}')
     assert parse_json('{"emoji": "\\ud83d\\ude00"}'.encode()) == {"emoji": "\U0001f600"}
+
+
+def _walked(body: bytes | str) -> object:
+    """parse_json as it was before it learned to skip the walk: decode, then always check the whole tree."""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    value = json_limits._decoder.decode(text)
+    json_limits.check_tree(value)
+    return value
+
+
+_piece = st.sampled_from(['"a"', '"\\ud800"', '"\\\\ud800"', '"\\ud83d\\ude00"', '"\\uDFFF"', '"\\u00e9"', "1", '"\ud800"', '"[{"'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(depth=st.integers(0, MAX_DEPTH + 3), pieces=st.lists(_piece, max_size=4), as_bytes=st.booleans(), in_key=st.booleans())
+def test_the_walk_is_skipped_only_where_it_could_refuse_nothing(depth: int, pieces: list[str], as_bytes: bool, in_key: bool):
+    """The scan that lets parse_json skip its walk of the value must never let through what the walk refuses:
+    nesting at and past the limit, surrogate escapes (lone, paired, behind an escaped backslash), raw surrogates
+    in a str body, brackets inside strings."""
+    inner = "[" + ",".join(pieces) + "]"
+    if in_key and pieces:
+        inner = "{" + pieces[0].replace("1", '"1"') + ": " + inner + "}"
+    text = "[" * depth + inner + "]" * depth
+    body: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    try:
+        expected: object = _walked(body)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONLimitError is a ValueError
+        with pytest.raises(JSONLimitError) as refused:
+            parse_json(body)
+        if isinstance(exc, JSONLimitError):
+            assert str(refused.value) == str(exc)
+        return
+    assert parse_json(body) == expected
 
 
 def test_scoring_compares_integers_beyond_float_range():
