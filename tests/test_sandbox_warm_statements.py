@@ -6,6 +6,7 @@ each test can look at the handle the next call will get. The last test runs the 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 from typing import Any
@@ -69,9 +70,10 @@ def executor(**names: Any) -> Executor:
     return ex
 
 
-def run(ex: Executor, code: Any, function: str, **arguments: Any) -> Any:
-    """One call on the prepared handle, as `Template.call` makes it; the next handle is not prepared yet."""
-    header, out = ex.call({"function": function, "arguments": arguments, "seq": 1}, code, ex.held)
+def run(ex: Executor, code: Any, function: str, ahead: bool = True, **arguments: Any) -> Any:
+    """One call on the prepared handle, as `Template.call` makes it; the next handle is not prepared yet.
+    `ahead`: the gym ran this call alone, so the process may compile for the next one."""
+    header, out = ex.call({"function": function, "arguments": arguments, "seq": 1, "ahead": ahead}, code, ex.held)
     if header.get("ok") and header.get("changed"):
         ex.held = out[header["result_bytes"] :]
     return json.loads(out[: header["result_bytes"]]) if header.get("ok") else header
@@ -95,6 +97,18 @@ def test_a_tool_called_twice_in_a_row_finds_its_statements_compiled_and_uses_the
     assert run(ex, code, "bump", key="k") == {"key": "k", "n": 3}
     used = compiled(ex)
     assert used[INSERT] == 1 and used[SELECT] == 1  # the call ran the statements compiled ahead, not new ones
+
+
+def test_nothing_is_compiled_ahead_when_the_gym_ran_other_calls_beside():
+    """Under load the CPU is the bottleneck: a process compiles ahead only on the gym's word that its call ran alone."""
+    ex, code = executor(), compile(COUNTER, "<arena test>", "exec")
+    for _ in range(3):
+        run(ex, code, "bump", ahead=False, key="k")
+        ex.prepare()
+        assert INSERT not in compiled(ex)
+    run(ex, code, "bump", key="k")
+    ex.prepare()
+    assert INSERT in compiled(ex)
 
 
 def test_a_tool_that_alternates_gets_nothing_compiled_ahead():
@@ -146,3 +160,22 @@ async def test_repeated_calls_in_a_real_sandbox_keep_their_results_and_no_pragma
         for _ in range(3):
             outcome = await pool.call(HOSTILE, "pragma_then_read", {}, state, owner="e2/a")
             assert outcome.ok and outcome.result == {"foreign_keys": 0}, outcome
+
+
+async def test_the_gym_asks_for_statements_ahead_only_for_a_call_that_ran_alone():
+    async with SandboxPool(SandboxConfig(workers=2)) as pool:
+        state = await pool.build_state(InitialState(ddl=["CREATE TABLE counters (key TEXT PRIMARY KEY, n INTEGER)"], rows={}))
+        sent: list[dict[str, Any]] = []
+        exchange = pool._exchange
+
+        async def recording(process: Any, header: dict[str, Any], blob: bytes) -> Any:
+            sent.append(header)
+            return await exchange(process, header, blob)
+
+        pool._exchange = recording  # type: ignore[method-assign]
+        await pool.call(COUNTER, "bump", {"key": "k"}, state, owner="e1/a")
+        assert [h.get("ahead") for h in sent] == [True]
+        sent.clear()
+        await asyncio.gather(*(pool.call(COUNTER, "bump", {"key": "k"}, state, owner=f"e{i}/a") for i in range(2, 5)))
+        assert len(sent) == 3 and [h.get("ahead") for h in sent].count(True) <= 1  # the first may start alone
+        assert pool.active == 0

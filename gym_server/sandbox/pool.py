@@ -70,6 +70,10 @@ class SandboxPool:
         self.replaced = 0
         """Calls whose process the gym had to kill (wall clock, cancellation)."""
         self.restarts = 0
+        self.active = 0
+        """Calls running in the sandbox now. A process compiles a repeated tool's statements ahead of its next call
+        only when its call ran alone (`ahead`): with others running, the CPU is the bottleneck, and what it compiles
+        for a call that never comes (an episode's last) is lost."""
         self.unsafe = False
         """True when arena code runs without the kernel boundary (only ever with `unsafe=True`)."""
 
@@ -212,6 +216,7 @@ class SandboxPool:
         except asyncio.TimeoutError:
             raise SandboxUnavailable(f"the sandbox is busy: no process came free within {self.config.queue_timeout_s:g} s") from None
         process: SandboxProcess | None = None
+        self.active += 1
         try:
             code_id = header.get("code_id")
             process = self._owned.pop(owner, None) if owner is not None else None
@@ -225,6 +230,8 @@ class SandboxPool:
                 send = bool(source) and code_id is not None and process.code_id is None and not process.has_code(code_id)
                 same = process.held is not None and state is process.held
                 request = {**header, "keep": owner is not None, "source_bytes": len(source) if send else 0, "same_state": same}
+                if self.active == 1:  # nothing else runs: the process may spend idle CPU on the episode's next call
+                    request["ahead"] = True
                 try:
                     # A process whose batch of diffs is still coming takes the request at once (SandboxProcess.request)
                     reply, out = await self._exchange(process, request, (source if send else b"") + (b"" if same else state))
@@ -270,6 +277,7 @@ class SandboxPool:
             return reply, out, new_state, diff
         finally:
             self._slots.release()
+            self.active -= 1
             if process is not None:
                 process.busy = False
                 if process.ask_again:

@@ -129,7 +129,8 @@ class Executor:
         self.last_function: Any = None
         self.repeats = 0
         """How many calls in a row, the last included, ran `last_function`: past one, its statements are compiled
-        on the next handle ahead of the next call (`prepare`)."""
+        on the next handle ahead of the next call (`prepare`), if the gym said the call ran alone (`ahead`)."""
+        self.ahead = False
         self.cpu_deadline = 0.0
         self.conn: sqlite3.Connection = None  # type: ignore[assignment]
         """Opened by `open()` in the process that serves calls: an executor is built once, in the template."""
@@ -205,9 +206,11 @@ class Executor:
     def prepare(self) -> None:
         """Between calls: a fresh handle holding the state the episode now holds, its schema read, so that the
         episode's next call starts at once. Arena code never saw this handle. When the same tool ran twice in a
-        row, the statements its last call compiled are compiled on the new handle too (an agent that repeats a
-        tool often repeats it again): compiling them was most of such a call's own SQLite work."""
-        warm = self.statements_to_warm() if self.repeats > 1 else ()
+        row and its call ran alone in the gym's sandbox, the statements its last call compiled are compiled on
+        the new handle too (an agent that repeats a tool often repeats it again): compiling them was most of such a
+        call's own SQLite work. Under load the gym does not ask for it: CPU spent on a call that never comes
+        (an episode's last) is then taken from other calls."""
+        warm = self.statements_to_warm() if self.repeats > 1 and self.ahead else ()
         try:
             self.reload(self.held)
             conn, execute, never_binds, sqlite_error = self.conn, self._execute, self._never_binds, self._sqlite_error
@@ -379,7 +382,7 @@ class Executor:
         namespace: dict[str, Any] = {"__builtins__": self._dict(self.builtins), "__name__": "arena"}
         name, arguments = req["function"], req["arguments"]
         self.repeats = self.repeats + 1 if name == self.last_function else 1
-        self.last_function = name
+        self.last_function, self.ahead = name, req.get("ahead") is True
 
         def invoke() -> Any:
             guard.expect_exec(code)
