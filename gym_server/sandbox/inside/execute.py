@@ -213,16 +213,19 @@ class Executor:
         warm = self.statements_to_warm() if self.repeats > 1 and self.ahead else ()
         try:
             self.reload(self.held)
-            conn, execute, never_binds, sqlite_error = self.conn, self._execute, self._never_binds, self._sqlite_error
-            execute(conn, self._schema_read)
-            for sql in warm:
-                try:  # compiled into the handle's statement cache, never run: no call binds 2**40 parameters
-                    execute(conn, sql, never_binds)
-                except sqlite_error:
-                    pass  # the ProgrammingError about the bindings, or a statement this state no longer compiles
+            self._execute(self.conn, self._schema_read)
+            self.compile_ahead(self.conn, warm)
             self.prepared = True
         except Exception:
             self.prepared = False
+
+    def compile_ahead(self, conn: sqlite3.Connection, statements: Any) -> None:
+        """Into the handle's statement cache, never run: no statement takes 2**40 parameters."""
+        for sql in statements:
+            try:
+                self._execute(conn, sql, self._never_binds)
+            except self._sqlite_error:
+                pass  # the ProgrammingError about the bindings, or a statement this state no longer compiles
 
     def statements_to_warm(self) -> list[str]:
         """The statements the handle arena code just used holds compiled, read with every callback arena code
@@ -273,11 +276,7 @@ class Executor:
             self.check_result(value)
             self.conn, conn = scratch, self.conn  # the warm-up of statements (`prepare`), on the scratch handle
             try:
-                for sql in self.statements_to_warm():
-                    try:
-                        self._execute(scratch, sql, self._never_binds)
-                    except self._sqlite_error:
-                        pass
+                self.compile_ahead(scratch, self.statements_to_warm())
             finally:
                 self.conn = conn
             self._scan(self.encode_json({"ok": True, "arguments": {"k": [1, "v"]}, "seq": 1}).decode(), 0)
