@@ -15,7 +15,6 @@ import json
 import json.encoder
 import json.scanner
 import os
-import re
 import resource
 import sqlite3
 import sys
@@ -24,6 +23,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from .ahead import SCHEMA_READ, Ahead
 from .frames import MAX_BLOB_BYTES, MAX_HEADER_BYTES, PREFIX
 from .guard import CPULimitExceeded, Guard, SandboxViolation
 from .statediff import StateDiffer
@@ -40,15 +40,6 @@ _WARM_UP = compile(
     "    return {'row': row, 'items': [k, v, None, True], 'n': len(row)}\n",
     "<warm-up>", "exec",
 )
-
-
-_SCHEMA_READ = "SELECT 1 FROM sqlite_master LIMIT 0"
-_COMPILED = "SELECT sql FROM sqlite_stmt LIMIT 64"
-"""The statements a handle holds compiled (SQLite's `sqlite_stmt` table; Python's statement cache keeps a call's)."""
-_WARMABLE = re.compile(r"\s*(?:SELECT|INSERT|UPDATE|DELETE|REPLACE|WITH|VALUES)\b", re.IGNORECASE)
-"""Statements that do nothing until stepped. A PRAGMA can take effect when it is compiled, so none is warmed."""
-MAX_WARMED = 16
-MAX_WARMED_CHARS = 8192
 
 
 class _NoSuchFunction(Exception):
@@ -120,12 +111,7 @@ class Executor:
         self._rejected = ResultRejected
         self._rusage, self._rusage_self = resource.getrusage, resource.RUSAGE_SELF
         self._row_factory, self._deny, self._sql_error = _dict_row, _deny_attach, sqlite3.OperationalError
-        base = sqlite3.Connection
-        self._execute, self._fetchall, self._sqlite_error = base.execute, sqlite3.Cursor.fetchall, sqlite3.Error
-        self._set_authorizer, self._set_progress, self._set_trace = base.set_authorizer, base.set_progress_handler, base.set_trace_callback
-        self._set_rows, self._set_text = base.row_factory.__set__, base.text_factory.__set__  # type: ignore[attr-defined]
-        self._warmable, self._never_binds, self._tuple = _WARMABLE.match, range(1 << 40), tuple
-        self._schema_read, self._compiled, self._max_warmed, self._max_warmed_chars = _SCHEMA_READ, _COMPILED, MAX_WARMED, MAX_WARMED_CHARS
+        self._ahead, self._execute, self._schema_read = Ahead(), sqlite3.Connection.execute, SCHEMA_READ
         self.last_function: Any = None
         self.repeats = 0
         """How many calls in a row, the last included, ran `last_function`: past one, its statements are compiled
@@ -210,47 +196,14 @@ class Executor:
         the new handle too (an agent that repeats a tool often repeats it again): compiling them was most of such a
         call's own SQLite work. Under load the gym does not ask for it: CPU spent on a call that never comes
         (an episode's last) is then taken from other calls."""
-        warm = self.statements_to_warm() if self.repeats > 1 and self.ahead else ()
+        warm = self._ahead.statements(self.conn) if self.repeats > 1 and self.ahead else []
         try:
             self.reload(self.held)
             self._execute(self.conn, self._schema_read)
-            self.compile_ahead(self.conn, warm)
+            self._ahead.compile(self.conn, warm)
             self.prepared = True
         except Exception:
             self.prepared = False
-
-    def compile_ahead(self, conn: sqlite3.Connection, statements: Any) -> None:
-        """Into the handle's statement cache, never run: no statement takes 2**40 parameters."""
-        for sql in statements:
-            try:
-                self._execute(conn, sql, self._never_binds)
-            except self._sqlite_error:
-                pass  # the ProgrammingError about the bindings, or a statement this state no longer compiles
-
-    def statements_to_warm(self) -> list[str]:
-        """The statements the handle arena code just used holds compiled, read with every callback arena code
-        could have left on it switched off first (captured C methods: nothing of arena code's runs here)."""
-        conn = self.conn
-        try:
-            self._set_authorizer(conn, None)
-            self._set_progress(conn, None, 0)
-            self._set_trace(conn, None)
-            self._set_rows(conn, None)
-            self._set_text(conn, self._str)
-            rows = self._fetchall(self._execute(conn, self._compiled))
-        except Exception:
-            return []  # the handle was closed, or is otherwise unusable: the next call compiles its own
-        warm: list[str] = []
-        for row in rows:
-            sql = row[0] if self._type(row) is self._tuple and self._len(row) == 1 else None
-            if (
-                self._type(sql) is self._str and self._len(sql) <= self._max_warmed_chars
-                and sql != self._compiled and sql != self._schema_read and self._warmable(sql)
-            ):  # fmt: skip
-                warm.append(sql)
-                if self._len(warm) >= self._max_warmed:
-                    break
-        return warm
 
     def _sql_deadline(self) -> int:
         return 1 if self.cpu_deadline and self._process_time() > self.cpu_deadline else 0
@@ -274,11 +227,7 @@ class Executor:
             exec(_WARM_UP, namespace)
             value = namespace["touch"](scratch, "k", 1.5)
             self.check_result(value)
-            self.conn, conn = scratch, self.conn  # the warm-up of statements (`prepare`), on the scratch handle
-            try:
-                self.compile_ahead(scratch, self.statements_to_warm())
-            finally:
-                self.conn = conn
+            self._ahead.compile(scratch, self._ahead.statements(scratch))  # as `prepare` does, on the scratch handle
             self._scan(self.encode_json({"ok": True, "arguments": {"k": [1, "v"]}, "seq": 1}).decode(), 0)
             self.owe(1, b"", scratch.serialize())
             self.owed_diffs()
