@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -73,6 +73,31 @@ async def drive(http: httpx2.AsyncClient, urls: list[str], calls_per_episode: in
     t0 = time.perf_counter()
     await asyncio.gather(*tasks)
     return latencies, errors, time.perf_counter() - t0
+
+
+async def take_turns(http: httpx2.AsyncClient, urls: dict[str, str], calls: int, era: Era, pause_s: float) -> tuple[dict[str, list[float]], int]:
+    """One agent per server (name -> MCP URL), making `calls` calls each in turns: one call per server in a
+    rotating order, each followed by `pause_s` of quiet. Every server's calls then meet the same machine (its
+    speed drifts within a second here), and no server's work between calls (the gym's sandbox preparing the
+    episode's next call) runs into another's call: an agent thinks between its calls anyway."""
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    errors = 0
+    async with AsyncExitStack() as stack:
+        tools = {name: await stack.enter_async_context(connect(u, http, era)) for name, u in urls.items()}
+        order = list(urls)
+        for _ in range(calls):
+            for name in order:
+                t0 = time.perf_counter()
+                try:
+                    result = await tools[name]("bump" if "/episodes/" in urls[name] else "echo", {"key": "k"})
+                    errors += bool(result.is_error)
+                except Exception as exc:  # counted, then reported; the turn goes on
+                    errors += 1
+                    print(f"  {name} call error: {type(exc).__name__}: {exc!r}", file=sys.stderr)
+                latencies[name].append(time.perf_counter() - t0)
+                await asyncio.sleep(pause_s)
+            order = order[1:] + order[:1]
+    return latencies, errors
 
 
 def _soak_worker(urls: list[str], calls: int, queue: object, era: Era) -> None:

@@ -4,10 +4,11 @@ Two client eras, each against the bare server it usually meets: the SDK's modern
 2026-07-28, no session) against a bare low-level server with the gym's transport settings (stateless, JSON),
 and the legacy `ClientSession` + `initialize` client against a bare server in the SDK's default stateful mode.
 The gym (`serve --processes N`) serves an arena tool that reads and writes SQLite through the sandbox; for
-attribution, one gym process with its sandbox stubbed out in-process runs beside it (modern client). At 1 and
-50 concurrent episodes the servers alternate in rounds (this machine's speed drifts from minute to minute,
-and a round is short enough that its sides see the same machine); printed: calls/s, p50/p99 latency, the
-median per-round b/a. Then soaks of 1,000 concurrent episodes, each making 3 calls in a row: one per client era
+attribution, one gym process with its sandbox stubbed out in-process runs beside it (modern client). At one
+episode the servers take turns call by call, with a pause after each call (`take_turns`: this machine's speed
+drifts within a second, so even short rounds of one server and then the other disagree by 10-30%); at 50
+concurrent episodes they alternate in rounds; printed: calls/s, p50/p99 latency, b/a (at 50, the median of
+per-round ratios). Then soaks of 1,000 concurrent episodes, each making 3 calls in a row: one per client era
 against the gym (the SDK's own clients, for the error count), and one with a lean load generator
 (`lean_soak`: raw HTTP/1.1, the SDK client's request bytes) against the bare server and the gym in turn, which
 measures the servers rather than the clients (the SDK's clients spend several times a server's CPU per call
@@ -45,7 +46,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gym_server.models import Arena  # noqa: E402
 from gym_server.store import write_bundle  # noqa: E402
-from bench._mcp_load import CpuMeter, Era, drive, lean_soak, metered, soak, summary  # noqa: E402
+from bench._mcp_load import CpuMeter, Era, drive, lean_soak, metered, soak, summary, take_turns  # noqa: E402
 
 COUNTER_SOURCE = '''
 def bump(db, key):
@@ -116,6 +117,7 @@ async def main() -> None:
     ap.add_argument("--episodes", type=int, nargs="+", default=[1, 50], help="concurrency levels to compare")
     ap.add_argument("--soak-procs", type=int, default=4, help="client processes sharing the soak's episodes")
     ap.add_argument("--think-ms", type=float, default=0.0, help="also run a paced lean soak with this mean pause before each call (0: none)")
+    ap.add_argument("--pause-ms", type=float, default=3.0, help="at 1 episode: the quiet after each call, before the next server's turn")
     ap.add_argument("--gym-arg", action="append", default=[], help="an extra `serve` argument for the gym, e.g. --gym-arg=--no-state-diffs (repeatable)")
     args = ap.parse_args()
 
@@ -197,8 +199,62 @@ async def main() -> None:
             async def bare_round(name: str, n: int, per: int, era: Era) -> tuple[list[float], int, float, float]:
                 return await metered(meters[name], drive(http, [url[name] + "/mcp"] * n, per, era))
 
+            async def turns_round(era: Era, per: int) -> tuple[dict[str, list[float]], int, dict[str, float], float]:
+                """One agent each on the era's bare server, the gym and (modern) the stubbed gym, taking turns call
+                by call (`take_turns`). Returns their latencies, the errors, each server's CPU (ms) per call, and the
+                CPU (ms) the gym spent creating and deleting the episode."""
+                names = [ERAS[era], "gym", *(["stub"] if era == "modern" else [])]
+                before = meters["gym"].seconds()
+                urls = {ERAS[era]: url[ERAS[era]] + "/mcp", **{n: (await gym_urls(1, url[n]))[0] for n in names[1:]}}
+                for n in names[1:]:
+                    await settle(meters[n], 1)
+                created = meters["gym"].seconds() - before
+                start = {n: meters[n].seconds() for n in names}
+                latencies, errors = await take_turns(http, urls, per, era, args.pause_ms / 1000)
+                for n in names:
+                    await settle(meters[n], 1)
+                cpu = {n: (meters[n].seconds() - start[n]) * 1000 / per for n in names}
+                before = meters["gym"].seconds()
+                await asyncio.gather(*(http.delete(url[n] + "/api/episodes/" + urls[n].split("/episodes/")[1].split("/")[0]) for n in names[1:]))
+                await settle(meters["gym"], 1)
+                return latencies, errors, cpu, (created + meters["gym"].seconds() - before) * 1000
+
             for concurrency in args.episodes:
                 per = max(1, args.calls // concurrency // args.rounds)
+                if concurrency == 1:
+                    for era in args.eras:  # warm-up, untimed
+                        await turns_round(era, 5)
+                    turns: dict[str, dict[str, Any]] = {era: {"a": [], "b": [], "c": [], "ratios": [], "stub": [], "errors": 0, "cpu_a": [], "cpu_b": [], "life": []} for era in args.eras}
+                    for _ in range(args.rounds):
+                        for era in args.eras:
+                            lat, err, cpu, life = await turns_round(era, per)
+                            t = turns[era]
+                            la, lb, lc = lat[ERAS[era]], lat["gym"], lat.get("stub", [])
+                            t["a"] += la
+                            t["b"] += lb
+                            t["c"] += lc
+                            t["ratios"].append(sum(la) / sum(lb))
+                            if lc:
+                                t["stub"].append(sum(la) / sum(lc))
+                            t["errors"] += err
+                            t["cpu_a"].append(cpu[ERAS[era]])
+                            t["cpu_b"].append(cpu["gym"])
+                            t["life"].append(life)
+                    for era, t in turns.items():
+                        a, b = summary(t["a"], sum(t["a"])), summary(t["b"], sum(t["b"]))
+                        row = {
+                            "episodes": 1, "era": era, "baseline": ERAS[era], "a": a, "b": b, "errors": t["errors"], "turns": True,
+                            "ratio": sum(t["a"]) / sum(t["b"]), "ratios": t["ratios"], "cpu_a": statistics.median(t["cpu_a"]),
+                            "cpu_b": statistics.median(t["cpu_b"]), "stub": sum(t["a"]) / sum(t["c"]) if t["c"] else None,
+                            "lifecycle": statistics.median(t["life"]),
+                        }  # fmt: skip
+                        rows.append(row)
+                        print(f"episodes=   1 {era:>6} vs {ERAS[era]:<13} a: {a['calls_s']:7.1f} calls/s p99 {a['p99_ms']:7.2f} ms"
+                              f" | gym x{args.processes}: {b['calls_s']:7.1f} calls/s p50 {b['p50_ms']:6.2f} ms p99 {b['p99_ms']:7.2f} ms"
+                              f" | b/a over {len(t['b'])} calls in turns = {row['ratio']:.3f} (per round {' '.join(f'{x:.2f}' for x in t['ratios'])})"
+                              f" | CPU ms/call a {row['cpu_a']:.2f} gym {row['cpu_b']:.2f}"
+                              + (f" | stubbed sandbox/a = {row['stub']:.2f}" if row["stub"] is not None else "") + f" errors={t['errors']}", flush=True)  # fmt: skip
+                    continue
                 for era in args.eras:  # warm-up, untimed: opens the HTTP connections and the servers' caches
                     await bare_round(ERAS[era], concurrency, 5, era)
                     await gym_round("gym", concurrency, 5, era)
@@ -284,12 +340,15 @@ def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[
     lines = [
         HEADING, "",
         f"`python bench/gym_throughput.py --processes {args.processes} --calls {args.calls} --rounds {args.rounds} --big {args.big}"
-        + (f" --think-ms {args.think_ms:g}" if args.think_ms else "") + (f" --eras {' '.join(args.eras)}" if len(args.eras) < 2 else "")
+        + (f" --think-ms {args.think_ms:g}" if args.think_ms else "") + (f" --pause-ms {args.pause_ms:g}" if args.pause_ms != 3.0 else "") + (f" --eras {' '.join(args.eras)}" if len(args.eras) < 2 else "")
         + "".join(f" --gym-arg={a}" for a in args.gym_arg) + "` "
         f"on {os.cpu_count()} cores (shared with other work: compare ratios, not absolute figures), {time.strftime('%Y-%m-%d')}.", "",
         "Each client era against the bare server it usually meets: " + "; ".join(f"{e}: {SERVERS[ERAS[e]]}" for e in args.eras) + ".",
         f"The gym (`serve --processes {args.processes}`) serves an arena tool that reads and writes SQLite through the sandbox.",
-        "Bare and gym alternate in rounds; b/a is the median of per-round ratios. CPU is each server's whole process tree.", "",
+        f"At 1 episode one agent per server takes turns with the others call by call, {args.pause_ms:g} ms of quiet after each call (an agent "
+        "thinks between calls; no server's work between calls runs into another's call); b/a is the ratio of their summed latencies (one "
+        "agent's calls/s, its pauses left out). At more episodes bare and gym alternate in rounds; b/a is the median of per-round ratios. "
+        "CPU is each server's whole process tree.", "",
         "| episodes | client era | bare calls/s | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | CPU ms/call bare / gym | stubbed-sandbox gym / a | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip

@@ -37,7 +37,7 @@ from gym_server.sandbox.pool import SandboxPool, SandboxUnavailable
 from gym_server.scoring import score_episode
 from gym_server.store import ArenaNotFound, ArenaStore, InvalidArena
 from gym_server.suites import load_suite, sandbox_packages
-from gym_server.workers import ProcessRole
+from gym_server.workers import ProcessRole, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def create_app(
         principal = principal_of(request)
         if principal is None or principal.role is not Role.operator:
             return ok({"status": "ok"})  # anyone may ask whether the gym serves; counts are the operator's
-        return ok({"status": "ok", "arenas": len(store), "episodes": len(manager), "sandbox": pool.health()})
+        return ok({"status": "ok", "arenas": len(store), "episodes": len(manager), "cpus": usable_cpus(), "sandbox": pool.health()})
 
     async def list_arenas(request: Request) -> Response:
         q = request.query_params

@@ -111,6 +111,12 @@ class ServeConfig(EpisodeLimits):
         description="Gym processes on this machine (`serve` only; default: one per core). With more than one, the REST API stays on "
         "`port` and process i serves its episodes' MCP on port+1+i (any free port when port is 0).",
     )  # fmt: skip
+    pin_cpus: bool | None = Field(
+        default=None,
+        description="Pin gym process i, with its sandbox, to the i-th CPU this gym may run on (`serve` only). Default: pinned when "
+        "there is one process per CPU (the default with several CPUs); a process and its sandbox then share a CPU and its caches, "
+        "and a call hands over between them without waking another CPU.",
+    )  # fmt: skip
     log_level: str = Field(default="info", description="uvicorn's log level.")
 
     @model_validator(mode="after")

@@ -49,12 +49,37 @@ RESPAWN_LIMIT = 5
 RESPAWN_WINDOW_S = 300.0
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (empty where the platform does not say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return []
+
+
 def default_processes() -> int:
     """One gym process per core this process may run on."""
+    return max(1, len(usable_cpus()) or os.cpu_count() or 1)
+
+
+def process_cpus(pin: bool | None, n: int, cpus: Sequence[int]) -> list[int | None]:
+    """The CPU each of `n` gym processes is pinned to (None: not pinned). A call hands over from a gym process to
+    its sandbox and back; on one CPU each handover is a switch on a CPU that is awake, with the state image
+    still in its caches, where on two it wakes the other (on a VM, an exit to the host). Pinned by default only
+    with one process per CPU: fewer processes pinned would leave CPUs their sandboxes could use."""
+    if not cpus or pin is False or (pin is None and not (n > 1 and n == len(cpus))):
+        return [None] * n
+    return [cpus[i % len(cpus)] for i in range(n)]
+
+
+def _pin(name: str, cpu: int | None) -> None:
+    """Before the app starts, so its sandbox (and every process that forks) inherits the CPU."""
+    if cpu is None:
+        return
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        os.sched_setaffinity(0, {cpu})
+    except OSError as exc:  # the CPU left this process's set since the front read it: serve unpinned
+        logger.warning("gym process %s could not be pinned to CPU %d (%s); it runs unpinned", name, cpu, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +125,14 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _process_main(config: ServeConfig, role: ProcessRole, backends: BackendsFactory | None, conn: Connection, parent: int) -> None:
+def _process_main(
+    config: ServeConfig, role: ProcessRole, backends: BackendsFactory | None, conn: Connection, parent: int, cpu: int | None = None
+) -> None:
     """A gym process: binds its port, builds its app, tells the front its port, serves until told to stop."""
     _die_with_parent()
     if os.getppid() != parent:  # the front died before the line above took effect
         return
+    _pin(role.name, cpu)
     from gym_server.gc_tuning import tune_for_serving
     from gym_server.serve import bind, uvicorn_server
 
@@ -160,6 +188,8 @@ class GymProcesses:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._ctx = multiprocessing.get_context("spawn")
+        self.cpus = process_cpus(config.pin_cpus, n, usable_cpus())
+        """The CPU each slot's process is pinned to (a replacement takes its slot's)."""
 
     def port_of(self, slot: int) -> int:
         if self.config.port == 0:
@@ -175,7 +205,7 @@ class GymProcesses:
         config = worker_config(self.config, self.port_of(slot))
         receive, send = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=_process_main, args=(config, role, self.backends, send, os.getpid()), name=f"astra-gym-{role.name}", daemon=True
+            target=_process_main, args=(config, role, self.backends, send, os.getpid(), self.cpus[slot]), name=f"astra-gym-{role.name}", daemon=True
         )
         process.start()
         send.close()

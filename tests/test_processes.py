@@ -19,6 +19,7 @@ from gym_server.front import create_front
 from gym_server.quotas import TokenLimits
 from gym_server.sandbox.pool import SandboxConfig
 from gym_server.serve import AppThread
+from gym_server.workers import process_cpus, usable_cpus
 from tests.conftest import mcp_session, result_json, wait_serving
 
 OP = {"Authorization": "Bearer op-t0ken"}
@@ -36,7 +37,7 @@ def front(**overrides: object) -> AppThread:
 
 @pytest.fixture(scope="module")
 def gyms() -> Iterator[AppThread]:
-    with front() as running:
+    with front(pin_cpus=True) as running:
         yield running
 
 
@@ -110,6 +111,26 @@ async def test_healthz_reports_every_process(gyms: AppThread, http: httpx2.Async
     assert all(p["arenas"] == 13 and p["sandbox"]["alive"] for p in operator["processes"])
 
 
+async def test_each_process_runs_with_its_sandbox_on_a_cpu_of_its_own(gyms: AppThread, http: httpx2.AsyncClient):
+    cpus = usable_cpus()
+    reports = {p["name"]: p for p in (await http.get(f"{gyms.url}/healthz", headers=OP)).json()["processes"]}
+    for slot, name in enumerate(("p0", "p1")):
+        pinned = [cpus[slot % len(cpus)]]
+        assert reports[name]["cpus"] == pinned and reports[name]["sandbox"]["cpus"] == pinned  # the template, and its forks
+    assert usable_cpus() == cpus  # the front itself stays unpinned
+
+
+def test_which_processes_are_pinned():
+    assert process_cpus(None, 2, [0, 1]) == [0, 1]  # one per CPU: pinned
+    assert process_cpus(None, 4, [2, 5, 6, 9]) == [2, 5, 6, 9]
+    assert process_cpus(None, 1, [0, 1]) == [None]  # fewer processes than CPUs: a sandbox may use the rest
+    assert process_cpus(None, 3, [0, 1]) == [None] * 3
+    assert process_cpus(None, 1, [0]) == [None]
+    assert process_cpus(True, 3, [4, 7]) == [4, 7, 4]
+    assert process_cpus(False, 2, [0, 1]) == [None, None]
+    assert process_cpus(True, 2, []) == [None, None]  # the platform does not say
+
+
 async def test_auth_holds_on_the_front_and_on_every_process(gyms: AppThread, http: httpx2.AsyncClient):
     assert (await http.post(f"{gyms.url}/api/episodes", json={"arena_id": ARENA})).status_code == 401
     assert (await http.get(f"{gyms.url}/api/arenas", headers={"Authorization": "Bearer wrong"})).status_code == 401
@@ -143,7 +164,7 @@ async def test_an_agent_tokens_quota_is_whole_across_processes(gyms: AppThread, 
 
 
 async def test_a_dead_process_loses_only_its_episodes_and_is_replaced(http: httpx2.AsyncClient):
-    with front() as gyms:
+    with front(pin_cpus=True) as gyms:
         made = [await create(http, gyms.url) for _ in range(4)]
         doomed = gyms.app.state.processes.slots[1]
         lost = [e for e in made if e["episode_id"].startswith("p1.")]
@@ -171,6 +192,9 @@ async def test_a_dead_process_loses_only_its_episodes_and_is_replaced(http: http
             await asyncio.sleep(0.2)
         names = {p["name"] for p in (await http.get(f"{gyms.url}/healthz")).json()["processes"]}
         assert names == {"p0", "p1r1"}
+        cpus = usable_cpus()
+        replaced = next(p for p in (await http.get(f"{gyms.url}/healthz", headers=OP)).json()["processes"] if p["name"] == "p1r1")
+        assert replaced["cpus"] == [cpus[1 % len(cpus)]]  # the replacement takes its slot's CPU
         fresh = [await create(http, gyms.url) for _ in range(2)]
         assert {e["episode_id"].split(".")[0] for e in fresh} == {"p0", "p1r1"}
         assert (await http.get(f"{gyms.url}/api/episodes/{lost[0]['episode_id']}", headers=OP)).status_code == 410

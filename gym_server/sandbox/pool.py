@@ -387,6 +387,7 @@ class SandboxPool:
             "waiting_processes": len(self._spares),
             "episode_processes": len(self._owned),
             "max_active": self.config.max_active,
+            "cpus": facts.get("cpus"),
             "killed": self.replaced,
             "restarts": self.restarts,
             "isolation": {

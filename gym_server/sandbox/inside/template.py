@@ -73,6 +73,7 @@ def isolation_facts() -> dict[str, Any]:
         facts["no_new_privs"] = status.get("NoNewPrivs", "").strip() == "1"
         facts["seccomp_mode"] = int(status.get("Seccomp", "0").strip() or 0)
         facts["namespaces"] = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NAMESPACES}
+        facts["cpus"] = sorted(os.sched_getaffinity(0))
     except OSError as exc:
         facts["proc_error"] = str(exc)
     return facts
