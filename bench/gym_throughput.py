@@ -349,7 +349,7 @@ def write_doc(args: argparse.Namespace, rows: list[dict[str, Any]], soaks: list[
         "thinks between calls; no server's work between calls runs into another's call); b/a is the ratio of their summed latencies (one "
         "agent's calls/s, its pauses left out). At more episodes bare and gym alternate in rounds; b/a is the median of per-round ratios. "
         "CPU is each server's whole process tree.", "",
-        "| episodes | client era | bare calls/s | gym calls/s | gym p50 / p99 ms | b/a (median) | per-round b/a | CPU ms/call bare / gym | stubbed-sandbox gym / a | errors |",
+        "| episodes | client era | bare calls/s | gym calls/s | gym p50 / p99 ms | b/a | per-round b/a | CPU ms/call bare / gym | stubbed-sandbox gym / a | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for r in rows:
