@@ -21,7 +21,7 @@ from gym_server.config import ServeConfig
 from gym_server.front import create_front
 from gym_server.gc_tuning import tune_for_serving
 from gym_server.live import PagesFactory
-from gym_server.workers import BackendsFactory, ProcessRole, default_processes
+from gym_server.workers import BackendsFactory, ProcessRole, default_processes, pin_to_cpu, process_cpus, usable_cpus
 
 
 KEEP_ALIVE_S = 30
@@ -68,6 +68,7 @@ def serve(config: ServeConfig, on_ready: Any = None, backends: Sequence[ToolBack
     if processes > 1:
         server = _server(create_front(config, processes, backends if callable(backends) else None, pages), config)
     else:
+        pin_to_cpu("gym", process_cpus(config.pin_cpus, 1, usable_cpus())[0])  # before the app starts its sandbox
         server = _server(create_app(config, backends(config) if callable(backends) else backends, pages=pages), config)
     if on_ready is not None:
         host, port = sock.getsockname()[:2]

@@ -72,7 +72,7 @@ def process_cpus(pin: bool | None, n: int, cpus: Sequence[int]) -> list[int | No
     return [cpus[i % len(cpus)] for i in range(n)]
 
 
-def _pin(name: str, cpu: int | None) -> None:
+def pin_to_cpu(name: str, cpu: int | None) -> None:
     """Before the app starts, so its sandbox (and every process that forks) inherits the CPU."""
     if cpu is None:
         return
@@ -132,7 +132,7 @@ def _process_main(
     _die_with_parent()
     if os.getppid() != parent:  # the front died before the line above took effect
         return
-    _pin(role.name, cpu)
+    pin_to_cpu(role.name, cpu)
     from gym_server.gc_tuning import tune_for_serving
     from gym_server.serve import bind, uvicorn_server
 

@@ -204,6 +204,23 @@ async def test_a_dead_process_loses_only_its_episodes_and_is_replaced(http: http
             os.kill(pid, 0)
 
 
+@pytest.mark.parametrize("pin", [True, False])
+def test_cli_serve_one_process_pins_only_when_asked(pin: bool):
+    """One process is left to the scheduler by default (its sandbox may use every CPU); `--pin-cpus` pins it."""
+    flags = ["--pin-cpus"] if pin else []
+    proc = subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", "0", "--processes", "1", "--workers", "1", *flags],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        url = line.split(" at ")[1].split()[0]
+        health = wait_serving(url).json()  # no token: everyone is the operator
+        cpus = usable_cpus()
+        assert health["cpus"] == health["sandbox"]["cpus"] == (cpus[:1] if pin else cpus)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def test_cli_serve_processes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gym_server.cli", "serve", "--port", "0", "--processes", "2", "--workers", "1"],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
